@@ -1,0 +1,155 @@
+//! The `(namespace, serviceAccount) → association` index read on every admission.
+//!
+//! Readers never lock: the index is immutable and the store swaps a whole new one in
+//! atomically when a source reloads, so an admission sees either the old or the new set.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hashbrown::{Equivalent, HashMap};
+
+use super::Association;
+
+#[derive(Debug, PartialEq, Eq)]
+struct Key {
+    namespace: Box<str>,
+    service_account: Box<str>,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        KeyRef(&self.namespace, &self.service_account).hash(h)
+    }
+}
+
+/// A borrowed key, so a lookup allocates nothing.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str);
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        *k.namespace == *self.0 && *k.service_account == *self.1
+    }
+}
+
+/// An immutable set of associations, at most one per service account.
+#[derive(Debug, Default)]
+pub struct Index {
+    map: HashMap<Key, Arc<Association>>,
+}
+
+/// Two associations name the same service account.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{namespace}/{service_account} has more than one association ({first} and {second}); only one is allowed per service account")]
+pub struct Duplicate {
+    pub namespace: String,
+    pub service_account: String,
+    pub first: String,
+    pub second: String,
+}
+
+impl Index {
+    /// Builds an index, refusing two associations for one service account.
+    pub fn build(associations: impl IntoIterator<Item = Association>) -> Result<Self, Duplicate> {
+        let iter = associations.into_iter();
+        let mut map = HashMap::with_capacity(iter.size_hint().0);
+        for a in iter {
+            let key = Key {
+                namespace: a.namespace.as_str().into(),
+                service_account: a.service_account.as_str().into(),
+            };
+            if let Some(prev) = map.get(&key) {
+                let prev: &Arc<Association> = prev;
+                return Err(Duplicate {
+                    namespace: a.namespace.clone(),
+                    service_account: a.service_account.clone(),
+                    first: prev.uid.clone(),
+                    second: a.uid,
+                });
+            }
+            map.insert(key, Arc::new(a));
+        }
+        Ok(Index { map })
+    }
+
+    pub fn get(&self, namespace: &str, service_account: &str) -> Option<&Arc<Association>> {
+        self.map.get(&KeyRef(namespace, service_account))
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Association>> {
+        self.map.values()
+    }
+}
+
+/// The live index shared by the sources (writers) and the admission path (readers).
+#[derive(Debug, Default)]
+pub struct Store {
+    current: ArcSwap<Index>,
+}
+
+impl Store {
+    pub fn new(index: Index) -> Self {
+        Store { current: ArcSwap::from_pointee(index) }
+    }
+
+    /// A snapshot for the duration of one admission.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Index>> {
+        self.current.load()
+    }
+
+    /// Replaces the whole set at once.
+    pub fn replace(&self, index: Index) {
+        self.current.store(Arc::new(index));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::association::AssociationSpec;
+
+    fn assoc(ns: &str, sa: &str) -> Association {
+        AssociationSpec {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            agency_name: Some(format!("{ns}-{sa}")),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    #[test]
+    fn lookup_hits_and_misses() {
+        let idx = Index::build([assoc("a", "x"), assoc("b", "x")]).unwrap();
+        assert_eq!(idx.get("a", "x").unwrap().target(), "a-x");
+        assert_eq!(idx.get("b", "x").unwrap().target(), "b-x");
+        assert!(idx.get("a", "y").is_none());
+        assert!(idx.get("ax", "").is_none());
+        assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn one_association_per_service_account() {
+        let err = Index::build([assoc("a", "x"), assoc("a", "x")]).unwrap_err();
+        assert!(err.to_string().contains("a/x has more than one association"));
+    }
+
+    #[test]
+    fn replace_is_seen_by_new_snapshots_only() {
+        let store = Store::new(Index::build([assoc("a", "x")]).unwrap());
+        let before = store.load();
+        store.replace(Index::default());
+        assert!(before.get("a", "x").is_some());
+        assert!(store.load().get("a", "x").is_none());
+    }
+}

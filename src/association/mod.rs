@@ -1,0 +1,306 @@
+//! Pod identity associations: the record (seed 001 shape), its validation and the index.
+
+pub mod file;
+pub mod index;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use index::{Index, Store};
+
+/// At most this many tags per association (the cloud API's usual cap).
+pub const MAX_TAGS: usize = 20;
+
+/// A resource tag (seed 001 `ResourceTag`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tag {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// An association as written by a user: everything but the target optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssociationSpec {
+    #[serde(default)]
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub service_account: String,
+    #[serde(default)]
+    pub agency_name: Option<String>,
+    /// The `eks` profile's name for the identity to assume.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub modified_at: Option<String>,
+}
+
+/// A validated association (seed 001 response shape; `roleArn` in place of `agencyName` for
+/// the `eks` profile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Association {
+    pub uid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    pub namespace: String,
+    pub service_account: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agency_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    pub tags: Vec<Tag>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modified_at: Option<String>,
+}
+
+impl Association {
+    /// The agency (cce) or role ARN (eks) this association grants.
+    pub fn target(&self) -> &str {
+        self.agency_name.as_deref().or(self.role_arn.as_deref()).unwrap_or("")
+    }
+}
+
+/// The problems found in one association, all at once so a user fixes them in one go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub Vec<String>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl AssociationSpec {
+    /// Checks the seed 001 rules and fills a stable uid when none is given.
+    pub fn validate(self) -> Result<Association, Invalid> {
+        let mut errs = Vec::new();
+        if let Err(e) = check_dns_label(&self.namespace) {
+            errs.push(format!("namespace {e}"));
+        }
+        if let Err(e) = check_dns_subdomain(&self.service_account) {
+            errs.push(format!("serviceAccount {e}"));
+        }
+        let agency = self.agency_name.filter(|s| !s.is_empty());
+        let role = self.role_arn.filter(|s| !s.is_empty());
+        match (&agency, &role) {
+            (None, None) => errs.push("agencyName (or roleArn) is required".into()),
+            (Some(_), Some(_)) => errs.push("set either agencyName or roleArn, not both".into()),
+            (Some(a), None) if a.len() > 64 || a.chars().any(char::is_control) => {
+                errs.push(format!("agencyName {a:?} must be at most 64 printable characters"))
+            }
+            (None, Some(r)) if !r.starts_with("arn:") => {
+                errs.push(format!("roleArn {r:?} must be an ARN (arn:...)"))
+            }
+            _ => {}
+        }
+        if self.tags.len() > MAX_TAGS {
+            errs.push(format!("at most {MAX_TAGS} tags are allowed, found {}", self.tags.len()));
+        }
+        for (i, tag) in self.tags.iter().enumerate() {
+            if let Err(e) = check_tag_key(&tag.key) {
+                errs.push(format!("tags[{i}].key {:?} {e}", tag.key));
+            }
+            if let Err(e) = check_tag_value(&tag.value) {
+                errs.push(format!("tags[{i}].value {:?} {e}", tag.value));
+            }
+            if self.tags[..i].iter().any(|t| t.key == tag.key) {
+                errs.push(format!("tags[{i}].key {:?} is repeated", tag.key));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(Invalid(errs));
+        }
+        let uid = self
+            .uid
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| stable_uid(&self.namespace, &self.service_account));
+        Ok(Association {
+            uid,
+            cluster_id: self.cluster_id,
+            namespace: self.namespace,
+            service_account: self.service_account,
+            agency_name: agency,
+            role_arn: role,
+            tags: self.tags,
+            created_at: self.created_at,
+            modified_at: self.modified_at,
+        })
+    }
+}
+
+/// A uid derived from the service account, so every replica and restart agrees on it.
+pub fn stable_uid(namespace: &str, service_account: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in ["podidentity.io/association", namespace, service_account] {
+        ctx.update(part.as_bytes());
+        ctx.update(&[0]);
+    }
+    let d = ctx.finish();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.as_ref()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80; // version 8: custom
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn check_dns_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is required".into());
+    }
+    if s.len() > 63 {
+        return Err(format!("{s:?} is longer than 63 characters"));
+    }
+    check_dns_part(s)
+}
+
+fn check_dns_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is required".into());
+    }
+    if s.len() > 253 {
+        return Err(format!("{s:?} is longer than 253 characters"));
+    }
+    s.split('.').try_for_each(check_dns_part).map_err(|_| {
+        format!("{s:?} must be lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")
+    })
+}
+
+fn check_dns_part(s: &str) -> Result<(), String> {
+    let ok_edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok = !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && ok_edge(s.chars().next())
+        && ok_edge(s.chars().last());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} must be lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// Seed 001: 1–128 characters, no leading/trailing space, letters, digits, spaces and
+/// `_.:=+-@`, not starting with `_sys_`.
+pub fn check_tag_key(k: &str) -> Result<(), String> {
+    let n = k.chars().count();
+    if n == 0 || n > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    if k.starts_with(' ') || k.ends_with(' ') {
+        return Err("must not start or end with a space".into());
+    }
+    if k.starts_with("_sys_") {
+        return Err("must not start with _sys_ (reserved)".into());
+    }
+    check_tag_chars(k, "_.:=+-@")
+}
+
+/// Seed 001: at most 255 characters, letters, digits, spaces and `_.:/=+-@`; may be empty.
+pub fn check_tag_value(v: &str) -> Result<(), String> {
+    if v.chars().count() > 255 {
+        return Err("must be at most 255 characters".into());
+    }
+    check_tag_chars(v, "_.:/=+-@")
+}
+
+fn check_tag_chars(s: &str, specials: &str) -> Result<(), String> {
+    match s.chars().find(|c| !(c.is_alphanumeric() || *c == ' ' || specials.contains(*c))) {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "contains {c:?}; allowed are letters, digits, spaces and {specials}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ns: &str, sa: &str) -> AssociationSpec {
+        AssociationSpec {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            agency_name: Some("agency".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stable_uid_is_deterministic_and_uuid_shaped() {
+        let a = stable_uid("ns", "sa");
+        assert_eq!(a, stable_uid("ns", "sa"));
+        assert_ne!(a, stable_uid("ns", "sb"));
+        assert_ne!(stable_uid("a", "bc"), stable_uid("ab", "c"));
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "8");
+    }
+
+    #[test]
+    fn valid_spec_gets_generated_uid() {
+        let a = spec("pi-demo", "app").validate().unwrap();
+        assert_eq!(a.uid, stable_uid("pi-demo", "app"));
+        assert_eq!(a.target(), "agency");
+    }
+
+    #[test]
+    fn tag_rules_follow_seed_001() {
+        assert!(check_tag_key("team").is_ok());
+        assert!(check_tag_key("a b_c.d:e=f+g-h@i").is_ok());
+        assert!(check_tag_key("数据").is_ok());
+        assert!(check_tag_key("").is_err());
+        assert!(check_tag_key(" x").is_err());
+        assert!(check_tag_key("x ").is_err());
+        assert!(check_tag_key("_sys_x").is_err());
+        assert!(check_tag_key("a/b").is_err(), "slash is allowed in values only");
+        assert!(check_tag_key(&"k".repeat(128)).is_ok());
+        assert!(check_tag_key(&"k".repeat(129)).is_err());
+        assert!(check_tag_value("").is_ok());
+        assert!(check_tag_value("a/b").is_ok());
+        assert!(check_tag_value(&"v".repeat(255)).is_ok());
+        assert!(check_tag_value(&"v".repeat(256)).is_err());
+        assert!(check_tag_value("a#b").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut s = spec("Bad_NS", "");
+        s.agency_name = None;
+        s.tags = vec![
+            Tag { key: "_sys_x".into(), value: "ok".into() },
+            Tag { key: "k".into(), value: "bad#".into() },
+            Tag { key: "k".into(), value: "".into() },
+        ];
+        let err = s.validate().unwrap_err();
+        let text = err.to_string();
+        for needle in ["namespace", "serviceAccount is required", "agencyName", "_sys_", "bad#", "repeated"] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn agency_and_role_are_exclusive() {
+        let mut s = spec("ns", "sa");
+        s.role_arn = Some("arn:aws:iam::1:role/x".into());
+        assert!(s.clone().validate().is_err());
+        s.agency_name = None;
+        assert_eq!(s.clone().validate().unwrap().target(), "arn:aws:iam::1:role/x");
+        s.role_arn = Some("not-an-arn".into());
+        assert!(s.validate().is_err());
+    }
+}

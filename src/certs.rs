@@ -1,0 +1,153 @@
+//! Certificates for the webhook's TLS: a CA and a serving certificate signed by it (rcgen).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// File names inside a certificate directory (the keys of a `kubernetes.io/tls` Secret plus
+/// the CA).
+pub const CA_FILE: &str = "ca.crt";
+pub const CERT_FILE: &str = "tls.crt";
+pub const KEY_FILE: &str = "tls.key";
+
+/// The in-cluster Service names the serving certificate covers by default.
+pub const SERVICE_DNS_NAMES: [&str; 4] = [
+    "pod-identity-webhook",
+    "pod-identity-webhook.pod-identity-system",
+    "pod-identity-webhook.pod-identity-system.svc",
+    "pod-identity-webhook.pod-identity-system.svc.cluster.local",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("a certificate needs at least one DNS name or IP address")]
+    NoNames,
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// A CA and a serving certificate with its key, PEM encoded.
+pub struct Material {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Material {
+    /// The CA as the base64 `caBundle` of a webhook configuration.
+    pub fn ca_bundle(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&self.ca_pem)
+    }
+}
+
+/// Generates a fresh CA and a serving certificate (serverAuth) for the given names.
+pub fn generate(dns: &[String], ips: &[IpAddr], days: u32) -> Result<Material, CertError> {
+    if dns.is_empty() && ips.is_empty() {
+        return Err(CertError::NoNames);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    // Backdated an hour so a node whose clock lags slightly still accepts it.
+    let not_before = now - time::Duration::hours(1);
+    let not_after = now + time::Duration::days(i64::from(days.max(1)));
+
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name.push(DnType::CommonName, "pod-identity-webhook CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.not_before = not_before;
+    ca.not_after = not_after;
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+
+    let mut leaf = CertificateParams::new(dns.to_vec())?;
+    leaf.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    let cn = dns.first().cloned().unwrap_or_else(|| ips[0].to_string());
+    leaf.distinguished_name.push(DnType::CommonName, cn);
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.not_before = not_before;
+    leaf.not_after = not_after;
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &ca)?;
+    Ok(Material { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// Material for a webhook on this machine: localhost, 127.0.0.1 and ::1.
+pub fn generate_local(days: u32) -> Result<Material, CertError> {
+    generate(&["localhost".into()], &[IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])], days)
+}
+
+/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`, each atomically so a
+/// watching server never reads a half-written file.
+pub fn write(dir: &Path, m: &Material) -> Result<(), CertError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CertError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // The key first: a watcher that sees the new certificate then finds its key in place.
+    for (name, text, mode) in [(KEY_FILE, &m.key_pem, 0o600), (CERT_FILE, &m.cert_pem, 0o644), (CA_FILE, &m.ca_pem, 0o644)] {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        write_mode(&tmp, text.as_bytes(), mode).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Makes sure `dir` holds a serving pair; generates a localhost one when neither file exists.
+/// Returns whether it generated. A directory with only one of the two files is left alone so
+/// the load reports it, rather than silently replacing a user's material.
+pub fn ensure_local(dir: &Path) -> Result<bool, CertError> {
+    if dir.join(CERT_FILE).exists() || dir.join(KEY_FILE).exists() {
+        return Ok(false);
+    }
+    write(dir, &generate_local(365)?)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_pair_and_a_ca_with_a_private_key_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_local(dir.path()).unwrap());
+        assert!(!ensure_local(dir.path()).unwrap(), "existing material is kept");
+        for f in [CA_FILE, CERT_FILE, KEY_FILE] {
+            let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
+            assert!(text.starts_with("-----BEGIN"), "{f}");
+        }
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn needs_a_name() {
+        assert!(matches!(generate(&[], &[], 1), Err(CertError::NoNames)));
+    }
+
+    #[test]
+    fn ca_bundle_is_base64_of_the_ca_pem() {
+        let m = generate(&["x.svc".into()], &[], 1).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(m.ca_bundle()).unwrap();
+        assert_eq!(decoded, m.ca_pem.as_bytes());
+    }
+}

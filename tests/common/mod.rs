@@ -1,0 +1,194 @@
+//! Test harness: the real server on 127.0.0.1:0 with generated certificates, and real HTTPS
+//! clients (reqwest over rustls) speaking HTTP/1.1 or HTTP/2.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use pod_identity_webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, Provider, Settings};
+use pod_identity_webhook::server::{AppState, ServeConfig, Server};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every captured AdmissionReview, by file name.
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(fixtures_dir().join("admission"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    out.sort();
+    assert!(out.len() >= 18, "fixtures missing");
+    out
+}
+
+pub fn fixture(prefix: &str) -> Vec<u8> {
+    fixtures().into_iter().find(|(n, _)| n.starts_with(prefix)).unwrap_or_else(|| panic!("no fixture {prefix}")).1
+}
+
+pub fn injection(p: Provider) -> Injection {
+    Injection::new(p.profile(), Settings::new(p.profile(), None, DEFAULT_TOKEN_EXPIRATION))
+}
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    pub done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(provider: Provider) -> Self {
+        Self::start_with(provider, |_| {}).await
+    }
+
+    /// Starts a server with the fixture associations copied into a temp dir (so tests can
+    /// edit them) and certificates generated into `<dir>/certs`.
+    pub async fn start_with(provider: Provider, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let assoc = dir.path().join("associations.yaml");
+        std::fs::copy(fixtures_dir().join("associations.yaml"), &assoc).unwrap();
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("certs"), injection(provider));
+        config.associations = Some(assoc);
+        config.reload_interval = Duration::from_millis(50);
+        config.header_read_timeout = Duration::from_secs(2);
+        config.shutdown_timeout = Duration::from_secs(10);
+        tweak(&mut config);
+        let server = Server::bind(config).await.expect("server starts");
+        let addr = server.local_addr();
+        let state = server.state();
+        let (tx, rx) = oneshot::channel();
+        let done = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        TestServer { addr, dir, state, stop: Some(tx), done: Some(done) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("certs/ca.crt")).unwrap()
+    }
+
+    pub fn associations_path(&self) -> PathBuf {
+        self.dir.path().join("associations.yaml")
+    }
+
+    /// Signals shutdown and waits for the server to return.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            tokio::time::timeout(Duration::from_secs(15), done).await.expect("server stops").unwrap();
+        }
+    }
+
+    pub fn h1(&self) -> reqwest::Client {
+        client(&[&self.ca_pem()], Http::H1)
+    }
+
+    pub fn h2(&self) -> reqwest::Client {
+        client(&[&self.ca_pem()], Http::H2)
+    }
+
+    /// Posts a body to `/mutate`, returning the status, the version and the body.
+    pub async fn post(&self, c: &reqwest::Client, body: Vec<u8>) -> (u16, reqwest::Version, Vec<u8>) {
+        let r = c
+            .post(self.url("/mutate?timeout=10s"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request succeeds");
+        let status = r.status().as_u16();
+        let version = r.version();
+        (status, version, r.bytes().await.unwrap().to_vec())
+    }
+
+    /// Posts an AdmissionReview and returns its `response`.
+    pub async fn review(&self, c: &reqwest::Client, body: Vec<u8>) -> Value {
+        let (status, _, bytes) = self.post(c, body).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        v["response"].clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Http {
+    H1,
+    H2,
+}
+
+/// A real HTTPS client trusting `cas`, pinned to one HTTP version through ALPN.
+pub fn client(cas: &[&[u8]], http: Http) -> reqwest::Client {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    pod_identity_webhook::server::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        for cert in CertificateDer::pem_slice_iter(ca) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![if http == Http::H2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    let b = reqwest::Client::builder().use_preconfigured_tls(tls).tls_info(true).timeout(Duration::from_secs(20));
+    let b = if http == Http::H2 { b.http2_prior_knowledge() } else { b.http1_only() };
+    b.build().unwrap()
+}
+
+/// Decodes the response's patch and applies it to `object`.
+pub fn apply(response: &Value, object: &Value) -> (Value, json_patch::Patch) {
+    let mut out = object.clone();
+    let Some(p) = response["patch"].as_str() else {
+        return (out, json_patch::Patch(vec![]));
+    };
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    json_patch::patch(&mut out, &patch.0).expect("patch applies to the object");
+    (out, patch)
+}
+
+/// Wraps a pod in a CREATE review as the API server would send it.
+pub fn review_of(pod: &Value, namespace: &str, uid: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": pod,
+        }
+    }))
+    .unwrap()
+}
