@@ -96,7 +96,11 @@ pub struct Answer {
 
 impl Answer {
     fn bad_request(message: String) -> Self {
-        Answer { status: 400, body: message.into_bytes(), outcome: Outcome::Invalid }
+        Answer {
+            status: 400,
+            body: message.into_bytes(),
+            outcome: Outcome::Invalid,
+        }
     }
 }
 
@@ -105,7 +109,10 @@ impl Answer {
 pub enum Decision {
     /// The pod's service account has an association; `mutation.patch` may be empty when the
     /// pod already carries everything.
-    Inject { association: Arc<Association>, mutation: Mutation },
+    Inject {
+        association: Arc<Association>,
+        mutation: Mutation,
+    },
     /// No association for the pod's service account.
     NoAssociation,
     /// The pod asked not to be injected.
@@ -118,7 +125,10 @@ pub fn decide(pod: &Pod<'_>, namespace: &str, index: &Index, inj: &Injection) ->
         return Decision::NoAssociation;
     };
     match mutation::mutate(pod, association, inj) {
-        Ok(mutation) => Decision::Inject { association: association.clone(), mutation },
+        Ok(mutation) => Decision::Inject {
+            association: association.clone(),
+            mutation,
+        },
         Err(skip) => Decision::Skipped(skip),
     }
 }
@@ -135,10 +145,14 @@ impl Admission {
         let review: ReviewIn = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) if body.is_empty() => {
-                return Answer::bad_request(format!("empty request body: expected an {API_VERSION} AdmissionReview ({e})"));
+                return Answer::bad_request(format!(
+                    "empty request body: expected an {API_VERSION} AdmissionReview ({e})"
+                ));
             }
             Err(e) => {
-                return Answer::bad_request(format!("request body is not an {API_VERSION} AdmissionReview: {e}"));
+                return Answer::bad_request(format!(
+                    "request body is not an {API_VERSION} AdmissionReview: {e}"
+                ));
             }
         };
         let api_version = review.api_version.as_ref().map(Str::as_str).unwrap_or("");
@@ -156,12 +170,22 @@ impl Admission {
         };
         let uid = req.uid.as_ref().map(Str::as_str).unwrap_or("");
         if uid.is_empty() {
-            return Answer::bad_request("AdmissionReview request has no uid; a response cannot be matched to it".into());
+            return Answer::bad_request(
+                "AdmissionReview request has no uid; a response cannot be matched to it".into(),
+            );
         }
         let (outcome, response) = self.respond(uid, &req);
-        let out = ReviewOut { api_version: API_VERSION, kind: "AdmissionReview", response };
+        let out = ReviewOut {
+            api_version: API_VERSION,
+            kind: "AdmissionReview",
+            response,
+        };
         match serde_json::to_vec(&out) {
-            Ok(body) => Answer { status: 200, body, outcome },
+            Ok(body) => Answer {
+                status: 200,
+                body,
+                outcome,
+            },
             // Serializing plain strings and bools cannot fail; answer rather than panic anyway.
             Err(e) => Answer::bad_request(format!("cannot encode the response: {e}")),
         }
@@ -170,7 +194,9 @@ impl Admission {
     fn respond<'a>(&self, uid: &'a str, req: &RequestIn<'_>) -> (Outcome, ResponseOut<'a>) {
         let allow = |outcome| (outcome, allowed(uid));
         let gvk = req.kind.as_ref();
-        let is_pod = gvk.is_some_and(|k| k.group.as_str().is_empty() && k.version.as_str() == "v1" && k.kind.as_str() == "Pod");
+        let is_pod = gvk.is_some_and(|k| {
+            k.group.as_str().is_empty() && k.version.as_str() == "v1" && k.kind.as_str() == "Pod"
+        });
         let operation = req.operation.as_ref().map(Str::as_str).unwrap_or("");
         if !is_pod || operation != "CREATE" {
             return allow(Outcome::Skipped);
@@ -187,13 +213,26 @@ impl Admission {
                 ));
             }
         };
-        let Some(namespace) = req.namespace.as_ref().map(Str::as_str).filter(|n| !n.is_empty()).or(pod.namespace()) else {
+        let Some(namespace) = req
+            .namespace
+            .as_ref()
+            .map(Str::as_str)
+            .filter(|n| !n.is_empty())
+            .or(pod.namespace())
+        else {
             return deny("pod CREATE review has no namespace".into());
         };
         let index = self.store.load();
         let decision = decide(&pod, namespace, &index, &self.injection);
         let name = req.name.as_ref().map(Str::as_str).unwrap_or("");
-        tracing::debug!(uid, namespace, name, service_account = pod.service_account(), ?decision, "admission");
+        tracing::debug!(
+            uid,
+            namespace,
+            name,
+            service_account = pod.service_account(),
+            ?decision,
+            "admission"
+        );
         match decision {
             Decision::Inject { mutation, .. } if !mutation.patch.0.is_empty() => {
                 let json = serde_json::to_vec(&mutation.patch).unwrap_or_default();
@@ -210,12 +249,24 @@ impl Admission {
 }
 
 fn allowed(uid: &str) -> ResponseOut<'_> {
-    ResponseOut { uid, allowed: true, patch_type: None, patch: None, status: None, warnings: Vec::new() }
+    ResponseOut {
+        uid,
+        allowed: true,
+        patch_type: None,
+        patch: None,
+        status: None,
+        warnings: Vec::new(),
+    }
 }
 
 fn denied<'a>(uid: &'a str, code: u16, reason: &'static str, message: String) -> ResponseOut<'a> {
     ResponseOut {
-        status: Some(StatusOut { status: "Failure", code, reason, message }),
+        status: Some(StatusOut {
+            status: "Failure",
+            code,
+            reason,
+            message,
+        }),
         allowed: false,
         ..allowed(uid)
     }

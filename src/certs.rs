@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 /// File names inside a certificate directory (the keys of a `kubernetes.io/tls` Secret plus
@@ -59,14 +59,20 @@ pub fn generate(dns: &[String], ips: &[IpAddr], days: u32) -> Result<Material, C
 
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name.push(DnType::CommonName, "pod-identity-webhook CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.distinguished_name
+        .push(DnType::CommonName, "pod-identity-webhook CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca.not_before = not_before;
     ca.not_after = not_after;
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
 
     let mut leaf = CertificateParams::new(dns.to_vec())?;
-    leaf.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    leaf.subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     let cn = dns.first().cloned().unwrap_or_else(|| ips[0].to_string());
     leaf.distinguished_name.push(DnType::CommonName, cn);
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -76,12 +82,23 @@ pub fn generate(dns: &[String], ips: &[IpAddr], days: u32) -> Result<Material, C
     leaf.not_after = not_after;
     let key = KeyPair::generate()?;
     let cert = leaf.signed_by(&key, &ca)?;
-    Ok(Material { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Material {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// Material for a webhook on this machine: localhost, 127.0.0.1 and ::1.
 pub fn generate_local(days: u32) -> Result<Material, CertError> {
-    generate(&["localhost".into()], &[IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])], days)
+    generate(
+        &["localhost".into()],
+        &[
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+        ],
+        days,
+    )
 }
 
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`, each atomically so a
@@ -93,7 +110,11 @@ pub fn write(dir: &Path, m: &Material) -> Result<(), CertError> {
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     // The key first: a watcher that sees the new certificate then finds its key in place.
-    for (name, text, mode) in [(KEY_FILE, &m.key_pem, 0o600), (CERT_FILE, &m.cert_pem, 0o644), (CA_FILE, &m.ca_pem, 0o644)] {
+    for (name, text, mode) in [
+        (KEY_FILE, &m.key_pem, 0o600),
+        (CERT_FILE, &m.cert_pem, 0o644),
+        (CA_FILE, &m.ca_pem, 0o644),
+    ] {
         let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
         write_mode(&tmp, text.as_bytes(), mode).map_err(io(&tmp))?;
@@ -105,7 +126,12 @@ pub fn write(dir: &Path, m: &Material) -> Result<(), CertError> {
 fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -135,7 +161,10 @@ mod tests {
             let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
             assert!(text.starts_with("-----BEGIN"), "{f}");
         }
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -147,7 +176,9 @@ mod tests {
     #[test]
     fn ca_bundle_is_base64_of_the_ca_pem() {
         let m = generate(&["x.svc".into()], &[], 1).unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD.decode(m.ca_bundle()).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(m.ca_bundle())
+            .unwrap();
         assert_eq!(decoded, m.ca_pem.as_bytes());
     }
 }

@@ -8,12 +8,18 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pod_identity_webhook::association::{Index, file};
-use pod_identity_webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, MIN_TOKEN_EXPIRATION, Provider, Settings};
+use pod_identity_webhook::mutation::{
+    DEFAULT_TOKEN_EXPIRATION, Injection, MIN_TOKEN_EXPIRATION, Provider, Settings,
+};
 use pod_identity_webhook::server::{ServeConfig, Server};
 use pod_identity_webhook::{certs, offline};
 
 #[derive(Parser)]
-#[command(name = "pod-identity-webhook", version, about = "Pod identity for Kubernetes: admission webhook and tools")]
+#[command(
+    name = "pod-identity-webhook",
+    version,
+    about = "Pod identity for Kubernetes: admission webhook and tools"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "POD_IDENTITY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -55,10 +61,17 @@ struct InjectionArgs {
 impl InjectionArgs {
     fn injection(&self) -> Injection {
         if self.token_expiration < MIN_TOKEN_EXPIRATION {
-            tracing::warn!(requested = self.token_expiration, used = MIN_TOKEN_EXPIRATION, "token expiration raised to the minimum");
+            tracing::warn!(
+                requested = self.token_expiration,
+                used = MIN_TOKEN_EXPIRATION,
+                "token expiration raised to the minimum"
+            );
         }
         let profile = self.provider.profile();
-        Injection::new(profile, Settings::new(profile, self.credentials_uri.clone(), self.token_expiration))
+        Injection::new(
+            profile,
+            Settings::new(profile, self.credentials_uri.clone(), self.token_expiration),
+        )
     }
 }
 
@@ -141,7 +154,9 @@ type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -149,7 +164,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn seconds(name: &str, s: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("--{name} must be a non-negative number of seconds, got {s}").into())
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| format!("--{name} must be a non-negative number of seconds, got {s}").into())
 }
 
 fn serve(args: ServeArgs) -> Result {
@@ -195,9 +211,16 @@ fn mutate(args: MutateArgs) -> Result {
         std::io::stdin().read_to_string(&mut s)?;
         s
     } else {
-        std::fs::read_to_string(&args.input).map_err(|e| format!("cannot read {}: {e}", args.input.display()))?
+        std::fs::read_to_string(&args.input)
+            .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?
     };
-    let (out, reports) = offline::run(&input, args.namespace.as_deref(), &index, &args.injection.injection(), args.patch)?;
+    let (out, reports) = offline::run(
+        &input,
+        args.namespace.as_deref(),
+        &index,
+        &args.injection.injection(),
+        args.patch,
+    )?;
     for r in reports {
         eprintln!("{}/{}: {}", r.namespace, r.service_account, r.outcome);
     }
@@ -219,7 +242,11 @@ fn gen_certs(args: CertsArgs) -> Result {
         certs::CERT_FILE,
         certs::KEY_FILE,
         args.out.display(),
-        dns.iter().map(String::as_str).chain(args.ip.iter().map(|_| "").filter(|s| !s.is_empty())).collect::<Vec<_>>().join(", ")
+        dns.iter()
+            .map(String::as_str)
+            .chain(args.ip.iter().map(|_| "").filter(|s| !s.is_empty()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("{}", material.ca_bundle());
     Ok(())

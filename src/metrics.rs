@@ -18,7 +18,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 4] = [Outcome::Mutated, Outcome::Unchanged, Outcome::Skipped, Outcome::Invalid];
+    const ALL: [Outcome; 4] = [
+        Outcome::Mutated,
+        Outcome::Unchanged,
+        Outcome::Skipped,
+        Outcome::Invalid,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Mutated => "mutated",
@@ -97,17 +102,28 @@ impl Metrics {
         s.push_str("# HELP podidentity_admissions_total Admission requests by outcome.\n");
         s.push_str("# TYPE podidentity_admissions_total counter\n");
         for o in Outcome::ALL {
-            let _ = writeln!(s, "podidentity_admissions_total{{outcome=\"{}\"}} {}", o.as_str(), self.admissions(o));
+            let _ = writeln!(
+                s,
+                "podidentity_admissions_total{{outcome=\"{}\"}} {}",
+                o.as_str(),
+                self.admissions(o)
+            );
         }
         s.push_str("# HELP podidentity_admission_duration_seconds Time to answer an admission request, body read to response built.\n");
         s.push_str("# TYPE podidentity_admission_duration_seconds histogram\n");
         let mut cumulative = 0;
         for (b, n) in BUCKETS.iter().zip(&self.latency_buckets) {
             cumulative += n.load(Relaxed);
-            let _ = writeln!(s, "podidentity_admission_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(
+                s,
+                "podidentity_admission_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
+            );
         }
         let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(s, "podidentity_admission_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "podidentity_admission_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = self.latency_sum_ns.load(Relaxed) as f64 / 1e9;
         let _ = writeln!(s, "podidentity_admission_duration_seconds_sum {sum}");
         let _ = writeln!(s, "podidentity_admission_duration_seconds_count {count}");
@@ -117,12 +133,22 @@ impl Metrics {
         s.push_str("# HELP podidentity_reloads_total Successful reloads by source.\n");
         s.push_str("# TYPE podidentity_reloads_total counter\n");
         for src in Source::ALL {
-            let _ = writeln!(s, "podidentity_reloads_total{{source=\"{}\"}} {}", src.as_str(), self.reloads(src, true));
+            let _ = writeln!(
+                s,
+                "podidentity_reloads_total{{source=\"{}\"}} {}",
+                src.as_str(),
+                self.reloads(src, true)
+            );
         }
         s.push_str("# HELP podidentity_reload_failures_total Reloads refused (the last good state kept serving) by source.\n");
         s.push_str("# TYPE podidentity_reload_failures_total counter\n");
         for src in Source::ALL {
-            let _ = writeln!(s, "podidentity_reload_failures_total{{source=\"{}\"}} {}", src.as_str(), self.reloads(src, false));
+            let _ = writeln!(
+                s,
+                "podidentity_reload_failures_total{{source=\"{}\"}} {}",
+                src.as_str(),
+                self.reloads(src, false)
+            );
         }
         s
     }

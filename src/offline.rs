@@ -37,7 +37,8 @@ pub fn run(
 ) -> Result<(String, Vec<Report>), OfflineError> {
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(input) {
-        let v = <Value as serde::Deserialize>::deserialize(doc).map_err(|e| OfflineError::Parse(e.to_string()))?;
+        let v = <Value as serde::Deserialize>::deserialize(doc)
+            .map_err(|e| OfflineError::Parse(e.to_string()))?;
         if !v.is_null() {
             docs.push(v);
         }
@@ -57,33 +58,61 @@ pub fn run(
             continue;
         };
         let bytes = serde_json::to_vec(pod_value).map_err(|e| OfflineError::Parse(e.to_string()))?;
-        let pod = Pod::from_slice(&bytes).map_err(|e| OfflineError::BadPod { index: i, message: e.to_string() })?;
-        let ns = namespace.or(review_ns).or(pod.namespace()).unwrap_or("default").to_owned();
+        let pod = Pod::from_slice(&bytes).map_err(|e| OfflineError::BadPod {
+            index: i,
+            message: e.to_string(),
+        })?;
+        let ns = namespace
+            .or(review_ns)
+            .or(pod.namespace())
+            .unwrap_or("default")
+            .to_owned();
         let decision = decide(&pod, &ns, index, inj);
         let (patch, outcome) = match decision {
-            Decision::Inject { association, mutation } => {
+            Decision::Inject {
+                association,
+                mutation,
+            } => {
                 let outcome = if mutation.patch.0.is_empty() {
                     format!("already injected (association {})", association.uid)
                 } else {
-                    format!("injected association {} ({})", association.uid, association.target())
+                    format!(
+                        "injected association {} ({})",
+                        association.uid,
+                        association.target()
+                    )
                 };
-                let warnings: String = mutation.warnings.iter().map(|w| format!("; warning: {w}")).collect();
+                let warnings: String = mutation
+                    .warnings
+                    .iter()
+                    .map(|w| format!("; warning: {w}"))
+                    .collect();
                 (mutation.patch, outcome + &warnings)
             }
             Decision::NoAssociation => (Default::default(), "no association: unchanged".to_owned()),
-            Decision::Skipped(Skip::OptedOut) => (Default::default(), "opted out by label: unchanged".to_owned()),
-            Decision::Skipped(Skip::AllContainersSkipped) => {
-                (Default::default(), "every container skipped: unchanged".to_owned())
+            Decision::Skipped(Skip::OptedOut) => {
+                (Default::default(), "opted out by label: unchanged".to_owned())
             }
+            Decision::Skipped(Skip::AllContainersSkipped) => (
+                Default::default(),
+                "every container skipped: unchanged".to_owned(),
+            ),
         };
-        reports.push(Report { namespace: ns, service_account: pod.service_account().to_owned(), outcome });
+        reports.push(Report {
+            namespace: ns,
+            service_account: pod.service_account().to_owned(),
+            outcome,
+        });
         if patch_only {
-            let text = serde_json::to_string_pretty(&patch).map_err(|e| OfflineError::Parse(e.to_string()))?;
+            let text =
+                serde_json::to_string_pretty(&patch).map_err(|e| OfflineError::Parse(e.to_string()))?;
             return Ok((text + "\n", reports));
         }
         let mut mutated = pod_value.clone();
-        json_patch::patch(&mut mutated, &patch.0)
-            .map_err(|e| OfflineError::BadPod { index: i, message: format!("patch does not apply: {e}") })?;
+        json_patch::patch(&mut mutated, &patch.0).map_err(|e| OfflineError::BadPod {
+            index: i,
+            message: format!("patch does not apply: {e}"),
+        })?;
         out.push(mutated);
     }
     let mut text = String::new();
@@ -102,7 +131,9 @@ fn pod_of(doc: &Value) -> Option<(&Value, Option<&str>)> {
         Some("Pod") => Some((doc, None)),
         Some("AdmissionReview") => {
             let req = doc.get("request")?;
-            let object = req.get("object").filter(|o| o.get("kind").and_then(Value::as_str) == Some("Pod"))?;
+            let object = req
+                .get("object")
+                .filter(|o| o.get("kind").and_then(Value::as_str) == Some("Pod"))?;
             Some((object, req.get("namespace").and_then(Value::as_str)))
         }
         _ => None,

@@ -43,16 +43,18 @@ impl Watcher {
         mut on_change: impl FnMut() + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<()>();
-        std::thread::Builder::new().name(format!("watch-{name}")).spawn(move || {
-            let mut last = initial;
-            while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
-                let now = Fingerprint::of(&paths);
-                if now != last {
-                    last = now;
-                    on_change();
+        std::thread::Builder::new()
+            .name(format!("watch-{name}"))
+            .spawn(move || {
+                let mut last = initial;
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+                    let now = Fingerprint::of(&paths);
+                    if now != last {
+                        last = now;
+                        on_change();
+                    }
                 }
-            }
-        })?;
+            })?;
         Ok(Watcher { _stop: tx })
     }
 }
@@ -85,9 +87,15 @@ mod tests {
         std::fs::write(&f, "a").unwrap();
         let paths = vec![f.clone()];
         let (tx, rx) = mpsc::channel();
-        let w = Watcher::spawn("t", paths.clone(), Fingerprint::of(&paths), Duration::from_millis(10), move || {
-            let _ = tx.send(());
-        })
+        let w = Watcher::spawn(
+            "t",
+            paths.clone(),
+            Fingerprint::of(&paths),
+            Duration::from_millis(10),
+            move || {
+                let _ = tx.send(());
+            },
+        )
         .unwrap();
         std::fs::write(&f, "bb").unwrap();
         rx.recv_timeout(Duration::from_secs(5)).expect("change noticed");

@@ -30,7 +30,11 @@ fn containers(pod: &Value) -> Vec<&Value> {
 }
 
 fn env<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
-    c["env"].as_array()?.iter().find(|e| e["name"] == name).and_then(|e| e["value"].as_str())
+    c["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
 }
 
 fn assert_unique(items: Option<&Vec<Value>>, key: &str, what: &str) {
@@ -41,18 +45,37 @@ fn assert_unique(items: Option<&Vec<Value>>, key: &str, what: &str) {
 }
 
 /// Checks an injected pod against the original and the profile.
-fn check_injected(name: &str, original: &Value, patched: &Value, patch: &json_patch::Patch, p: &profile::Profile, uid: &str) {
+fn check_injected(
+    name: &str,
+    original: &Value,
+    patched: &Value,
+    patch: &json_patch::Patch,
+    p: &profile::Profile,
+    uid: &str,
+) {
     for op in &patch.0 {
-        assert!(matches!(op, json_patch::PatchOperation::Add(_)), "{name}: only add operations, got {op:?}");
+        assert!(
+            matches!(op, json_patch::PatchOperation::Add(_)),
+            "{name}: only add operations, got {op:?}"
+        );
     }
     // User fields untouched: going from the original to the result only adds.
     for op in json_patch::diff(original, patched).0 {
-        assert!(matches!(op, json_patch::PatchOperation::Add(_)), "{name}: user data changed: {op:?}");
+        assert!(
+            matches!(op, json_patch::PatchOperation::Add(_)),
+            "{name}: user data changed: {op:?}"
+        );
     }
-    assert_eq!(patched["metadata"]["annotations"]["podidentity.io/association"], uid, "{name}");
+    assert_eq!(
+        patched["metadata"]["annotations"]["podidentity.io/association"], uid,
+        "{name}"
+    );
     let volumes = patched["spec"]["volumes"].as_array().unwrap();
     assert_unique(Some(volumes), "name", "volume");
-    let v = volumes.iter().find(|v| v["name"] == p.volume_name).expect("token volume");
+    let v = volumes
+        .iter()
+        .find(|v| v["name"] == p.volume_name)
+        .expect("token volume");
     let sat = &v["projected"]["sources"][0]["serviceAccountToken"];
     assert_eq!(sat["audience"], p.audience, "{name}");
     assert_eq!(sat["expirationSeconds"], 86400, "{name}");
@@ -70,19 +93,36 @@ fn check_injected(name: &str, original: &Value, patched: &Value, patch: &json_pa
             assert_eq!(c, before, "{name}: skipped container {cname} changed");
             continue;
         }
-        let m = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == p.mount_path).expect("token mount");
+        let m = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == p.mount_path)
+            .expect("token mount");
         assert_eq!(m["name"], p.volume_name);
         assert_eq!(m["readOnly"], true);
         let user_uri = env(before, p.endpoint_env);
-        assert_eq!(env(c, p.endpoint_env), Some(user_uri.unwrap_or(p.default_endpoint)), "{name}/{cname}");
-        assert_eq!(env(c, p.token_file_env), Some(p.token_path().as_str()), "{name}/{cname}");
+        assert_eq!(
+            env(c, p.endpoint_env),
+            Some(user_uri.unwrap_or(p.default_endpoint)),
+            "{name}/{cname}"
+        );
+        assert_eq!(
+            env(c, p.token_file_env),
+            Some(p.token_path().as_str()),
+            "{name}/{cname}"
+        );
     }
 }
 
 async fn every_fixture(http: Http) {
     let server = TestServer::start(Provider::Cce).await;
     let c = client(&[&server.ca_pem()], http);
-    let want_version = if http == Http::H2 { reqwest::Version::HTTP_2 } else { reqwest::Version::HTTP_11 };
+    let want_version = if http == Http::H2 {
+        reqwest::Version::HTTP_2
+    } else {
+        reqwest::Version::HTTP_11
+    };
     let mut mutated = 0;
     for (name, body) in fixtures() {
         let (status, version, bytes) = server.post(&c, body.clone()).await;
@@ -100,8 +140,16 @@ async fn every_fixture(http: Http) {
                 assert!(!patch.0.is_empty(), "{name}: expected a patch");
                 check_injected(&name, &request["object"], &patched, &patch, &profile::CCE, uid);
                 // Idempotent: the webhook's own output needs nothing more.
-                let again = server.review(&c, review_of(&patched, request["namespace"].as_str().unwrap(), "again")).await;
-                assert!(again.get("patch").is_none(), "{name}: second pass patched: {again}");
+                let again = server
+                    .review(
+                        &c,
+                        review_of(&patched, request["namespace"].as_str().unwrap(), "again"),
+                    )
+                    .await;
+                assert!(
+                    again.get("patch").is_none(),
+                    "{name}: second pass patched: {again}"
+                );
                 mutated += 1;
             }
         }
@@ -109,8 +157,16 @@ async fn every_fixture(http: Http) {
     assert_eq!(mutated, 13);
     let m = &server.state.metrics;
     assert_eq!(m.admissions(Outcome::Mutated), 13);
-    assert_eq!(m.admissions(Outcome::Unchanged), 13 + 2, "13 second passes + 05 and 11");
-    assert_eq!(m.admissions(Outcome::Skipped), 3, "10 opted out, 15 update, 16 configmap");
+    assert_eq!(
+        m.admissions(Outcome::Unchanged),
+        13 + 2,
+        "13 second passes + 05 and 11"
+    );
+    assert_eq!(
+        m.admissions(Outcome::Skipped),
+        3,
+        "10 opted out, 15 update, 16 configmap"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,12 +191,21 @@ async fn fixture_details() {
     // 08: the user's endpoint stays; the other container gets the default.
     let (body, object) = get("08-");
     let (pod, _) = apply(&server.review(&c, body).await, &object);
-    assert_eq!(env(&pod["spec"]["containers"][0], "HC_CONTAINER_CREDENTIALS_FULL_URI"), Some("http://127.0.0.1:9999/custom"));
-    assert_eq!(env(&pod["spec"]["containers"][1], "HC_CONTAINER_CREDENTIALS_FULL_URI"), Some(profile::CCE.default_endpoint));
+    assert_eq!(
+        env(&pod["spec"]["containers"][0], "HC_CONTAINER_CREDENTIALS_FULL_URI"),
+        Some("http://127.0.0.1:9999/custom")
+    );
+    assert_eq!(
+        env(&pod["spec"]["containers"][1], "HC_CONTAINER_CREDENTIALS_FULL_URI"),
+        Some(profile::CCE.default_endpoint)
+    );
     // 09: the sidecar named in the annotation gets nothing.
     let (body, object) = get("09-");
     let (pod, _) = apply(&server.review(&c, body).await, &object);
-    let sidecar = containers(&pod).into_iter().find(|c| c["name"] == "sidecar").unwrap();
+    let sidecar = containers(&pod)
+        .into_iter()
+        .find(|c| c["name"] == "sidecar")
+        .unwrap();
     assert!(env(sidecar, "HC_CONTAINER_CREDENTIALS_FULL_URI").is_none());
     // 06: no volumes, mounts or env at all: the parents are created.
     let (body, object) = get("06-");
@@ -151,14 +216,25 @@ async fn fixture_details() {
     let (body, object) = get("07-");
     let (pod, _) = apply(&server.review(&c, body).await, &object);
     for ic in pod["spec"]["initContainers"].as_array().unwrap() {
-        assert!(env(ic, "HC_CONTAINER_AUTHORIZATION_TOKEN_FILE").is_some(), "{}", ic["name"]);
+        assert!(
+            env(ic, "HC_CONTAINER_AUTHORIZATION_TOKEN_FILE").is_some(),
+            "{}",
+            ic["name"]
+        );
     }
     // 12: annotation keys with `/` and `~` are left intact; ours is escaped in the pointer.
     let (body, object) = get("12-");
     let response = server.review(&c, body).await;
     let (pod, patch) = apply(&response, &object);
-    assert!(serde_json::to_string(&patch).unwrap().contains("/metadata/annotations/podidentity.io~1association"));
-    assert_eq!(pod["metadata"]["annotations"]["example.com/a~b"], object["metadata"]["annotations"]["example.com/a~b"]);
+    assert!(
+        serde_json::to_string(&patch)
+            .unwrap()
+            .contains("/metadata/annotations/podidentity.io~1association")
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.com/a~b"],
+        object["metadata"]["annotations"]["example.com/a~b"]
+    );
     // 14: Windows pods are injected with a warning.
     let response = server.review(&c, fixture("14-")).await;
     assert!(response["warnings"][0].as_str().unwrap().contains("Windows"));
@@ -181,16 +257,31 @@ async fn settings_reach_the_pod() {
     let server = TestServer::start_with(Provider::Cce, |c| {
         c.injection = pod_identity_webhook::mutation::Injection::new(
             &profile::CCE,
-            pod_identity_webhook::mutation::Settings::new(&profile::CCE, Some("http://10.1.2.3:2703/v1/credentials".into()), 100),
+            pod_identity_webhook::mutation::Settings::new(
+                &profile::CCE,
+                Some("http://10.1.2.3:2703/v1/credentials".into()),
+                100,
+            ),
         );
     })
     .await;
     let body = fixture("01-");
     let object = serde_json::from_slice::<Value>(&body).unwrap()["request"]["object"].clone();
     let (pod, _) = apply(&server.review(&server.h1(), body).await, &object);
-    assert_eq!(env(&pod["spec"]["containers"][0], "HC_CONTAINER_CREDENTIALS_FULL_URI"), Some("http://10.1.2.3:2703/v1/credentials"));
-    let v = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "cce-pod-identity-token").unwrap();
-    assert_eq!(v["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"], 600);
+    assert_eq!(
+        env(&pod["spec"]["containers"][0], "HC_CONTAINER_CREDENTIALS_FULL_URI"),
+        Some("http://10.1.2.3:2703/v1/credentials")
+    );
+    let v = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "cce-pod-identity-token")
+        .unwrap();
+    assert_eq!(
+        v["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"],
+        600
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,11 +296,25 @@ async fn health_readiness_and_metrics() {
     server.review(&c, fixture("16-")).await;
     let r = c.get(server.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     let text = r.text().await.unwrap();
-    assert!(text.contains("podidentity_admissions_total{outcome=\"mutated\"} 1\n"), "{text}");
-    assert!(text.contains("podidentity_admissions_total{outcome=\"skipped\"} 1\n"), "{text}");
-    assert!(text.contains("podidentity_admission_duration_seconds_count 2\n"), "{text}");
+    assert!(
+        text.contains("podidentity_admissions_total{outcome=\"mutated\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("podidentity_admissions_total{outcome=\"skipped\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("podidentity_admission_duration_seconds_count 2\n"),
+        "{text}"
+    );
     assert!(text.contains("podidentity_associations 2\n"), "{text}");
     let r = c.get(server.url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::index::{Duplicate, Index, Store};
 use super::{Association, AssociationSpec};
@@ -51,14 +51,18 @@ impl<'de> Deserialize<'de> for Document {
                 while let Some(key) = m.next_key::<String>()? {
                     match key.as_str() {
                         "associations" => {
-                            out = Some(m.next_value::<Option<Vec<AssociationSpec>>>()?.unwrap_or_default())
+                            out = Some(
+                                m.next_value::<Option<Vec<AssociationSpec>>>()?
+                                    .unwrap_or_default(),
+                            )
                         }
                         other => {
                             return Err(de::Error::unknown_field(other, &["associations"]));
                         }
                     }
                 }
-                out.map(Document).ok_or_else(|| de::Error::missing_field("associations"))
+                out.map(Document)
+                    .ok_or_else(|| de::Error::missing_field("associations"))
             }
         }
         d.deserialize_any(V)
@@ -77,7 +81,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Association>, FileError> {
     } else {
         serde_yaml::from_str(text).map_err(|e| e.to_string())
     };
-    let doc = doc.map_err(|message| FileError::Parse { path: path.into(), message })?;
+    let doc = doc.map_err(|message| FileError::Parse {
+        path: path.into(),
+        message,
+    })?;
     let mut problems = Vec::new();
     let mut out = Vec::with_capacity(doc.0.len());
     for (i, spec) in doc.0.into_iter().enumerate() {
@@ -90,16 +97,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Association>, FileError> {
     if problems.is_empty() {
         Ok(out)
     } else {
-        Err(FileError::Invalid { path: path.into(), problems })
+        Err(FileError::Invalid {
+            path: path.into(),
+            problems,
+        })
     }
 }
 
 /// Reads, validates and indexes an association file.
 pub fn load(path: &Path) -> Result<Index, FileError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| FileError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.into(),
+        source,
+    })?;
     let list = parse(path, &text)?;
-    Index::build(list).map_err(|source| FileError::Duplicate { path: path.into(), source })
+    Index::build(list).map_err(|source| FileError::Duplicate {
+        path: path.into(),
+        source,
+    })
 }
 
 /// A loaded file kept in sync with the store until dropped.
@@ -156,7 +171,8 @@ mod tests {
         assert_eq!(parse(&p(), FIXTURE).unwrap().len(), 2);
         let bare = "- {namespace: a, serviceAccount: b, agencyName: c}\n";
         assert_eq!(parse(&p(), bare).unwrap()[0].target(), "c");
-        let json = r#"{"associations":[{"namespace":"a","serviceAccount":"b","roleArn":"arn:aws:iam::1:role/r"}]}"#;
+        let json =
+            r#"{"associations":[{"namespace":"a","serviceAccount":"b","roleArn":"arn:aws:iam::1:role/r"}]}"#;
         assert_eq!(parse(&p(), json).unwrap()[0].target(), "arn:aws:iam::1:role/r");
         assert_eq!(parse(&p(), "associations: []").unwrap().len(), 0);
         assert_eq!(parse(&p(), "[]").unwrap().len(), 0);
@@ -175,7 +191,10 @@ mod tests {
     #[test]
     fn unknown_fields_and_bad_shapes_are_parse_errors() {
         let err = parse(&p(), "- {namespace: a, serviceaccount: b, agencyName: c}").unwrap_err();
-        assert!(err.to_string().contains("unknown field `serviceaccount`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `serviceaccount`"),
+            "{err}"
+        );
         let err = parse(&p(), "assocs: []").unwrap_err();
         assert!(err.to_string().contains("unknown field `assocs`"), "{err}");
         assert!(matches!(parse(&p(), "  \n"), Err(FileError::Empty { .. })));

@@ -41,7 +41,9 @@ pub struct Index {
 
 /// Two associations name the same service account.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{namespace}/{service_account} has more than one association ({first} and {second}); only one is allowed per service account")]
+#[error(
+    "{namespace}/{service_account} has more than one association ({first} and {second}); only one is allowed per service account"
+)]
 pub struct Duplicate {
     pub namespace: String,
     pub service_account: String,
@@ -98,7 +100,9 @@ pub struct Store {
 
 impl Store {
     pub fn new(index: Index) -> Self {
-        Store { current: ArcSwap::from_pointee(index) }
+        Store {
+            current: ArcSwap::from_pointee(index),
+        }
     }
 
     /// A snapshot for the duration of one admission.

@@ -70,7 +70,10 @@ pub struct Association {
 impl Association {
     /// The agency (cce) or role ARN (eks) this association grants.
     pub fn target(&self) -> &str {
-        self.agency_name.as_deref().or(self.role_arn.as_deref()).unwrap_or("")
+        self.agency_name
+            .as_deref()
+            .or(self.role_arn.as_deref())
+            .unwrap_or("")
     }
 }
 
@@ -99,16 +102,19 @@ impl AssociationSpec {
         match (&agency, &role) {
             (None, None) => errs.push("agencyName (or roleArn) is required".into()),
             (Some(_), Some(_)) => errs.push("set either agencyName or roleArn, not both".into()),
-            (Some(a), None) if a.len() > 64 || a.chars().any(char::is_control) => {
-                errs.push(format!("agencyName {a:?} must be at most 64 printable characters"))
-            }
+            (Some(a), None) if a.len() > 64 || a.chars().any(char::is_control) => errs.push(format!(
+                "agencyName {a:?} must be at most 64 printable characters"
+            )),
             (None, Some(r)) if !r.starts_with("arn:") => {
                 errs.push(format!("roleArn {r:?} must be an ARN (arn:...)"))
             }
             _ => {}
         }
         if self.tags.len() > MAX_TAGS {
-            errs.push(format!("at most {MAX_TAGS} tags are allowed, found {}", self.tags.len()));
+            errs.push(format!(
+                "at most {MAX_TAGS} tags are allowed, found {}",
+                self.tags.len()
+            ));
         }
         for (i, tag) in self.tags.iter().enumerate() {
             if let Err(e) = check_tag_key(&tag.key) {
@@ -155,7 +161,14 @@ pub fn stable_uid(namespace: &str, service_account: &str) -> String {
     b[6] = (b[6] & 0x0f) | 0x80; // version 8: custom
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn check_dns_label(s: &str) -> Result<(), String> {
@@ -176,14 +189,17 @@ fn check_dns_subdomain(s: &str) -> Result<(), String> {
         return Err(format!("{s:?} is longer than 253 characters"));
     }
     s.split('.').try_for_each(check_dns_part).map_err(|_| {
-        format!("{s:?} must be lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")
+        format!(
+            "{s:?} must be lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+        )
     })
 }
 
 fn check_dns_part(s: &str) -> Result<(), String> {
     let ok_edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     let ok = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && ok_edge(s.chars().next())
         && ok_edge(s.chars().last());
     if ok {
@@ -220,7 +236,10 @@ pub fn check_tag_value(v: &str) -> Result<(), String> {
 }
 
 fn check_tag_chars(s: &str, specials: &str) -> Result<(), String> {
-    match s.chars().find(|c| !(c.is_alphanumeric() || *c == ' ' || specials.contains(*c))) {
+    match s
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || *c == ' ' || specials.contains(*c)))
+    {
         None => Ok(()),
         Some(c) => Err(format!(
             "contains {c:?}; allowed are letters, digits, spaces and {specials}"
@@ -282,13 +301,29 @@ mod tests {
         let mut s = spec("Bad_NS", "");
         s.agency_name = None;
         s.tags = vec![
-            Tag { key: "_sys_x".into(), value: "ok".into() },
-            Tag { key: "k".into(), value: "bad#".into() },
-            Tag { key: "k".into(), value: "".into() },
+            Tag {
+                key: "_sys_x".into(),
+                value: "ok".into(),
+            },
+            Tag {
+                key: "k".into(),
+                value: "bad#".into(),
+            },
+            Tag {
+                key: "k".into(),
+                value: "".into(),
+            },
         ];
         let err = s.validate().unwrap_err();
         let text = err.to_string();
-        for needle in ["namespace", "serviceAccount is required", "agencyName", "_sys_", "bad#", "repeated"] {
+        for needle in [
+            "namespace",
+            "serviceAccount is required",
+            "agencyName",
+            "_sys_",
+            "bad#",
+            "repeated",
+        ] {
             assert!(text.contains(needle), "{needle} missing from: {text}");
         }
     }

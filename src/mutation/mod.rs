@@ -79,7 +79,14 @@ impl Injection {
         });
         let env_endpoint = json!({"name": profile.endpoint_env, "value": settings.credentials_uri});
         let env_token_file = json!({"name": profile.token_file_env, "value": profile.token_path()});
-        Injection { profile, settings, volume, mount, env_endpoint, env_token_file }
+        Injection {
+            profile,
+            settings,
+            volume,
+            mount,
+            env_endpoint,
+            env_token_file,
+        }
     }
 }
 
@@ -116,8 +123,14 @@ pub fn mutate(pod: &Pod<'_>, association: &Association, inj: &Injection) -> Resu
 
     let spec = pod.spec.as_ref();
     let groups = [
-        ("initContainers", spec.and_then(|s| s.init_containers.as_deref()).unwrap_or(&[])),
-        ("containers", spec.and_then(|s| s.containers.as_deref()).unwrap_or(&[])),
+        (
+            "initContainers",
+            spec.and_then(|s| s.init_containers.as_deref()).unwrap_or(&[]),
+        ),
+        (
+            "containers",
+            spec.and_then(|s| s.containers.as_deref()).unwrap_or(&[]),
+        ),
     ];
     let targets = groups
         .iter()
@@ -149,7 +162,10 @@ pub fn mutate(pod: &Pod<'_>, association: &Association, inj: &Injection) -> Resu
 
     match spec.map(|s| s.volumes.as_ref()) {
         None => ops.push(add(ptr(&["spec"]), json!({"volumes": [inj.volume.clone()]}))),
-        Some(None) => ops.push(add(ptr(&["spec", "volumes"]), Value::Array(vec![inj.volume.clone()]))),
+        Some(None) => ops.push(add(
+            ptr(&["spec", "volumes"]),
+            Value::Array(vec![inj.volume.clone()]),
+        )),
         Some(Some(vs)) if !vs.iter().any(|v| v.name.as_str() == profile.volume_name) => {
             ops.push(add(ptr(&["spec", "volumes", "-"]), inj.volume.clone()))
         }
@@ -213,7 +229,10 @@ pub fn mutate(pod: &Pod<'_>, association: &Association, inj: &Injection) -> Resu
                 .to_owned(),
         );
     }
-    Ok(Mutation { patch: Patch(ops), warnings })
+    Ok(Mutation {
+        patch: Patch(ops),
+        warnings,
+    })
 }
 
 fn add(path: PointerBuf, value: Value) -> PatchOperation {

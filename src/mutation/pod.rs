@@ -7,8 +7,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// A string that borrows from the input when it can.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -235,8 +235,7 @@ mod tests {
 
     #[test]
     fn nulls_read_as_absent_and_wrong_types_are_errors() {
-        let pod = Pod::from_slice(br#"{"metadata":{"annotations":null},"spec":{"volumes":null}}"#)
-            .unwrap();
+        let pod = Pod::from_slice(br#"{"metadata":{"annotations":null},"spec":{"volumes":null}}"#).unwrap();
         assert!(pod.annotations().is_none());
         assert!(pod.spec.unwrap().volumes.is_none());
         assert!(Pod::from_slice(br#"{"spec":{"containers":"nope"}}"#).is_err());

@@ -37,7 +37,11 @@ fn again_is_empty(pod: &Value, inj: &Injection) {
 }
 
 fn env(c: &Value, name: &str) -> Option<String> {
-    c["env"].as_array()?.iter().find(|e| e["name"] == name).map(|e| e["value"].as_str().unwrap_or("").to_owned())
+    c["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].as_str().unwrap_or("").to_owned())
 }
 
 #[test]
@@ -69,7 +73,10 @@ fn both_profiles_use_the_design_names() {
         assert_eq!(sat["expirationSeconds"], 86400);
         assert_eq!(sat["path"], vol);
         let c = &out["spec"]["containers"][0];
-        assert_eq!(c["volumeMounts"][0], json!({"name": vol, "mountPath": mount, "readOnly": true}));
+        assert_eq!(
+            c["volumeMounts"][0],
+            json!({"name": vol, "mountPath": mount, "readOnly": true})
+        );
         assert_eq!(env(c, uri_env).unwrap(), "http://169.254.170.23/v1/credentials");
         assert_eq!(env(c, file_env).unwrap(), format!("{mount}/{vol}"));
         assert_eq!(out["metadata"]["annotations"][ASSOCIATION_ANNOTATION], "uid-1");
@@ -81,7 +88,10 @@ fn settings_clamp_expiration_and_override_the_endpoint() {
     let s = Settings::new(&profile::CCE, Some("http://10.0.0.1/c".into()), 60);
     assert_eq!(s.token_expiration, 600);
     assert_eq!(s.credentials_uri, "http://10.0.0.1/c");
-    assert_eq!(Settings::new(&profile::CCE, Some(String::new()), 7200).credentials_uri, profile::CCE.default_endpoint);
+    assert_eq!(
+        Settings::new(&profile::CCE, Some(String::new()), 7200).credentials_uri,
+        profile::CCE.default_endpoint
+    );
     assert_eq!(Settings::new(&profile::CCE, None, 7200).token_expiration, 7200);
 }
 
@@ -97,8 +107,14 @@ fn appends_to_existing_arrays_and_never_replaces_them() {
     });
     let (out, m) = run(&pod, &inj(Provider::Cce));
     for op in &m.patch.0 {
-        let PatchOperation::Add(a) = op else { panic!("only add operations: {op:?}") };
-        assert!(a.path.as_str().ends_with("/-") || a.path.as_str().contains("annotations/"), "{}", a.path);
+        let PatchOperation::Add(a) = op else {
+            panic!("only add operations: {op:?}")
+        };
+        assert!(
+            a.path.as_str().ends_with("/-") || a.path.as_str().contains("annotations/"),
+            "{}",
+            a.path
+        );
     }
     let c = &out["spec"]["containers"][0];
     assert_eq!(c["env"][0], json!({"name": "X", "value": "1"}));
@@ -119,7 +135,10 @@ fn user_values_win_and_the_rest_is_injected() {
     assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 1);
     assert_eq!(out["spec"]["volumes"][0]["secret"]["secretName"], "mine");
     let c = &out["spec"]["containers"][0];
-    assert_eq!(env(c, "HC_CONTAINER_CREDENTIALS_FULL_URI").unwrap(), "http://127.0.0.1:9999/custom");
+    assert_eq!(
+        env(c, "HC_CONTAINER_CREDENTIALS_FULL_URI").unwrap(),
+        "http://127.0.0.1:9999/custom"
+    );
     assert!(env(c, "HC_CONTAINER_AUTHORIZATION_TOKEN_FILE").is_some());
     assert_eq!(c["env"].as_array().unwrap().len(), 2);
     again_is_empty(&out, &inj(Provider::Cce));
@@ -130,9 +149,19 @@ fn a_foreign_mount_at_the_token_path_is_kept_with_a_warning() {
     let pod = json!({"spec": {"containers": [{"name": "c",
         "volumeMounts": [{"name": "other", "mountPath": "/var/run/secrets/service.cce.pods/serviceaccount/"}]}]}});
     let (out, m) = run(&pod, &inj(Provider::Cce));
-    assert_eq!(out["spec"]["containers"][0]["volumeMounts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        out["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
-    assert!(m.warnings[0].len() <= 120, "warnings stay short: {}", m.warnings[0]);
+    assert!(
+        m.warnings[0].len() <= 120,
+        "warnings stay short: {}",
+        m.warnings[0]
+    );
 }
 
 #[test]
@@ -145,7 +174,11 @@ fn init_containers_sidecars_and_skips() {
         }
     });
     let (out, _) = run(&pod, &inj(Provider::Cce));
-    for path in ["/spec/initContainers/0", "/spec/initContainers/1", "/spec/containers/0"] {
+    for path in [
+        "/spec/initContainers/0",
+        "/spec/initContainers/1",
+        "/spec/containers/0",
+    ] {
         let c = out.pointer(path).unwrap();
         assert_eq!(c["env"].as_array().unwrap().len(), 2, "{path}");
         assert_eq!(c["volumeMounts"].as_array().unwrap().len(), 1, "{path}");
@@ -157,9 +190,13 @@ fn init_containers_sidecars_and_skips() {
 
 #[test]
 fn opt_out_label_and_all_skipped_give_no_patch() {
-    let pod = json!({"metadata": {"labels": {INJECT_LABEL: "false"}}, "spec": {"containers": [{"name": "c"}]}});
+    let pod =
+        json!({"metadata": {"labels": {INJECT_LABEL: "false"}}, "spec": {"containers": [{"name": "c"}]}});
     let bytes = serde_json::to_vec(&pod).unwrap();
-    assert_eq!(mutate(&Pod::from_slice(&bytes).unwrap(), &assoc(), &inj(Provider::Cce)), Err(Skip::OptedOut));
+    assert_eq!(
+        mutate(&Pod::from_slice(&bytes).unwrap(), &assoc(), &inj(Provider::Cce)),
+        Err(Skip::OptedOut)
+    );
     let pod = json!({"metadata": {"annotations": {SKIP_CONTAINERS_ANNOTATION: "c"}}, "spec": {"containers": [{"name": "c"}]}});
     let bytes = serde_json::to_vec(&pod).unwrap();
     assert_eq!(
@@ -167,7 +204,8 @@ fn opt_out_label_and_all_skipped_give_no_patch() {
         Err(Skip::AllContainersSkipped)
     );
     // Any other label value injects.
-    let pod = json!({"metadata": {"labels": {INJECT_LABEL: "true"}}, "spec": {"containers": [{"name": "c"}]}});
+    let pod =
+        json!({"metadata": {"labels": {INJECT_LABEL: "true"}}, "spec": {"containers": [{"name": "c"}]}});
     let (out, _) = run(&pod, &inj(Provider::Cce));
     assert!(out["spec"]["volumes"].is_array());
 }
@@ -176,15 +214,21 @@ fn opt_out_label_and_all_skipped_give_no_patch() {
 fn annotation_keys_with_slash_and_tilde_are_escaped() {
     let pod = json!({"metadata": {"annotations": {"example.com/a~b": "x"}}, "spec": {"containers": [{"name": "c"}]}});
     let (out, m) = run(&pod, &inj(Provider::Cce));
-    let PatchOperation::Add(a) = &m.patch.0[0] else { panic!() };
-    assert_eq!(a.path.as_str(), "/metadata/annotations/podidentity.io~1association");
+    let PatchOperation::Add(a) = &m.patch.0[0] else {
+        panic!()
+    };
+    assert_eq!(
+        a.path.as_str(),
+        "/metadata/annotations/podidentity.io~1association"
+    );
     assert_eq!(out["metadata"]["annotations"]["example.com/a~b"], "x");
     assert_eq!(out["metadata"]["annotations"][ASSOCIATION_ANNOTATION], "uid-1");
 }
 
 #[test]
 fn windows_pods_get_a_warning() {
-    let pod = json!({"spec": {"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": [{"name": "c"}]}});
+    let pod =
+        json!({"spec": {"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": [{"name": "c"}]}});
     let (_, m) = run(&pod, &inj(Provider::Cce));
     assert!(m.warnings.iter().any(|w| w.contains("Windows")));
 }

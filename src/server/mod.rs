@@ -76,7 +76,10 @@ pub enum ServeError {
     #[error(transparent)]
     Associations(#[from] FileError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What `/readyz` reports.
@@ -142,7 +145,12 @@ impl Server {
         readiness.tls_loaded.store(true, Ordering::Relaxed);
         let store = Arc::new(Store::default());
         let source = match &config.associations {
-            Some(path) => Some(FileSource::start(path.clone(), store.clone(), metrics.clone(), config.reload_interval)?),
+            Some(path) => Some(FileSource::start(
+                path.clone(),
+                store.clone(),
+                metrics.clone(),
+                config.reload_interval,
+            )?),
             None => {
                 tracing::warn!("no association source configured: pods are admitted unchanged");
                 None
@@ -151,14 +159,27 @@ impl Server {
         readiness.associations_synced.store(true, Ordering::Relaxed);
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let state = Arc::new(AppState {
-            admission: Admission { store, injection: config.injection.clone() },
+            admission: Admission {
+                store,
+                injection: config.injection.clone(),
+            },
             metrics,
             readiness,
         });
         let acceptor = TlsAcceptor::from(tls::server_config(cert.resolver.clone()));
-        Ok(Server { listener, acceptor, state, config, _cert: cert, _source: source })
+        Ok(Server {
+            listener,
+            acceptor,
+            state,
+            config,
+            _cert: cert,
+            _source: source,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -172,7 +193,14 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, reports not-ready, lets
     /// in-flight requests finish (up to the shutdown timeout) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, acceptor, state, config, _cert, _source } = self;
+        let Server {
+            listener,
+            acceptor,
+            state,
+            config,
+            _cert,
+            _source,
+        } = self;
         let service = TowerToHyperService::new(router(state.clone()));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -274,7 +302,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: the webhook serves POST /mutate, GET /healthz, /readyz and /metrics\n") })
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: the webhook serves POST /mutate, GET /healthz, /readyz and /metrics\n",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -284,7 +317,9 @@ async fn mutate(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRej
     let body = match body {
         Ok(b) => b,
         Err(rejection) => {
-            state.metrics.admission(crate::metrics::Outcome::Invalid, start.elapsed());
+            state
+                .metrics
+                .admission(crate::metrics::Outcome::Invalid, start.elapsed());
             let status = rejection.status();
             let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
                 format!("request body exceeds the {} MiB limit\n", MAX_BODY >> 20)
@@ -302,7 +337,8 @@ async fn mutate(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRej
         (StatusCode::BAD_REQUEST, "text/plain; charset=utf-8")
     };
     let mut resp = (status, answer.body).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -311,12 +347,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     if problems.is_empty() {
         (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join(", ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join(", ")),
+        )
     }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut resp = state.metrics.render().into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     resp
 }

@@ -23,7 +23,11 @@ pub enum TlsError {
     #[error("cannot read private key {path}: {message}")]
     Key { path: PathBuf, message: String },
     #[error("private key {path} does not match certificate {cert}: {message}")]
-    Mismatch { path: PathBuf, cert: PathBuf, message: String },
+    Mismatch {
+        path: PathBuf,
+        cert: PathBuf,
+        message: String,
+    },
     #[error("cannot start the certificate watcher: {0}")]
     Watch(std::io::Error),
 }
@@ -38,14 +42,21 @@ pub fn install_crypto_provider() {
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Cert { path: cert.into(), message: e.to_string() })?;
+        .map_err(|e| TlsError::Cert {
+            path: cert.into(),
+            message: e.to_string(),
+        })?;
     if chain.is_empty() {
         return Err(TlsError::NoCert { path: cert.into() });
     }
-    let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::Key { path: key.into(), message: e.to_string() })?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
-        .map_err(|e| TlsError::Key { path: key.into(), message: e.to_string() })?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.into(),
+        message: e.to_string(),
+    })?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| TlsError::Key {
+        path: key.into(),
+        message: e.to_string(),
+    })?;
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| TlsError::Mismatch {
         path: key.into(),
@@ -76,10 +87,17 @@ pub struct ReloadingCert {
 impl ReloadingCert {
     /// Loads `cert` and `key`, then reloads them on every change. A new pair that does not
     /// load is logged and counted, and the previous one keeps serving.
-    pub fn start(cert: PathBuf, key: PathBuf, metrics: Arc<Metrics>, interval: Duration) -> Result<Self, TlsError> {
+    pub fn start(
+        cert: PathBuf,
+        key: PathBuf,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+    ) -> Result<Self, TlsError> {
         let paths = vec![cert.clone(), key.clone()];
         let initial = Fingerprint::of(&paths);
-        let resolver = Arc::new(CertResolver { current: ArcSwap::from_pointee(load_pair(&cert, &key)?) });
+        let resolver = Arc::new(CertResolver {
+            current: ArcSwap::from_pointee(load_pair(&cert, &key)?),
+        });
         let r = resolver.clone();
         let watcher = Watcher::spawn("tls", paths, initial, interval, move || match load_pair(&cert, &key) {
             Ok(pair) => {
@@ -93,7 +111,10 @@ impl ReloadingCert {
             }
         })
         .map_err(TlsError::Watch)?;
-        Ok(ReloadingCert { resolver, _watcher: watcher })
+        Ok(ReloadingCert {
+            resolver,
+            _watcher: watcher,
+        })
     }
 }
 

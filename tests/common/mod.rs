@@ -22,7 +22,12 @@ pub fn fixtures() -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     assert!(out.len() >= 18, "fixtures missing");
@@ -30,11 +35,18 @@ pub fn fixtures() -> Vec<(String, Vec<u8>)> {
 }
 
 pub fn fixture(prefix: &str) -> Vec<u8> {
-    fixtures().into_iter().find(|(n, _)| n.starts_with(prefix)).unwrap_or_else(|| panic!("no fixture {prefix}")).1
+    fixtures()
+        .into_iter()
+        .find(|(n, _)| n.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no fixture {prefix}"))
+        .1
 }
 
 pub fn injection(p: Provider) -> Injection {
-    Injection::new(p.profile(), Settings::new(p.profile(), None, DEFAULT_TOKEN_EXPIRATION))
+    Injection::new(
+        p.profile(),
+        Settings::new(p.profile(), None, DEFAULT_TOKEN_EXPIRATION),
+    )
 }
 
 pub struct TestServer {
@@ -56,7 +68,11 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let assoc = dir.path().join("associations.yaml");
         std::fs::copy(fixtures_dir().join("associations.yaml"), &assoc).unwrap();
-        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("certs"), injection(provider));
+        let mut config = ServeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("certs"),
+            injection(provider),
+        );
         config.associations = Some(assoc);
         config.reload_interval = Duration::from_millis(50);
         config.header_read_timeout = Duration::from_secs(2);
@@ -69,7 +85,13 @@ impl TestServer {
         let done = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
-        TestServer { addr, dir, state, stop: Some(tx), done: Some(done) }
+        TestServer {
+            addr,
+            dir,
+            state,
+            stop: Some(tx),
+            done: Some(done),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -90,7 +112,10 @@ impl TestServer {
             let _ = tx.send(());
         }
         if let Some(done) = self.done.take() {
-            tokio::time::timeout(Duration::from_secs(15), done).await.expect("server stops").unwrap();
+            tokio::time::timeout(Duration::from_secs(15), done)
+                .await
+                .expect("server stops")
+                .unwrap();
         }
     }
 
@@ -152,14 +177,26 @@ pub fn client(cas: &[&[u8]], http: Http) -> reqwest::Client {
             roots.add(cert.unwrap()).unwrap();
         }
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![if http == Http::H2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
-    let b = reqwest::Client::builder().use_preconfigured_tls(tls).tls_info(true).timeout(Duration::from_secs(20));
-    let b = if http == Http::H2 { b.http2_prior_knowledge() } else { b.http1_only() };
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    tls.alpn_protocols = vec![if http == Http::H2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let b = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .tls_info(true)
+        .timeout(Duration::from_secs(20));
+    let b = if http == Http::H2 {
+        b.http2_prior_knowledge()
+    } else {
+        b.http1_only()
+    };
     b.build().unwrap()
 }
 
