@@ -127,6 +127,25 @@ impl TestServer {
         client(&[&self.ca_pem()], Http::H2)
     }
 
+    /// A raw TLS connection speaking HTTP/1.1, for requests a well-behaved client won't send.
+    pub async fn raw_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&self.ca_pem()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
     /// Posts a body to `/mutate`, returning the status, the version and the body.
     pub async fn post(&self, c: &reqwest::Client, body: Vec<u8>) -> (u16, reqwest::Version, Vec<u8>) {
         let r = c
