@@ -11,7 +11,7 @@ use pod_identity_webhook::association::{Index, file};
 use pod_identity_webhook::mutation::{
     DEFAULT_TOKEN_EXPIRATION, Injection, MIN_TOKEN_EXPIRATION, Provider, Settings,
 };
-use pod_identity_webhook::server::{ServeConfig, Server};
+use pod_identity_webhook::server::{AssociationSource, ServeConfig, Server};
 use pod_identity_webhook::{certs, offline};
 
 #[derive(Parser)]
@@ -28,6 +28,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum SourceKind {
+    File,
+    Kubernetes,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -42,6 +48,8 @@ enum Command {
     Mutate(MutateArgs),
     /// Generate a CA and a serving certificate for the webhook and print the caBundle.
     Certs(CertsArgs),
+    /// Print the PodIdentityAssociation CustomResourceDefinition (YAML).
+    Crd,
 }
 
 /// What the injection looks like (shared by `serve` and `mutate`).
@@ -84,9 +92,16 @@ struct ServeArgs {
     /// certificate are generated there when both are absent.
     #[arg(long, env = "POD_IDENTITY_CERT_DIR", default_value = "certs")]
     cert_dir: PathBuf,
-    /// Association file (YAML or JSON), reloaded on change.
+    /// Where associations come from: a file (`--associations`) or PodIdentityAssociation
+    /// objects in the cluster (in-cluster config, or KUBECONFIG).
+    #[arg(long, env = "POD_IDENTITY_SOURCE", value_enum, default_value_t = SourceKind::File)]
+    source: SourceKind,
+    /// Association file (YAML or JSON) for `--source file`, reloaded on change.
     #[arg(long, env = "POD_IDENTITY_ASSOCIATIONS")]
     associations: Option<PathBuf>,
+    /// Cluster id reported in association records read from the cluster.
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
+    cluster_id: Option<String>,
     #[command(flatten)]
     injection: InjectionArgs,
     /// Seconds between checks of the certificate and association files.
@@ -140,6 +155,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Mutate(args) => mutate(args),
         Command::Certs(args) => gen_certs(args),
+        Command::Crd => {
+            print!("{}", pod_identity_webhook::association::crd::yaml());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,7 +189,6 @@ fn seconds(name: &str, s: f64) -> Result<Duration> {
 
 fn serve(args: ServeArgs) -> Result {
     let mut config = ServeConfig::new(args.listen, args.cert_dir, args.injection.injection());
-    config.associations = args.associations;
     config.reload_interval = seconds("reload-interval", args.reload_interval)?;
     config.header_read_timeout = seconds("header-read-timeout", args.header_read_timeout)?;
     config.shutdown_timeout = seconds("shutdown-timeout", args.shutdown_timeout)?;
@@ -182,6 +200,24 @@ fn serve(args: ServeArgs) -> Result {
     );
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        config.source = match (args.source, args.associations) {
+            (SourceKind::File, Some(path)) => AssociationSource::File(path),
+            (SourceKind::File, None) => AssociationSource::None,
+            (SourceKind::Kubernetes, None) => {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    format!(
+                        "--source kubernetes: no usable cluster configuration (in-cluster or KUBECONFIG): {e}"
+                    )
+                })?;
+                AssociationSource::Kubernetes {
+                    client,
+                    cluster_id: args.cluster_id,
+                }
+            }
+            (SourceKind::Kubernetes, Some(_)) => {
+                return Err("--associations is for --source file; drop it or use --source file".into());
+            }
+        };
         let server = Server::bind(config).await?;
         server.run(shutdown_signal()).await;
         Ok(())

@@ -65,6 +65,8 @@ pub struct Metrics {
     associations: AtomicU64,
     reloads: [AtomicU64; 2],
     reload_failures: [AtomicU64; 2],
+    source_disconnected: AtomicU64,
+    source_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -94,6 +96,23 @@ impl Metrics {
     pub fn reloads(&self, source: Source, ok: bool) -> u64 {
         let slot = if ok { &self.reloads } else { &self.reload_failures };
         slot[source as usize].load(Relaxed)
+    }
+
+    /// Whether the association source is in sync (a watch that lost the API server is not).
+    pub fn source_connected(&self, connected: bool) {
+        self.source_disconnected.store(u64::from(!connected), Relaxed);
+    }
+
+    pub fn is_source_connected(&self) -> bool {
+        self.source_disconnected.load(Relaxed) == 0
+    }
+
+    pub fn source_error(&self) {
+        self.source_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn source_errors(&self) -> u64 {
+        self.source_errors.load(Relaxed)
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
@@ -150,6 +169,16 @@ impl Metrics {
                 self.reloads(src, false)
             );
         }
+        s.push_str("# HELP podidentity_source_connected 1 while the association source is in sync; 0 while a watch retries (the last index keeps serving).\n");
+        s.push_str("# TYPE podidentity_source_connected gauge\n");
+        let _ = writeln!(
+            s,
+            "podidentity_source_connected {}",
+            u64::from(self.is_source_connected())
+        );
+        s.push_str("# HELP podidentity_source_errors_total Errors of the association watch.\n");
+        s.push_str("# TYPE podidentity_source_errors_total counter\n");
+        let _ = writeln!(s, "podidentity_source_errors_total {}", self.source_errors());
         s
     }
 }

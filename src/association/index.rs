@@ -53,24 +53,26 @@ pub struct Duplicate {
 
 impl Index {
     /// Builds an index, refusing two associations for one service account.
-    pub fn build(associations: impl IntoIterator<Item = Association>) -> Result<Self, Duplicate> {
+    pub fn build<A: Into<Arc<Association>>>(
+        associations: impl IntoIterator<Item = A>,
+    ) -> Result<Self, Duplicate> {
         let iter = associations.into_iter();
-        let mut map = HashMap::with_capacity(iter.size_hint().0);
+        let mut map: HashMap<Key, Arc<Association>> = HashMap::with_capacity(iter.size_hint().0);
         for a in iter {
+            let a: Arc<Association> = a.into();
             let key = Key {
                 namespace: a.namespace.as_str().into(),
                 service_account: a.service_account.as_str().into(),
             };
             if let Some(prev) = map.get(&key) {
-                let prev: &Arc<Association> = prev;
                 return Err(Duplicate {
                     namespace: a.namespace.clone(),
                     service_account: a.service_account.clone(),
                     first: prev.uid.clone(),
-                    second: a.uid,
+                    second: a.uid.clone(),
                 });
             }
-            map.insert(key, Arc::new(a));
+            map.insert(key, a);
         }
         Ok(Index { map })
     }

@@ -1,7 +1,9 @@
 //! Pod identity associations: the record (seed 001 shape), its validation and the index.
 
+pub mod crd;
 pub mod file;
 pub mod index;
+pub mod kubernetes;
 
 use std::fmt;
 

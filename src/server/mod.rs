@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::Admission;
 use crate::association::Store;
 use crate::association::file::{FileError, FileSource};
+use crate::association::kubernetes::KubeSource;
 use crate::certs::{self, CertError};
 use crate::metrics::Metrics;
 use crate::mutation::Injection;
@@ -42,8 +43,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Holds `tls.crt` and `tls.key`; a localhost pair is generated there when both are absent.
     pub cert_dir: PathBuf,
-    /// Association file; `None` serves an empty index (nothing is injected).
-    pub associations: Option<PathBuf>,
+    /// Where associations come from.
+    pub source: AssociationSource,
     pub injection: Injection,
     /// How often certificate and association files are checked for changes.
     pub reload_interval: Duration,
@@ -58,13 +59,48 @@ impl ServeConfig {
         ServeConfig {
             listen,
             cert_dir,
-            associations: None,
+            source: AssociationSource::None,
             injection,
             reload_interval: Duration::from_secs(2),
             header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(25),
         }
     }
+}
+
+/// Where the association index is fed from.
+#[derive(Clone, Default)]
+pub enum AssociationSource {
+    /// Nothing is injected.
+    #[default]
+    None,
+    /// A YAML/JSON file, reloaded when it changes.
+    File(PathBuf),
+    /// `PodIdentityAssociation` objects watched through this client.
+    Kubernetes {
+        client: kube::Client,
+        cluster_id: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for AssociationSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AssociationSource::None => f.write_str("None"),
+            AssociationSource::File(p) => write!(f, "File({})", p.display()),
+            AssociationSource::Kubernetes { cluster_id, .. } => {
+                write!(f, "Kubernetes(cluster_id: {cluster_id:?})")
+            }
+        }
+    }
+}
+
+/// Keeps a running association source alive: it is only held, and dropping it stops it.
+#[allow(dead_code)]
+enum RunningSource {
+    None,
+    File(FileSource),
+    Kubernetes(KubeSource),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +122,7 @@ pub enum ServeError {
 #[derive(Debug, Default)]
 pub struct Readiness {
     pub tls_loaded: AtomicBool,
-    pub associations_synced: AtomicBool,
+    pub associations_synced: Arc<AtomicBool>,
     pub draining: AtomicBool,
 }
 
@@ -120,7 +156,7 @@ pub struct Server {
     state: Arc<AppState>,
     config: ServeConfig,
     _cert: ReloadingCert,
-    _source: Option<FileSource>,
+    _source: RunningSource,
 }
 
 impl Server {
@@ -144,19 +180,30 @@ impl Server {
         )?;
         readiness.tls_loaded.store(true, Ordering::Relaxed);
         let store = Arc::new(Store::default());
-        let source = match &config.associations {
-            Some(path) => Some(FileSource::start(
+        let source = match &config.source {
+            AssociationSource::File(path) => RunningSource::File(FileSource::start(
                 path.clone(),
                 store.clone(),
                 metrics.clone(),
                 config.reload_interval,
             )?),
-            None => {
+            AssociationSource::Kubernetes { client, cluster_id } => {
+                RunningSource::Kubernetes(KubeSource::start(
+                    client.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    readiness.associations_synced.clone(),
+                    cluster_id.clone(),
+                ))
+            }
+            AssociationSource::None => {
                 tracing::warn!("no association source configured: pods are admitted unchanged");
-                None
+                RunningSource::None
             }
         };
-        readiness.associations_synced.store(true, Ordering::Relaxed);
+        if !matches!(source, RunningSource::Kubernetes(_)) {
+            readiness.associations_synced.store(true, Ordering::Relaxed);
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind {

@@ -2,13 +2,15 @@
 //! clients (reqwest over rustls) speaking HTTP/1.1 or HTTP/2.
 #![allow(dead_code)]
 
+pub mod standin;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use pod_identity_webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, Provider, Settings};
-use pod_identity_webhook::server::{AppState, ServeConfig, Server};
+use pod_identity_webhook::server::{AppState, AssociationSource, ServeConfig, Server};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -73,7 +75,7 @@ impl TestServer {
             dir.path().join("certs"),
             injection(provider),
         );
-        config.associations = Some(assoc);
+        config.source = AssociationSource::File(assoc);
         config.reload_interval = Duration::from_millis(50);
         config.header_read_timeout = Duration::from_secs(2);
         config.shutdown_timeout = Duration::from_secs(10);

@@ -1,0 +1,305 @@
+//! The `PodIdentityAssociation` custom resource (group `podidentity.io`, cluster-scoped).
+//!
+//! Cluster-scoped so that only cluster admins bind a service account to an agency: a namespace
+//! admin who could create one in their namespace could claim any agency. The API server
+//! enforces the seed 001 rules through the OpenAPI schema and CEL, including "one association
+//! per service account": the object's name must be `<namespace>.<serviceAccount>`, and names
+//! are unique. Namespace names cannot contain `.`, so the name is unambiguous.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::{CustomResourceExt, ResourceExt};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{Association, AssociationSpec, Invalid, Tag};
+
+/// What a cluster admin declares: which service account may assume which agency.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[kube(
+    group = "podidentity.io",
+    version = "v1alpha1",
+    kind = "PodIdentityAssociation",
+    plural = "podidentityassociations",
+    shortname = "pia",
+    category = "podidentity",
+    doc = "Associates a Kubernetes service account with a cloud IAM agency (or role) for pod identity. The name must be <namespace>.<serviceAccount>.",
+    printcolumn(name = "Namespace", type_ = "string", json_path = ".spec.namespace"),
+    printcolumn(name = "ServiceAccount", type_ = "string", json_path = ".spec.serviceAccount"),
+    printcolumn(name = "Agency", type_ = "string", json_path = ".spec.agencyName"),
+    printcolumn(name = "Role", type_ = "string", json_path = ".spec.roleArn", priority = "1"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name == self.spec.__namespace__ + '.' + self.spec.serviceAccount")
+        .message("metadata.name must be <spec.namespace>.<spec.serviceAccount>: a service account has at most one association")
+)]
+#[x_kube(validation = Rule::new("has(self.agencyName) != has(self.roleArn)").message("set exactly one of agencyName and roleArn"))]
+#[serde(rename_all = "camelCase")]
+pub struct PodIdentityAssociationSpec {
+    /// Namespace of the service account. Immutable.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable"))]
+    pub namespace: String,
+    /// Name of the service account. Immutable.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("serviceAccount is immutable"))]
+    pub service_account: String,
+    /// IAM agency the pods assume (cce profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub agency_name: Option<String>,
+    /// IAM role ARN the pods assume (eks profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^arn:"))]
+    pub role_arn: Option<String>,
+    /// Resource tags (at most 20, unique keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
+    pub tags: Vec<CrdTag>,
+}
+
+/// A resource tag with the seed 001 rules.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct CrdTag {
+    /// 1–128 letters, digits, spaces and `_.:=+-@`; no leading or trailing space; not `_sys_`-prefixed.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[\p{L}\p{N} _.:=+\-@]+$"))]
+    #[x_kube(
+        validation = Rule::new("!self.startsWith(' ') && !self.endsWith(' ')").message("tag key must not start or end with a space"),
+        validation = Rule::new("!self.startsWith('_sys_')").message("tag keys starting with _sys_ are reserved")
+    )]
+    pub key: String,
+    /// Up to 255 letters, digits, spaces and `_.:/=+-@`.
+    #[serde(default)]
+    #[schemars(length(max = 255), regex(pattern = r"^[\p{L}\p{N} _.:/=+\-@]*$"))]
+    pub value: String,
+}
+
+/// The CRD as the API server should hold it.
+pub fn definition() -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(PodIdentityAssociation::crd()).unwrap_or_default();
+    strip_nullable(&mut value);
+    serde_json::from_value(value).unwrap_or_else(|_| PodIdentityAssociation::crd())
+}
+
+/// Optional fields are left out, never null: without `nullable` the API server prunes a null
+/// before validation, so `has(self.agencyName)` means "set".
+fn strip_nullable(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("nullable");
+            m.values_mut().for_each(strip_nullable);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nullable),
+        _ => {}
+    }
+}
+
+/// The CRD as YAML (what `pod-identity-webhook crd` prints and `manifests/` holds).
+pub fn yaml() -> String {
+    let body = serde_yaml::to_string(&definition()).unwrap_or_default();
+    format!("# Generated by `pod-identity-webhook crd`; a test fails when this file drifts.\n{body}")
+}
+
+/// Reads the seed 001 record out of an object: identity fields come from metadata (uid,
+/// creation and last-write times), not from a status that would repeat them.
+pub fn to_association(
+    obj: &PodIdentityAssociation,
+    cluster_id: Option<&str>,
+) -> Result<Association, Invalid> {
+    let expected = format!("{}.{}", obj.spec.namespace, obj.spec.service_account);
+    if obj.name_any() != expected {
+        return Err(Invalid(vec![format!("name must be {expected:?}")]));
+    }
+    let meta = &obj.metadata;
+    let created = meta.creation_timestamp.as_ref().map(|t| t.0);
+    let modified = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.time.as_ref().map(|t| t.0))
+        .chain(created)
+        .max();
+    let ts = |t: Option<jiff::Timestamp>| t.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    AssociationSpec {
+        uid: meta.uid.clone(),
+        cluster_id: cluster_id.map(str::to_owned),
+        namespace: obj.spec.namespace.clone(),
+        service_account: obj.spec.service_account.clone(),
+        agency_name: obj.spec.agency_name.clone(),
+        role_arn: obj.spec.role_arn.clone(),
+        tags: obj
+            .spec
+            .tags
+            .iter()
+            .map(|t| Tag {
+                key: t.key.clone(),
+                value: t.value.clone(),
+            })
+            .collect(),
+        created_at: ts(created),
+        modified_at: ts(modified),
+    }
+    .validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::ObjectMeta;
+    use kube::core::cel::{validate_cel, validate_cel_update};
+
+    use super::*;
+    use crate::association::{check_tag_key, check_tag_value};
+
+    fn object(name: &str, spec: PodIdentityAssociationSpec) -> PodIdentityAssociation {
+        PodIdentityAssociation {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec,
+        }
+    }
+
+    fn spec(ns: &str, sa: &str) -> PodIdentityAssociationSpec {
+        PodIdentityAssociationSpec {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            agency_name: Some("agency".into()),
+            ..Default::default()
+        }
+    }
+
+    fn errors(obj: &PodIdentityAssociation) -> String {
+        validate_cel(obj).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn schema_is_cluster_scoped_v1alpha1_with_the_seed_rules() {
+        let crd = definition();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("podidentityassociations.podidentity.io")
+        );
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+        let text = serde_json::to_string(&crd).unwrap();
+        for needle in [
+            r#""maxItems":20"#,
+            r#""maxLength":128"#,
+            r#""maxLength":255"#,
+            r#""x-kubernetes-list-type":"map""#,
+            "_sys_",
+            "self == oldSelf",
+        ] {
+            assert!(text.contains(needle), "{needle} missing");
+        }
+        assert!(!text.contains("nullable"));
+    }
+
+    #[test]
+    fn cel_accepts_a_well_formed_object() {
+        let mut s = spec("pi-demo", "app");
+        s.tags = vec![CrdTag {
+            key: "team".into(),
+            value: "payments".into(),
+        }];
+        assert_eq!(errors(&object("pi-demo.app", s)), "");
+    }
+
+    #[test]
+    fn cel_requires_the_name_to_encode_the_service_account() {
+        let e = errors(&object("my-association", spec("pi-demo", "app")));
+        assert!(
+            e.contains("metadata.name must be <spec.namespace>.<spec.serviceAccount>"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cel_requires_exactly_one_target() {
+        let mut s = spec("a", "b");
+        s.role_arn = Some("arn:aws:iam::1:role/r".into());
+        assert!(errors(&object("a.b", s.clone())).contains("exactly one of agencyName and roleArn"));
+        s.agency_name = None;
+        assert_eq!(errors(&object("a.b", s.clone())), "");
+        s.role_arn = None;
+        assert!(errors(&object("a.b", s)).contains("exactly one of agencyName and roleArn"));
+    }
+
+    #[test]
+    fn cel_checks_tag_keys() {
+        for (key, needle) in [
+            ("_sys_x", "reserved"),
+            (" x", "start or end with a space"),
+            ("x ", "start or end with a space"),
+        ] {
+            let mut s = spec("a", "b");
+            s.tags = vec![CrdTag {
+                key: key.into(),
+                value: String::new(),
+            }];
+            assert!(errors(&object("a.b", s)).contains(needle), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn cel_keeps_namespace_and_service_account_immutable() {
+        let old = object("a.b", spec("a", "b"));
+        let mut new = old.clone();
+        new.spec.agency_name = Some("other".into());
+        assert!(validate_cel_update(&new, &old).is_ok(), "the agency may change");
+        new.spec.service_account = "c".into();
+        let e = validate_cel_update(&new, &old).unwrap_err().to_string();
+        assert!(e.contains("serviceAccount is immutable"), "{e}");
+        let mut new = old.clone();
+        new.spec.namespace = "z".into();
+        let e = validate_cel_update(&new, &old).unwrap_err().to_string();
+        assert!(e.contains("namespace is immutable"), "{e}");
+    }
+
+    /// The schema patterns plus the CEL rules accept exactly what the file source accepts.
+    #[test]
+    fn schema_patterns_agree_with_the_file_validation() {
+        let crd = serde_json::to_value(definition()).unwrap();
+        let tag = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["tags"]["items"]["properties"];
+        let key_re = regex::Regex::new(tag["key"]["pattern"].as_str().unwrap()).unwrap();
+        let value_re = regex::Regex::new(tag["value"]["pattern"].as_str().unwrap()).unwrap();
+        for k in [
+            "team", "a b", "k_.:=+-@", "数据", "_sys_x", " x", "x ", "a/b", "a#b", "", "é1",
+        ] {
+            let mut s = spec("a", "b");
+            s.tags = vec![CrdTag {
+                key: k.into(),
+                value: String::new(),
+            }];
+            let api_server = key_re.is_match(k) && !k.is_empty() && errors(&object("a.b", s)).is_empty();
+            assert_eq!(api_server, check_tag_key(k).is_ok(), "key {k:?}");
+        }
+        for v in ["", "a/b", "x y", "a#b", "v=1+2@h:3", "ünï"] {
+            assert_eq!(value_re.is_match(v), check_tag_value(v).is_ok(), "value {v:?}");
+        }
+    }
+
+    #[test]
+    fn record_is_read_from_metadata() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
+        let mut obj = object("pi-demo.app", spec("pi-demo", "app"));
+        obj.metadata.uid = Some("u-1".into());
+        obj.metadata.creation_timestamp = Some(Time("2026-11-20T08:15:30Z".parse().unwrap()));
+        obj.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            time: Some(Time("2026-11-21T10:44:05Z".parse().unwrap())),
+            ..Default::default()
+        }]);
+        let a = to_association(&obj, Some("c-1")).unwrap();
+        assert_eq!(a.uid, "u-1");
+        assert_eq!(a.cluster_id.as_deref(), Some("c-1"));
+        assert_eq!(a.created_at.as_deref(), Some("2026-11-20T08:15:30Z"));
+        assert_eq!(a.modified_at.as_deref(), Some("2026-11-21T10:44:05Z"));
+        assert!(to_association(&object("wrong", spec("pi-demo", "app")), None).is_err());
+    }
+}
