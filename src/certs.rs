@@ -123,6 +123,24 @@ pub fn write(dir: &Path, m: &Material) -> Result<(), CertError> {
     Ok(())
 }
 
+/// File name of the kustomize patch that sets the webhook configuration's `caBundle`.
+pub const CABUNDLE_PATCH_FILE: &str = "cabundle-patch.yaml";
+
+/// Writes the kustomize patch that puts this CA into the webhook configuration
+/// (`manifests/kustomization.yaml` applies it).
+pub fn write_cabundle_patch(dir: &Path, m: &Material) -> Result<(), CertError> {
+    let patch = format!(
+        "# Written by `pod-identity-webhook certs`: trust the CA in ca.crt.\n\
+         apiVersion: admissionregistration.k8s.io/v1\n\
+         kind: MutatingWebhookConfiguration\n\
+         metadata:\n  name: pod-identity-webhook\n\
+         webhooks:\n- name: pod-identity.podidentity.io\n  clientConfig:\n    caBundle: {}\n",
+        m.ca_bundle()
+    );
+    let path = dir.join(CABUNDLE_PATCH_FILE);
+    write_mode(&path, patch.as_bytes(), 0o644).map_err(|source| CertError::Write { path, source })
+}
+
 fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

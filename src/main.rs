@@ -272,17 +272,20 @@ fn gen_certs(args: CertsArgs) -> Result {
     };
     let material = certs::generate(&dns, &args.ip, args.days)?;
     certs::write(&args.out, &material)?;
+    certs::write_cabundle_patch(&args.out, &material)?;
+    let names: Vec<String> = dns
+        .iter()
+        .cloned()
+        .chain(args.ip.iter().map(IpAddr::to_string))
+        .collect();
     eprintln!(
-        "wrote {}, {} and {} to {} (names: {})",
+        "wrote {}, {}, {} and {} to {} (names: {})",
         certs::CA_FILE,
         certs::CERT_FILE,
         certs::KEY_FILE,
+        certs::CABUNDLE_PATCH_FILE,
         args.out.display(),
-        dns.iter()
-            .map(String::as_str)
-            .chain(args.ip.iter().map(|_| "").filter(|s| !s.is_empty()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        names.join(", ")
     );
     println!("{}", material.ca_bundle());
     Ok(())

@@ -1,0 +1,14 @@
+# Multi-stage build of the one binary; the runtime image holds nothing else.
+#   docker build -t pod-identity-webhook:0.1.0 .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin pod-identity-webhook
+
+FROM debian:bookworm-slim
+COPY --from=build /src/target/release/pod-identity-webhook /usr/local/bin/pod-identity-webhook
+# The same non-root uid the manifests run as; the root filesystem can be read-only.
+USER 65532:65532
+EXPOSE 8443
+ENTRYPOINT ["/usr/local/bin/pod-identity-webhook"]
+CMD ["serve", "--listen=0.0.0.0:8443", "--cert-dir=/etc/pod-identity-webhook/tls", "--source=kubernetes", "--log-format=json"]

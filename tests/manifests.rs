@@ -1,0 +1,303 @@
+//! The kustomize manifests: rendered with `kubectl kustomize` and checked object by object.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine;
+use pod_identity_webhook::association::crd;
+use pod_identity_webhook::certs;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(dir)
+        .output()
+        .expect("kubectl is needed to render the manifests (.ci/run installs it when missing)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} not rendered"))
+}
+
+/// Renders `manifests/` after `certs --out manifests/tls`, in a copy of the tree.
+fn render_with_certs() -> (Vec<Value>, PathBuf, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("manifests");
+    copy_dir(&repo().join("manifests"), &m);
+    let out = Command::new(BIN)
+        .args(["certs", "--out"])
+        .arg(m.join("tls"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (kustomize(&m), m.join("tls"), tmp)
+}
+
+#[test]
+fn crd_manifest_matches_the_code() {
+    let on_disk = std::fs::read_to_string(repo().join("manifests/base/crd.yaml")).unwrap();
+    assert_eq!(
+        on_disk,
+        crd::yaml(),
+        "manifests/base/crd.yaml drifted: run `cargo run -- crd > manifests/base/crd.yaml`"
+    );
+    let out = Command::new(BIN).arg("crd").output().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), on_disk);
+}
+
+#[test]
+fn rendered_manifests_hold_every_object_as_designed() {
+    let (docs, tls, _tmp) = render_with_certs();
+    for (kind, name) in [
+        ("Namespace", "pod-identity-system"),
+        (
+            "CustomResourceDefinition",
+            "podidentityassociations.podidentity.io",
+        ),
+        ("ServiceAccount", "pod-identity-webhook"),
+        ("ClusterRole", "pod-identity-webhook"),
+        ("ClusterRoleBinding", "pod-identity-webhook"),
+        ("Deployment", "pod-identity-webhook"),
+        ("PodDisruptionBudget", "pod-identity-webhook"),
+        ("Service", "pod-identity-webhook"),
+        ("Secret", "pod-identity-webhook-tls"),
+        ("MutatingWebhookConfiguration", "pod-identity-webhook"),
+    ] {
+        find(&docs, kind, name);
+    }
+
+    // The CRD is the one the code defines.
+    let crd_doc = find(
+        &docs,
+        "CustomResourceDefinition",
+        "podidentityassociations.podidentity.io",
+    );
+    assert_eq!(
+        crd_doc["spec"],
+        serde_json::to_value(crd::definition()).unwrap()["spec"]
+    );
+
+    // Read-only RBAC on associations, nothing else.
+    let role = find(&docs, "ClusterRole", "pod-identity-webhook");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]}])
+    );
+
+    // The webhook configuration, field by field.
+    let hook = &find(&docs, "MutatingWebhookConfiguration", "pod-identity-webhook")["webhooks"][0];
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert!(
+        hook["timeoutSeconds"]
+            .as_u64()
+            .is_some_and(|t| (1..=30).contains(&t))
+    );
+    assert_eq!(
+        hook["rules"],
+        serde_json::json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}])
+    );
+    let ns_sel = serde_json::to_string(&hook["namespaceSelector"]).unwrap();
+    assert!(
+        ns_sel.contains(r#"{"key":"podidentity.io/injection","operator":"In","values":["enabled"]}"#),
+        "{ns_sel}"
+    );
+    assert!(
+        ns_sel.contains(r#""values":["kube-system","pod-identity-system"]"#),
+        "{ns_sel}"
+    );
+    assert_eq!(
+        hook["objectSelector"]["matchExpressions"][0],
+        serde_json::json!({"key": "podidentity.io/inject", "operator": "NotIn", "values": ["false"]})
+    );
+    assert_eq!(
+        hook["clientConfig"]["service"],
+        serde_json::json!({"name": "pod-identity-webhook", "namespace": "pod-identity-system", "path": "/mutate", "port": 443})
+    );
+    let ca = std::fs::read(tls.join(certs::CA_FILE)).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    assert_eq!(
+        b64.decode(hook["clientConfig"]["caBundle"].as_str().unwrap())
+            .unwrap(),
+        ca
+    );
+
+    // The Secret carries the generated pair; the Deployment mounts it.
+    let secret = find(&docs, "Secret", "pod-identity-webhook-tls");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let data: String = secret["data"]["tls.crt"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        b64.decode(data).unwrap(),
+        std::fs::read(tls.join("tls.crt")).unwrap()
+    );
+    let deploy = find(&docs, "Deployment", "pod-identity-webhook");
+    check_deployment(deploy);
+
+    // Service 443 -> the container's https port (8443).
+    let svc = find(&docs, "Service", "pod-identity-webhook");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "https");
+    assert_eq!(svc["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"]);
+    let pdb = find(&docs, "PodDisruptionBudget", "pod-identity-webhook");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+}
+
+fn check_deployment(deploy: &Value) {
+    let spec = &deploy["spec"];
+    assert_eq!(spec["replicas"], 2);
+    let pod = &spec["template"]["spec"];
+    assert!(pod["affinity"]["podAntiAffinity"].is_object());
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        "pod-identity-webhook-tls"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["ports"][0]["containerPort"], 8443);
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/pod-identity-webhook/tls");
+    // Every flag the Deployment passes exists in the binary, and the cert dir is the mount.
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "serve");
+    assert!(
+        args.contains(&"--cert-dir=/etc/pod-identity-webhook/tls") && args.contains(&"--source=kubernetes")
+    );
+    let help = String::from_utf8(
+        Command::new(BIN)
+            .args(["serve", "--help"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(help.contains(&format!("{flag} <")), "{flag} is not a serve flag");
+    }
+}
+
+#[test]
+fn cert_manager_overlay_injects_the_ca_and_issues_the_mounted_secret() {
+    let docs = kustomize(&repo().join("manifests/cert-manager"));
+    let hook = find(&docs, "MutatingWebhookConfiguration", "pod-identity-webhook");
+    assert_eq!(
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "pod-identity-system/pod-identity-webhook"
+    );
+    let cert = find(&docs, "Certificate", "pod-identity-webhook");
+    assert_eq!(cert["metadata"]["namespace"], "pod-identity-system");
+    let deploy = find(&docs, "Deployment", "pod-identity-webhook");
+    assert_eq!(
+        cert["spec"]["secretName"],
+        deploy["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+    );
+    let names: Vec<&str> = cert["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(names, certs::SERVICE_DNS_NAMES);
+    assert!(
+        docs.iter().all(|d| d["kind"] != "Secret"),
+        "cert-manager creates the Secret"
+    );
+    check_deployment(deploy);
+}
+
+#[test]
+fn example_cluster_objects_are_well_formed() {
+    let dir = repo().join("examples/cluster");
+    let mut kinds = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        for d in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(d).unwrap();
+            if v["kind"] == "PodIdentityAssociation" {
+                let obj: crd::PodIdentityAssociation = serde_json::from_value(v.clone()).unwrap();
+                kube::core::cel::validate_cel(&obj).unwrap();
+                crd::to_association(&obj, None).unwrap();
+            }
+            if v["kind"] == "Namespace" {
+                assert_eq!(v["metadata"]["labels"]["podidentity.io/injection"], "enabled");
+            }
+            kinds.push(v["kind"].as_str().unwrap().to_owned());
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["Namespace", "Pod", "PodIdentityAssociation", "ServiceAccount"]
+    );
+}
+
+#[test]
+fn dockerfile_runs_the_binary_with_existing_flags() {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    assert!(text.contains("cargo build --release --locked --bin pod-identity-webhook"));
+    assert!(text.contains(r#"ENTRYPOINT ["/usr/local/bin/pod-identity-webhook"]"#));
+    assert!(text.contains("USER 65532:65532"));
+    let cmd = text.lines().find(|l| l.starts_with("CMD ")).unwrap();
+    let args: Vec<String> = serde_json::from_str(&cmd[4..]).unwrap();
+    assert_eq!(args[0], "serve");
+    let help = String::from_utf8(
+        Command::new(BIN)
+            .args(["serve", "--help"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(help.contains(&format!("{flag} <")), "{flag} is not a serve flag");
+    }
+}
