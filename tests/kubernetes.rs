@@ -28,6 +28,10 @@ async fn injected(server: &TestServer, c: &reqwest::Client, fixture_prefix: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_follow_the_associations_in_the_cluster() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let api = StandIn::start(true).await;
     api.apply(association("pi-demo", "app", "demo-agency"));
     let client = api.client().await;

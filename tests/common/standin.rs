@@ -28,6 +28,8 @@ struct Inner {
     watchers: Vec<mpsc::UnboundedSender<Bytes>>,
     down: bool,
     lists: u64,
+    /// Open connections, cut when the stand-in goes down.
+    conns: Vec<tokio::task::AbortHandle>,
 }
 
 #[derive(Clone)]
@@ -53,19 +55,23 @@ impl StandIn {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                // "Down" means unreachable: connections are dropped as soon as they arrive.
-                if inner.lock().unwrap().down {
+                // "Down" means unreachable: connections are dropped as soon as they arrive. The
+                // check and the registration share the lock with `set_down`, so none slips by.
+                let mut g = inner.lock().unwrap();
+                if g.down {
                     drop(stream);
                     continue;
                 }
                 let service = service.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
                     let _ = builder
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
                 });
+                g.conns.retain(|c| !c.is_finished());
+                g.conns.push(conn.abort_handle());
             }
         });
         s
@@ -125,11 +131,16 @@ impl StandIn {
         }
     }
 
-    /// While down, new connections are dropped on arrival and open watches are cut.
+    /// While down, open connections are cut and new ones dropped on arrival.
     pub fn set_down(&self, down: bool) {
         let mut g = self.inner.lock().unwrap();
         g.down = down;
         if down {
+            // Cut connections first: a watch must end in an error, as when a server dies, not
+            // in a clean end of stream the client would answer by watching again at once.
+            for c in g.conns.drain(..) {
+                c.abort();
+            }
             g.watchers.clear();
         }
     }
