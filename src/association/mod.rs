@@ -4,6 +4,7 @@ pub mod crd;
 pub mod file;
 pub mod index;
 pub mod kubernetes;
+pub mod source;
 
 use std::fmt;
 

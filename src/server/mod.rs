@@ -26,8 +26,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::Admission;
 use crate::association::Store;
-use crate::association::file::{FileError, FileSource};
-use crate::association::kubernetes::KubeSource;
+use crate::association::file::FileError;
+pub use crate::association::source::AssociationSource;
+use crate::association::source::{self, RunningSource};
 use crate::certs::{self, CertError};
 use crate::metrics::Metrics;
 use crate::mutation::Injection;
@@ -66,41 +67,6 @@ impl ServeConfig {
             shutdown_timeout: Duration::from_secs(25),
         }
     }
-}
-
-/// Where the association index is fed from.
-#[derive(Clone, Default)]
-pub enum AssociationSource {
-    /// Nothing is injected.
-    #[default]
-    None,
-    /// A YAML/JSON file, reloaded when it changes.
-    File(PathBuf),
-    /// `PodIdentityAssociation` objects watched through this client.
-    Kubernetes {
-        client: kube::Client,
-        cluster_id: Option<String>,
-    },
-}
-
-impl std::fmt::Debug for AssociationSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AssociationSource::None => f.write_str("None"),
-            AssociationSource::File(p) => write!(f, "File({})", p.display()),
-            AssociationSource::Kubernetes { cluster_id, .. } => {
-                write!(f, "Kubernetes(cluster_id: {cluster_id:?})")
-            }
-        }
-    }
-}
-
-/// Keeps a running association source alive: it is only held, and dropping it stops it.
-#[allow(dead_code)]
-enum RunningSource {
-    None,
-    File(FileSource),
-    Kubernetes(KubeSource),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,30 +146,13 @@ impl Server {
         )?;
         readiness.tls_loaded.store(true, Ordering::Relaxed);
         let store = Arc::new(Store::default());
-        let source = match &config.source {
-            AssociationSource::File(path) => RunningSource::File(FileSource::start(
-                path.clone(),
-                store.clone(),
-                metrics.clone(),
-                config.reload_interval,
-            )?),
-            AssociationSource::Kubernetes { client, cluster_id } => {
-                RunningSource::Kubernetes(KubeSource::start(
-                    client.clone(),
-                    store.clone(),
-                    metrics.clone(),
-                    readiness.associations_synced.clone(),
-                    cluster_id.clone(),
-                ))
-            }
-            AssociationSource::None => {
-                tracing::warn!("no association source configured: pods are admitted unchanged");
-                RunningSource::None
-            }
-        };
-        if !matches!(source, RunningSource::Kubernetes(_)) {
-            readiness.associations_synced.store(true, Ordering::Relaxed);
-        }
+        let source = source::start(
+            &config.source,
+            store.clone(),
+            metrics.clone(),
+            readiness.associations_synced.clone(),
+            config.reload_interval,
+        )?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind {
