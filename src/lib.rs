@@ -6,10 +6,13 @@
 //! ([`association`]).
 
 pub mod admission;
+pub mod agent;
 pub mod association;
 pub mod certs;
+pub mod exchange;
 pub mod metrics;
 pub mod mutation;
 pub mod offline;
 pub mod server;
+pub mod signer;
 pub mod watch;

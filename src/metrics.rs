@@ -51,6 +51,43 @@ impl Source {
     }
 }
 
+/// A latency histogram in atomics (seconds, fixed buckets from 25 µs to 1 s).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(took.as_nanos() as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// Appends the histogram `name` in the text format (HELP and TYPE lines included).
+    pub fn render(&self, s: &mut String, name: &str, help: &str) {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(s, "{name}_sum {}", self.sum_ns.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(s, "{name}_count {count}");
+    }
+}
+
 const BUCKETS: [f64; 12] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
@@ -59,9 +96,7 @@ const BUCKETS: [f64; 12] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     admissions: [AtomicU64; 4],
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_ns: AtomicU64,
+    latency: Histogram,
     associations: AtomicU64,
     reloads: [AtomicU64; 2],
     reload_failures: [AtomicU64; 2],
@@ -72,12 +107,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn admission(&self, outcome: Outcome, took: Duration) {
         self.admissions[outcome as usize].fetch_add(1, Relaxed);
-        let secs = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.latency_buckets[i].fetch_add(1, Relaxed);
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_ns.fetch_add(took.as_nanos() as u64, Relaxed);
+        self.latency.observe(took);
     }
 
     pub fn admissions(&self, outcome: Outcome) -> u64 {
@@ -128,24 +158,11 @@ impl Metrics {
                 self.admissions(o)
             );
         }
-        s.push_str("# HELP podidentity_admission_duration_seconds Time to answer an admission request, body read to response built.\n");
-        s.push_str("# TYPE podidentity_admission_duration_seconds histogram\n");
-        let mut cumulative = 0;
-        for (b, n) in BUCKETS.iter().zip(&self.latency_buckets) {
-            cumulative += n.load(Relaxed);
-            let _ = writeln!(
-                s,
-                "podidentity_admission_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
-            );
-        }
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(
-            s,
-            "podidentity_admission_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        self.latency.render(
+            &mut s,
+            "podidentity_admission_duration_seconds",
+            "Time to answer an admission request, body read to response built.",
         );
-        let sum = self.latency_sum_ns.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(s, "podidentity_admission_duration_seconds_sum {sum}");
-        let _ = writeln!(s, "podidentity_admission_duration_seconds_count {count}");
         s.push_str("# HELP podidentity_associations Associations in the live index.\n");
         s.push_str("# TYPE podidentity_associations gauge\n");
         let _ = writeln!(s, "podidentity_associations {}", self.associations.load(Relaxed));

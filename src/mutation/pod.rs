@@ -44,6 +44,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
 
 /// The pod fields the mutation reads.
 #[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Pod<'a> {
     #[serde(borrow, default)]
     pub metadata: Option<Metadata<'a>>,
@@ -52,6 +53,7 @@ pub struct Pod<'a> {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Metadata<'a> {
     #[serde(borrow, default)]
     pub namespace: Option<Str<'a>>,
@@ -63,6 +65,7 @@ pub struct Metadata<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(remote = "Self")]
 pub struct Spec<'a> {
     #[serde(borrow, default)]
     pub service_account_name: Option<Str<'a>>,
@@ -81,6 +84,7 @@ pub struct Spec<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(remote = "Self")]
 pub struct Container<'a> {
     #[serde(borrow, default)]
     pub name: Str<'a>,
@@ -94,6 +98,7 @@ pub struct Container<'a> {
 
 /// A list item identified by `name` (volumes, env vars).
 #[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Named<'a> {
     #[serde(borrow, default)]
     pub name: Str<'a>,
@@ -101,12 +106,46 @@ pub struct Named<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(remote = "Self")]
 pub struct Mount<'a> {
     #[serde(borrow, default)]
     pub name: Str<'a>,
     #[serde(borrow, default)]
     pub mount_path: Str<'a>,
 }
+
+/// Gives a derived view struct (`#[serde(remote = "Self")]`) a `Deserialize` that accepts a
+/// JSON object only. serde's derive also reads a struct from an array of its fields in order
+/// (`[metadata, spec]`), and the patch built for such a "pod" adds object keys into an array,
+/// which cannot apply; a Pod and its parts are always objects.
+macro_rules! map_only {
+    ($($name:ident => $expecting:expr),* $(,)?) => {$(
+        impl<'de: 'a, 'a> Deserialize<'de> for $name<'a> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V<'a>(std::marker::PhantomData<&'a ()>);
+                impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                    type Value = $name<'a>;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<Self::Value, M::Error> {
+                        $name::deserialize(de::value::MapAccessDeserializer::new(m))
+                    }
+                }
+                d.deserialize_map(V(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+
+map_only!(
+    Pod => "struct Pod",
+    Metadata => "struct Metadata",
+    Spec => "struct Spec",
+    Container => "struct Container",
+    Named => "struct Named",
+    Mount => "struct Mount",
+);
 
 /// Defines a map view that keeps only the values of a few known keys, so reading labels or
 /// annotations never builds a map of everything in them.
@@ -231,6 +270,43 @@ mod tests {
         assert_eq!(pod.service_account(), "default");
         let pod = Pod::from_slice(br#"{"spec":{"serviceAccount":"legacy"}}"#).unwrap();
         assert_eq!(pod.service_account(), "legacy");
+    }
+
+    #[test]
+    fn a_pod_and_its_parts_are_objects_never_arrays() {
+        // serde's derive alone reads a struct from an array of its fields: `[]` would be a pod
+        // with no metadata and no spec, and its patch (`add /metadata`, `add /spec`) cannot
+        // apply to an array. Found by the `review` fuzz target's patch-applies check.
+        let derived = Pod::deserialize(&mut serde_json::Deserializer::from_slice(b"[]"));
+        assert!(derived.is_ok(), "the derive alone accepts an array");
+        for json in [
+            &br#"[]"#[..],
+            br#"[null, null]"#,
+            br#"{"metadata":[]}"#,
+            br#"{"spec":[]}"#,
+            br#"{"spec":{"containers":[["c"]]}}"#,
+            br#"{"spec":{"initContainers":[[]]}}"#,
+            br#"{"spec":{"volumes":[["cce-pod-identity-token"]]}}"#,
+            br#"{"spec":{"containers":[{"name":"c","env":[["HC_CONTAINER_CREDENTIALS_FULL_URI"]]}]}}"#,
+            br#"{"spec":{"containers":[{"name":"c","volumeMounts":[["n","/p"]]}]}}"#,
+        ] {
+            let err = Pod::from_slice(json).unwrap_err().to_string();
+            assert!(err.contains("invalid type: sequence, expected struct"), "{err}");
+        }
+        let err = Pod::from_slice(br#"{"spec":{"containers":["c"]}}"#).unwrap_err();
+        assert!(err.to_string().contains("expected struct Container"), "{err}");
+        // Objects read as before, borrowed.
+        let pod = Pod::from_slice(br#"{"metadata":{},"spec":{"volumes":[{"name":"v"}],"containers":[{"name":"c","volumeMounts":[{"name":"v","mountPath":"/p"}]}]}}"#).unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        assert!(matches!(
+            spec.volumes.as_ref().unwrap()[0].name.0,
+            Cow::Borrowed("v")
+        ));
+        let m = &spec.containers.as_ref().unwrap()[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!((m.name.as_str(), m.mount_path.as_str()), ("v", "/p"));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! clients (reqwest over rustls) speaking HTTP/1.1 or HTTP/2.
 #![allow(dead_code)]
 
+pub mod agents;
+pub mod doubles;
 pub mod standin;
 
 use std::path::{Path, PathBuf};

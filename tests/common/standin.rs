@@ -28,6 +28,7 @@ struct Inner {
     watchers: Vec<mpsc::UnboundedSender<Bytes>>,
     down: bool,
     lists: u64,
+    reviews: u64,
     /// Open connections, cut when the stand-in goes down.
     conns: Vec<tokio::task::AbortHandle>,
 }
@@ -47,7 +48,13 @@ impl StandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let s = StandIn { addr, inner, hold };
-        let app = Router::new().route(PATH, get(handle)).with_state(s.clone());
+        let app = Router::new()
+            .route(PATH, get(handle))
+            .route(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                axum::routing::post(token_review),
+            )
+            .with_state(s.clone());
         let service = hyper_util::service::TowerToHyperService::new(app);
         let inner = s.inner.clone();
         tokio::spawn(async move {
@@ -84,6 +91,10 @@ impl StandIn {
 
     pub fn release_lists(&self) {
         self.hold.send_replace(false);
+    }
+
+    pub fn reviews(&self) -> u64 {
+        self.inner.lock().unwrap().reviews
     }
 
     pub fn lists(&self) -> u64 {
@@ -217,4 +228,56 @@ pub fn association(ns: &str, sa: &str, agency: &str) -> Value {
         "metadata": {"name": format!("{ns}.{sa}")},
         "spec": {"namespace": ns, "serviceAccount": sa, "agencyName": agency},
     })
+}
+
+/// TokenReview as the API server answers it for projected service-account tokens (the
+/// stand-in trusts the claims; a real API server verifies the signature too).
+async fn token_review(State(s): State<StandIn>, body: Bytes) -> Response {
+    s.inner.lock().unwrap().reviews += 1;
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let token = review["spec"]["token"].as_str().unwrap_or("");
+    let wanted: Vec<String> = serde_json::from_value(review["spec"]["audiences"].clone()).unwrap_or_default();
+    let now = jiff::Timestamp::now().as_second();
+    let status = match pod_identity_webhook::agent::token::claims(token, now) {
+        Err(pod_identity_webhook::agent::token::TokenError::Expired(_)) => {
+            json!({"authenticated": false, "error": "[invalid bearer token, service account token has expired]"})
+        }
+        Err(_) => {
+            json!({"authenticated": false, "error": "[invalid bearer token, square/go-jose: compact JWS format must have three parts]"})
+        }
+        Ok(c) => {
+            let audiences: Vec<&String> = c
+                .audiences
+                .iter()
+                .filter(|a| wanted.is_empty() || wanted.contains(a))
+                .collect();
+            if audiences.is_empty() {
+                json!({"authenticated": false, "error": "[invalid bearer token, token audiences [...] is invalid for the target audiences]"})
+            } else {
+                let mut extra = serde_json::Map::new();
+                if let Some(pod) = &c.pod_name {
+                    extra.insert("authentication.kubernetes.io/pod-name".into(), json!([pod]));
+                    extra.insert("authentication.kubernetes.io/pod-uid".into(), json!([c.pod_uid]));
+                }
+                json!({
+                    "authenticated": true,
+                    "user": {
+                        "username": format!("system:serviceaccount:{}:{}", c.namespace, c.service_account),
+                        "uid": "sa-uid",
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", c.namespace)],
+                        "extra": extra,
+                    },
+                    "audiences": audiences,
+                })
+            }
+        }
+    };
+    let out = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
+        "spec": review["spec"], "status": status});
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        out.to_string(),
+    )
+        .into_response()
 }

@@ -1,0 +1,304 @@
+//! The credential cache: keyed by (a hash of) the token, bounded LRU, one upstream call per
+//! token at a time, refreshed ahead of expiry in the background at a bounded rate.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
+use super::credentials::{Backend, Credentials, UpstreamError};
+use super::metrics::AgentMetrics;
+
+type Key = [u8; 32];
+
+/// Cache policy.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Most tokens remembered; the least recently used goes first.
+    pub capacity: usize,
+    /// Credentials with less than this left are never handed out.
+    pub min_remaining: Duration,
+    /// Refresh this long before expiry (at most half the credentials' lifetime).
+    pub refresh_before: Duration,
+    /// Upstream calls per second (cache misses and refreshes together).
+    pub upstream_rate: f64,
+    /// Upstream calls allowed in a burst.
+    pub upstream_burst: f64,
+    /// Wait between a failed refresh and the next, before jitter (0–100 % added).
+    pub retry_after: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity: 10_000,
+            min_remaining: Duration::from_secs(15),
+            refresh_before: Duration::from_secs(300),
+            upstream_rate: 50.0,
+            upstream_burst: 100.0,
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a request got no credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("too many credential requests to the upstream; retry shortly")]
+    RateLimited,
+    #[error("the upstream returned credentials that expire in under {0} s")]
+    ExpiringTooSoon(u64),
+}
+
+struct Entry {
+    /// Kept to refresh ahead of time, as the pod would present it again anyway.
+    token: Arc<str>,
+    creds: Credentials,
+    fetched: jiff::Timestamp,
+    next_refresh: Instant,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Credentials, UpstreamError>>>;
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Shared by every request of the agent.
+pub struct Cache {
+    config: CacheConfig,
+    backend: Arc<dyn Backend>,
+    metrics: Arc<AgentMetrics>,
+    entries: Mutex<lru::LruCache<Key, Entry>>,
+    inflight: Mutex<HashMap<Key, Flight>>,
+    bucket: Mutex<Bucket>,
+}
+
+fn key(token: &str) -> Key {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut k = [0u8; 32];
+    k.copy_from_slice(d.as_ref());
+    k
+}
+
+impl Cache {
+    pub fn new(config: CacheConfig, backend: Arc<dyn Backend>, metrics: Arc<AgentMetrics>) -> Arc<Self> {
+        let capacity = NonZeroUsize::new(config.capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let bucket = Bucket {
+            tokens: config.upstream_burst.max(1.0),
+            last: Instant::now(),
+        };
+        Arc::new(Cache {
+            config,
+            backend,
+            metrics,
+            entries: Mutex::new(lru::LruCache::new(capacity)),
+            inflight: Mutex::new(HashMap::new()),
+            bucket: Mutex::new(bucket),
+        })
+    }
+
+    /// Credentials for `token`: cached if they have enough life left, else from upstream
+    /// (shared with every concurrent request for the same token).
+    pub async fn get(self: &Arc<Self>, token: &str) -> Result<Credentials, CacheError> {
+        let k = key(token);
+        let now = jiff::Timestamp::now();
+        let min = self.config.min_remaining.as_secs_f64();
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = entries.get(&k) {
+                if e.creds.remaining(now) > min {
+                    self.metrics.cache_hit();
+                    return Ok(e.creds.clone());
+                }
+                entries.pop(&k);
+            }
+        }
+        self.metrics.cache_miss();
+        let flight = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match inflight.get(&k) {
+                Some(f) => f.clone(),
+                None => {
+                    if !self.take_upstream_slot() {
+                        return Err(CacheError::RateLimited);
+                    }
+                    let this = self.clone();
+                    let token: Arc<str> = token.into();
+                    // Spawned, so the call completes (and is cached) even if every waiting
+                    // client hangs up.
+                    let task = tokio::spawn(async move { this.fetch_and_store(k, token).await });
+                    let f: Flight = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(UpstreamError::Invalid(format!("fetch task failed: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(k, f.clone());
+                    f
+                }
+            }
+        };
+        let creds = flight.await?;
+        if creds.remaining(jiff::Timestamp::now()) <= min {
+            return Err(CacheError::ExpiringTooSoon(self.config.min_remaining.as_secs()));
+        }
+        Ok(creds)
+    }
+
+    async fn fetch_and_store(&self, k: Key, token: Arc<str>) -> Result<Credentials, UpstreamError> {
+        let result = self.call_upstream(&token).await;
+        match &result {
+            Ok(creds) => {
+                let entry = self.entry(token, creds.clone());
+                self.entries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .put(k, entry);
+            }
+            Err(e) if e.is_auth() => {
+                self.entries.lock().unwrap_or_else(|e| e.into_inner()).pop(&k);
+            }
+            Err(_) => {}
+        }
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+        result
+    }
+
+    async fn call_upstream(&self, token: &str) -> Result<Credentials, UpstreamError> {
+        let start = Instant::now();
+        let result = self.backend.fetch(token).await;
+        self.metrics.upstream(result.is_ok(), start.elapsed());
+        result
+    }
+
+    fn entry(&self, token: Arc<str>, creds: Credentials) -> Entry {
+        let now = jiff::Timestamp::now();
+        let life = creds.remaining(now).max(0.0);
+        let ahead = self.config.refresh_before.as_secs_f64().min(life / 2.0);
+        let next_refresh = Instant::now() + Duration::from_secs_f64((life - ahead).max(0.0));
+        Entry {
+            token,
+            creds,
+            fetched: now,
+            next_refresh,
+        }
+    }
+
+    fn take_upstream_slot(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(b.last).as_secs_f64() * self.config.upstream_rate;
+        b.tokens = (b.tokens + refill).min(self.config.upstream_burst.max(1.0));
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Refreshes the entries that are due, as many as the rate allows; returns how many it
+    /// started. A transient failure keeps the cached credentials and retries after a jittered
+    /// wait; an auth failure evicts them.
+    pub fn refresh_due(self: &Arc<Self>) -> usize {
+        let now = Instant::now();
+        let due: Vec<(Key, Arc<str>)> = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries
+                .iter()
+                .filter(|(_, e)| e.next_refresh <= now)
+                .map(|(k, e)| (*k, e.token.clone()))
+                .collect()
+        };
+        let mut started = 0;
+        for (k, token) in due {
+            if self
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&k)
+            {
+                continue;
+            }
+            if !self.take_upstream_slot() {
+                break;
+            }
+            // Not retried before the jittered wait, whatever this attempt does.
+            let jitter = self.config.retry_after.mul_f64(1.0 + fastrand::f64());
+            if let Some(e) = self
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .peek_mut(&k)
+            {
+                e.next_refresh = now + jitter;
+            }
+            started += 1;
+            let this = self.clone();
+            tokio::spawn(async move {
+                match this.call_upstream(&token).await {
+                    Ok(creds) => {
+                        let entry = this.entry(token, creds);
+                        let mut entries = this.entries.lock().unwrap_or_else(|e| e.into_inner());
+                        // Only if still cached: an eviction meanwhile wins.
+                        if let Some(slot) = entries.peek_mut(&k) {
+                            *slot = entry;
+                        }
+                        this.metrics.refresh(true);
+                    }
+                    Err(e) if e.is_auth() => {
+                        tracing::info!(error = %e, "refresh refused; credentials evicted");
+                        this.entries.lock().unwrap_or_else(|e| e.into_inner()).pop(&k);
+                        this.metrics.refresh(false);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?jitter, "refresh failed; cached credentials keep serving");
+                        this.metrics.refresh(false);
+                    }
+                }
+            });
+        }
+        started
+    }
+
+    /// Runs [`refresh_due`](Self::refresh_due) every `every` until the cache is dropped elsewhere.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(cache) = weak.upgrade() else { return };
+                cache.refresh_due();
+            }
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// When the cached credentials for `token` were fetched (for tests and diagnostics).
+    pub fn fetched_at(&self, token: &str) -> Option<jiff::Timestamp> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .peek(&key(token))
+            .map(|e| e.fetched)
+    }
+}
