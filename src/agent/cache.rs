@@ -302,3 +302,151 @@ impl Cache {
             .map(|e| e.fetched)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A backend whose answers the test scripts.
+    struct Scripted {
+        calls: AtomicUsize,
+        lifetime_ms: i64,
+        fail: Mutex<Option<UpstreamError>>,
+    }
+
+    impl Backend for Scripted {
+        fn fetch<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Result<Credentials, UpstreamError>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let fail = self.fail.lock().unwrap().clone();
+            let lifetime = self.lifetime_ms;
+            async move {
+                if let Some(e) = fail {
+                    return Err(e);
+                }
+                Ok(Credentials {
+                    access_key_id: format!("AK{n}"),
+                    secret_access_key: "sk".into(),
+                    security_token: "st".into(),
+                    expiration: jiff::Timestamp::now() + jiff::SignedDuration::from_millis(lifetime),
+                    assumed_agency: None,
+                    association_id: None,
+                    subject: None,
+                    account_id: None,
+                })
+            }
+            .boxed()
+        }
+    }
+
+    fn setup(lifetime_ms: i64, config: CacheConfig) -> (Arc<Cache>, Arc<Scripted>) {
+        let backend = Arc::new(Scripted {
+            calls: AtomicUsize::new(0),
+            lifetime_ms,
+            fail: Mutex::new(None),
+        });
+        (
+            Cache::new(config, backend.clone(), Arc::new(AgentMetrics::default())),
+            backend,
+        )
+    }
+
+    fn fast() -> CacheConfig {
+        CacheConfig {
+            min_remaining: Duration::from_millis(100),
+            refresh_before: Duration::from_secs(300),
+            retry_after: Duration::from_millis(200),
+            ..CacheConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn never_hands_out_credentials_with_under_15_seconds_left() {
+        let (cache, backend) = setup(10_000, CacheConfig::default());
+        assert_eq!(cache.get("t").await, Err(CacheError::ExpiringTooSoon(15)));
+        // And does not serve them from the cache either: the next request asks again.
+        assert!(cache.get("t").await.is_err());
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
+        let (cache, _) = setup(60_000, CacheConfig::default());
+        assert_eq!(cache.get("t").await.unwrap().access_key_id, "AK1");
+        assert_eq!(cache.get("t").await.unwrap().access_key_id, "AK1", "cached");
+    }
+
+    #[tokio::test]
+    async fn refreshes_ahead_of_expiry_in_the_background() {
+        // 1 s lifetime: refresh due after half of it.
+        let (cache, backend) = setup(1_000, fast());
+        assert_eq!(cache.get("t").await.unwrap().access_key_id, "AK1");
+        assert_eq!(cache.refresh_due(), 0, "not due yet");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(cache.refresh_due(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            cache.get("t").await.unwrap().access_key_id,
+            "AK2",
+            "the refreshed credentials are served"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transient_refresh_failure_keeps_serving_and_retries_later() {
+        let (cache, backend) = setup(1_000, fast());
+        cache.get("t").await.unwrap();
+        *backend.fail.lock().unwrap() = Some(UpstreamError::Unreachable("down".into()));
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        assert_eq!(cache.refresh_due(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            cache.get("t").await.unwrap().access_key_id,
+            "AK1",
+            "still-valid credentials keep serving"
+        );
+        assert_eq!(cache.refresh_due(), 0, "no retry before the jittered wait");
+        *backend.fail.lock().unwrap() = None;
+        tokio::time::sleep(Duration::from_millis(420)).await;
+        assert_eq!(cache.refresh_due(), 1, "retried after the wait");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cache.get("t").await.unwrap().access_key_id, "AK3");
+    }
+
+    #[tokio::test]
+    async fn an_auth_failure_evicts() {
+        let (cache, backend) = setup(1_000, fast());
+        cache.get("t").await.unwrap();
+        *backend.fail.lock().unwrap() = Some(UpstreamError::Refused {
+            status: 403,
+            message: "association deleted".into(),
+        });
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        cache.refresh_due();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(cache.is_empty());
+        let e = cache.get("t").await.unwrap_err();
+        assert_eq!(
+            e,
+            CacheError::Upstream(UpstreamError::Refused {
+                status: 403,
+                message: "association deleted".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn the_lru_bound_holds() {
+        let (cache, _) = setup(
+            60_000,
+            CacheConfig {
+                capacity: 3,
+                ..fast()
+            },
+        );
+        for t in ["a", "b", "c", "d"] {
+            cache.get(t).await.unwrap();
+        }
+        assert_eq!(cache.len(), 3);
+        assert!(cache.fetched_at("a").is_none(), "least recently used went first");
+        assert!(cache.fetched_at("d").is_some());
+    }
+}

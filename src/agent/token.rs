@@ -26,11 +26,15 @@ pub fn from_header(value: Option<&[u8]>) -> Result<&str, TokenError> {
     let text = std::str::from_utf8(raw)
         .map_err(|_| TokenError::Malformed("not UTF-8".into()))?
         .trim();
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))
-        .map(str::trim)
-        .unwrap_or(text);
+    let token = match text.get(..6) {
+        Some(scheme)
+            if scheme.eq_ignore_ascii_case("bearer")
+                && text[6..].chars().next().is_none_or(char::is_whitespace) =>
+        {
+            text[6..].trim()
+        }
+        _ => text,
+    };
     if token.is_empty() {
         Err(TokenError::Empty)
     } else {

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod doubles;
+pub mod python;
 pub mod standin;
 
 use std::path::{Path, PathBuf};

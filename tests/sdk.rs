@@ -1,0 +1,227 @@
+//! The real SDKs against the agent: huaweicloudsdkcore's PodIdentityCredentialProvider and
+//! botocore's container credential provider obtain credentials, and the request signer agrees
+//! with the SDK's for the same inputs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::agents::*;
+use common::doubles;
+use common::python;
+use common::standin::StandIn;
+use pod_identity_webhook::mutation::Provider;
+use pod_identity_webhook::signer::{self, AccessKey};
+use serde_json::Value;
+
+const HC_SCRIPT: &str = r#"
+import json
+from huaweicloudsdkcore.auth.provider import PodIdentityCredentialProvider
+c = PodIdentityCredentialProvider.get_basic().get_credentials()
+print(json.dumps({"ak": c.ak, "sk": c.sk, "token": c.security_token, "expires": c._expired_at}))
+"#;
+
+const BOTO_SCRIPT: &str = r#"
+import json
+from botocore.credentials import ContainerProvider
+c = ContainerProvider().load()
+f = c.get_frozen_credentials()
+print(json.dumps({"ak": f.access_key, "sk": f.secret_key, "token": f.token, "method": c.method}))
+"#;
+
+async fn direct(url: &str, token: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(url)
+        .header("Authorization", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn write_token(dir: &std::path::Path, token: &str) -> String {
+    let path = dir.join("token");
+    std::fs::write(&path, token).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huaweicloud_sdk_reads_the_cce_shape() {
+    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
+    let file = write_token(dir.path(), &token);
+    let url = agent.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        python::run(
+            HC_SCRIPT,
+            &[
+                ("HC_CONTAINER_CREDENTIALS_FULL_URI", &url),
+                ("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", &file),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let parsed: Value = serde_json::from_str(out.trim()).unwrap();
+    // The agent's cache answers the same credentials to a direct call.
+    let body = direct(&agent.url, &token).await;
+    let c = &body["credentials"];
+    assert_eq!(parsed["ak"], c["accessKeyId"]);
+    assert_eq!(parsed["sk"], c["secretAccessKey"]);
+    assert_eq!(parsed["token"], c["securityToken"]);
+    let expires: jiff::Timestamp = c["expiration"].as_str().unwrap().parse().unwrap();
+    // The SDK reads the time as local time (time.mktime); the venv runs with TZ=UTC.
+    assert_eq!(
+        parsed["expires"].as_f64(),
+        Some(expires.as_second() as f64),
+        "the SDK parsed the expiration"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn botocore_reads_the_eks_shape() {
+    let agent = start_agent(Provider::Eks, local_backend(Provider::Eks), |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = pod_token("pi-demo", "worker", "w-1", "pods.eks.amazonaws.com");
+    let file = write_token(dir.path(), &token);
+    let url = agent.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        python::run(
+            BOTO_SCRIPT,
+            &[
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &file),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let parsed: Value = serde_json::from_str(out.trim()).unwrap();
+    let body = direct(&agent.url, &token).await;
+    assert_eq!(parsed["ak"], body["AccessKeyId"]);
+    assert_eq!(parsed["sk"], body["SecretAccessKey"]);
+    assert_eq!(parsed["token"], body["Token"]);
+    assert_eq!(parsed["method"], "container-role");
+}
+
+/// SDK → agent (cce backend) → exchange → TokenReview (stand-in) + IAM (double): the SDK ends
+/// up with the credentials IAM issued for the association's agency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_from_the_sdk_to_iam() {
+    let api = StandIn::start(false).await;
+    let iam = doubles::iam().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = start_exchange(&api, &iam.url, dir.path()).await;
+    let agent = start_agent(
+        Provider::Cce,
+        cce_backend(&exchange.url, dir.path(), Duration::from_secs(4)),
+        |_| {},
+    )
+    .await;
+    let token = pod_token("pi-demo", "worker", "worker-5d8f", "service.cce.pods");
+    let file = write_token(dir.path(), &token);
+    let url = agent.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        python::run(
+            HC_SCRIPT,
+            &[
+                ("HC_CONTAINER_CREDENTIALS_FULL_URI", &url),
+                ("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", &file),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let parsed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(parsed["ak"], "IAMAK00001");
+    assert_eq!(
+        parsed["sk"], "iam-secret-1-worker-agency",
+        "the worker association's agency"
+    );
+    assert_eq!(parsed["token"], "iam-security-token-1");
+    let calls = iam.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].body["auth"]["identity"]["assume_role"]["agency_name"],
+        "worker-agency"
+    );
+    assert_eq!(
+        calls[0].body["auth"]["identity"]["assume_role"]["session_user"]["name"],
+        format!("cce-{CLUSTER}-worker-5d8f")
+    );
+    assert_eq!(api.reviews(), 1);
+}
+
+const SIGN_SCRIPT: &str = r#"
+import json, sys
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.sdk_request import SdkRequest
+i = json.loads(sys.argv[1])
+creds = BasicCredentials(i["ak"], i["sk"], i["project"])
+if i.get("token"):
+    creds = creds.with_security_token(i["token"])
+req = SdkRequest(method="POST", schema="https", host=i["host"], resource_path=i["path"],
+                 query_params=[tuple(q) for q in i["query"]],
+                 header_params={"Content-Type": "application/json", "X-Sdk-Date": i["date"]},
+                 body=i["body"])
+req = creds.sign_request(req)
+print(req.header_params["Authorization"])
+"#;
+
+#[test]
+fn signature_matches_the_sdk_signer() {
+    let cases = [
+        (
+            "AKEXAMPLE",
+            "sk-secret",
+            None,
+            "cce.example.com",
+            "/api/v3/projects/p1/clusters/c1/assume-agency-for-pod-identity",
+            vec![],
+            r#"{"token":"abc"}"#,
+        ),
+        (
+            "AK2",
+            "another/secret+key",
+            Some("temporary-security-token"),
+            "127.0.0.1:8443",
+            "/v3.0/OS-CREDENTIAL/securitytokens",
+            vec![("b", "2"), ("a", "x y")],
+            "{}",
+        ),
+    ];
+    for (ak, sk, token, host, path, query, body) in cases {
+        let date = "20261123T101500Z";
+        let input = serde_json::json!({"ak": ak, "sk": sk, "project": "p1", "token": token, "host": host, "path": path,
+            "query": query, "date": date, "body": body});
+        let out = std::process::Command::new(python::sdk_python())
+            .args(["-c", SIGN_SCRIPT, &input.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let expected = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let key = AccessKey {
+            ak: ak.into(),
+            sk: sk.into(),
+            security_token: token.map(str::to_owned),
+        };
+        let headers = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("X-Sdk-Date".to_owned(), date.to_owned()),
+            ("X-Project-Id".to_owned(), "p1".to_owned()),
+        ];
+        let req = signer::Request {
+            method: "POST",
+            host,
+            path,
+            query: &query,
+            headers,
+            body: body.as_bytes(),
+        };
+        let signed = signer::sign(&key, req, date);
+        let ours = &signed.iter().find(|(k, _)| k == "Authorization").unwrap().1;
+        assert_eq!(ours, &expected, "for {ak}");
+    }
+}
