@@ -268,13 +268,8 @@ struct ServeArgs {
     /// certificate are generated there when both are absent.
     #[arg(long, env = "POD_IDENTITY_CERT_DIR", default_value = "certs")]
     cert_dir: PathBuf,
-    /// Where associations come from: a file (`--associations`) or PodIdentityAssociation
-    /// objects in the cluster (in-cluster config, or KUBECONFIG).
-    #[arg(long, env = "POD_IDENTITY_SOURCE", value_enum, default_value_t = SourceKind::File)]
-    source: SourceKind,
-    /// Association file (YAML or JSON) for `--source file`, reloaded on change.
-    #[arg(long, env = "POD_IDENTITY_ASSOCIATIONS")]
-    associations: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Cluster id reported in association records read from the cluster.
     #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
     cluster_id: Option<String>,
@@ -378,24 +373,7 @@ fn serve(args: ServeArgs) -> Result {
     );
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        config.source = match (args.source, args.associations) {
-            (SourceKind::File, Some(path)) => AssociationSource::File(path),
-            (SourceKind::File, None) => AssociationSource::None,
-            (SourceKind::Kubernetes, None) => {
-                let client = kube::Client::try_default().await.map_err(|e| {
-                    format!(
-                        "--source kubernetes: no usable cluster configuration (in-cluster or KUBECONFIG): {e}"
-                    )
-                })?;
-                AssociationSource::Kubernetes {
-                    client,
-                    cluster_id: args.cluster_id,
-                }
-            }
-            (SourceKind::Kubernetes, Some(_)) => {
-                return Err("--associations is for --source file; drop it or use --source file".into());
-            }
-        };
+        config.source = args.source.resolve(args.cluster_id).await?;
         let server = Server::bind(config).await?;
         server.run(shutdown_signal()).await;
         Ok(())
