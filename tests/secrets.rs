@@ -1,0 +1,207 @@
+//! The whole flow through the real binaries at debug level: no token, secret key or security
+//! token may appear in any log.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::agents::{CLUSTER, PROJECT, pod_token};
+use common::doubles;
+use common::standin::StandIn;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(url: &str) {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < end, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops the process and returns everything it logged.
+fn logs(mut child: Child) -> String {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let mut out = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs() {
+    pod_identity_webhook::server::tls::install_crypto_provider();
+    let api = StandIn::start(false).await;
+    api.apply(common::standin::association("pi-demo", "app", "demo-agency"));
+    let iam = doubles::iam().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A kubeconfig for the exchange's TokenReview and watch, pointing at the stand-in.
+    let kubeconfig = d.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {{server: 'http://{}'}}\nusers:\n- name: u\n  user: {{token: kube-bearer-secret}}\ncontexts:\n- name: c\n  context: {{cluster: s, user: u}}\ncurrent-context: c\n",
+            api.addr
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("operator-token"), "operator-iam-token-secret").unwrap();
+    std::fs::write(d.join("agent-token"), "agent-auth-token-secret").unwrap();
+
+    let (xport, aport, admin) = (free_port(), free_port(), free_port());
+    let exchange = spawn(
+        &[
+            "exchange",
+            "--listen",
+            &format!("127.0.0.1:{xport}"),
+            "--project-id",
+            PROJECT,
+            "--cluster-id",
+            CLUSTER,
+            "--iam-endpoint",
+            &iam.url,
+            "--domain-id",
+            "domain-1",
+            "--source",
+            "kubernetes",
+            "--auth-token-file",
+            d.join("operator-token").to_str().unwrap(),
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let agent = spawn(
+        &[
+            "agent",
+            "--listen",
+            &format!("127.0.0.1:{aport}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--backend",
+            "cce",
+            "--cce-endpoint",
+            &format!("http://127.0.0.1:{xport}"),
+            "--project-id",
+            PROJECT,
+            "--cluster-id",
+            CLUSTER,
+            "--auth-token-file",
+            d.join("agent-token").to_str().unwrap(),
+        ],
+        &[],
+    );
+    // The webhook too, with a fixture admission, at debug level.
+    let wport = free_port();
+    let certs = d.join("certs");
+    let webhook = spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{wport}"),
+            "--cert-dir",
+            certs.to_str().unwrap(),
+            "--associations",
+            "tests/fixtures/associations.yaml",
+        ],
+        &[],
+    );
+    wait_ready(&format!("http://127.0.0.1:{xport}/readyz")).await;
+    wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
+
+    let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{aport}/v1/credentials"))
+        .header("Authorization", &token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let creds = &body["credentials"];
+    // A refused token takes the error paths too.
+    let bad = pod_token("pi-other", "x", "p", "service.cce.pods");
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{aport}/v1/credentials"))
+        .header("Authorization", &bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let end = Instant::now() + Duration::from_secs(20);
+    while !certs.join("ca.crt").exists() {
+        assert!(Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = common::client(&[&std::fs::read(certs.join("ca.crt")).unwrap()], common::Http::H2);
+    wait_ready_tls(&c, &format!("https://127.0.0.1:{wport}/readyz")).await;
+    let r = c
+        .post(format!("https://127.0.0.1:{wport}/mutate"))
+        .body(common::fixture("01-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let all = [logs(agent), logs(exchange), logs(webhook)].join("\n");
+    assert!(all.contains("DEBUG"), "debug logging was on");
+    assert!(all.contains("agency credentials issued"), "the flow ran");
+    let secrets = [
+        token.as_str(),
+        bad.as_str(),
+        creds["secretAccessKey"].as_str().unwrap(),
+        creds["securityToken"].as_str().unwrap(),
+        "operator-iam-token-secret",
+        "agent-auth-token-secret",
+        "kube-bearer-secret",
+    ];
+    for s in secrets {
+        // The JWT payload alone would identify the token too.
+        let payload = s.split('.').nth(1).unwrap_or(s);
+        assert!(
+            !all.contains(s) && !all.contains(payload),
+            "a secret leaked into the logs: {}...",
+            &s[..12.min(s.len())]
+        );
+    }
+}
+
+async fn wait_ready_tls(c: &reqwest::Client, url: &str) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while !c.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < end, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
