@@ -294,34 +294,69 @@ fn agent_and_exchange_manifests_fit_the_binary() {
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["automountServiceAccountToken"], false);
     let init = &pod["initContainers"][0];
-    assert_eq!(init["securityContext"]["capabilities"]["add"], serde_json::json!(["NET_ADMIN"]));
+    assert_eq!(
+        init["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN"])
+    );
     assert!(init["command"][2].as_str().unwrap().contains("169.254.170.23/32"));
     let agent = &pod["containers"][0];
-    assert_eq!(agent["securityContext"]["capabilities"]["add"], serde_json::json!(["NET_BIND_SERVICE"]));
+    assert_eq!(
+        agent["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["NET_BIND_SERVICE"])
+    );
     assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
-    let args: Vec<&str> = agent["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = agent["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     assert_flags("agent", &args);
     assert!(args.contains(&"--listen=169.254.170.23:80"));
 
     let deploy = find(&docs, "Deployment", "pod-identity-exchange");
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     assert_flags("exchange", &args);
     // The exchange's required settings come from the ConfigMap, under the env names the flags read.
     let help = help("exchange");
-    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("config map");
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("config map");
     for key in cm["data"].as_object().unwrap().keys() {
-        assert!(help.contains(&format!("env: {key}=")), "{key} is not read by exchange");
+        assert!(
+            help.contains(&format!("env: {key}=")),
+            "{key} is not read by exchange"
+        );
     }
     let role = find(&docs, "ClusterRole", "pod-identity-exchange");
-    assert_eq!(role["rules"][0], serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}));
-    assert_eq!(role["rules"][1]["verbs"], serde_json::json!(["get", "list", "watch"]));
+    assert_eq!(
+        role["rules"][0],
+        serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
+    );
+    assert_eq!(
+        role["rules"][1]["verbs"],
+        serde_json::json!(["get", "list", "watch"])
+    );
     let svc = find(&docs, "Service", "pod-identity-exchange");
     assert_eq!(svc["spec"]["ports"][0]["port"], 80);
 }
 
 fn help(command: &str) -> String {
-    String::from_utf8(Command::new(BIN).args([command, "--help"]).output().unwrap().stdout).unwrap()
+    String::from_utf8(
+        Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
 }
 
 /// `COMMAND ARGS...`: every `--flag=value` is one the subcommand has.
@@ -330,6 +365,9 @@ fn assert_flags(command: &str, args: &[&str]) {
     let help = help(command);
     for a in &args[1..] {
         let flag = a.split('=').next().unwrap();
-        assert!(help.contains(&format!("{flag} <")), "{flag} is not an {command} flag");
+        assert!(
+            help.contains(&format!("{flag} <")),
+            "{flag} is not an {command} flag"
+        );
     }
 }
