@@ -40,6 +40,23 @@ async fn direct(url: &str, token: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// Runs an SDK `script` (off the async runtime) with the endpoint and token-file env vars of
+/// `provider`, and returns what it printed as JSON.
+async fn sdk(script: &'static str, provider: Provider, url: &str, token_file: &str) -> Value {
+    let p = provider.profile();
+    let env = [
+        (p.endpoint_env, url.to_owned()),
+        (p.token_file_env, token_file.to_owned()),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        python::run(script, &env)
+    })
+    .await
+    .unwrap();
+    serde_json::from_str(out.trim()).unwrap()
+}
+
 fn write_token(dir: &std::path::Path, token: &str) -> String {
     let path = dir.join("token");
     std::fs::write(&path, token).unwrap();
@@ -52,19 +69,7 @@ async fn huaweicloud_sdk_reads_the_cce_shape() {
     let dir = tempfile::tempdir().unwrap();
     let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
     let file = write_token(dir.path(), &token);
-    let url = agent.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        python::run(
-            HC_SCRIPT,
-            &[
-                ("HC_CONTAINER_CREDENTIALS_FULL_URI", &url),
-                ("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", &file),
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    let parsed: Value = serde_json::from_str(out.trim()).unwrap();
+    let parsed = sdk(HC_SCRIPT, Provider::Cce, &agent.url, &file).await;
     // The agent's cache answers the same credentials to a direct call.
     let body = direct(&agent.url, &token).await;
     let c = &body["credentials"];
@@ -86,19 +91,7 @@ async fn botocore_reads_the_eks_shape() {
     let dir = tempfile::tempdir().unwrap();
     let token = pod_token("pi-demo", "worker", "w-1", "pods.eks.amazonaws.com");
     let file = write_token(dir.path(), &token);
-    let url = agent.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        python::run(
-            BOTO_SCRIPT,
-            &[
-                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url),
-                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &file),
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    let parsed: Value = serde_json::from_str(out.trim()).unwrap();
+    let parsed = sdk(BOTO_SCRIPT, Provider::Eks, &agent.url, &file).await;
     let body = direct(&agent.url, &token).await;
     assert_eq!(parsed["ak"], body["AccessKeyId"]);
     assert_eq!(parsed["sk"], body["SecretAccessKey"]);
@@ -122,19 +115,7 @@ async fn end_to_end_from_the_sdk_to_iam() {
     .await;
     let token = pod_token("pi-demo", "worker", "worker-5d8f", "service.cce.pods");
     let file = write_token(dir.path(), &token);
-    let url = agent.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        python::run(
-            HC_SCRIPT,
-            &[
-                ("HC_CONTAINER_CREDENTIALS_FULL_URI", &url),
-                ("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", &file),
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    let parsed: Value = serde_json::from_str(out.trim()).unwrap();
+    let parsed = sdk(HC_SCRIPT, Provider::Cce, &agent.url, &file).await;
     assert_eq!(parsed["ak"], "IAMAK00001");
     assert_eq!(
         parsed["sk"], "iam-secret-1-worker-agency",

@@ -81,13 +81,7 @@ impl Credentials {
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| UpstreamError::Invalid(format!("response is not JSON: {e}")))?;
         let c = &v["credentials"];
-        let field = |name: &str| {
-            c[name]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| UpstreamError::Invalid(format!("response has no credentials.{name}")))
-        };
+        let field = |name: &str| required(c, "credentials", name);
         let expiration = field("expiration")?
             .parse::<jiff::Timestamp>()
             .map_err(|e| UpstreamError::Invalid(format!("credentials.expiration is not a timestamp: {e}")))?;
@@ -103,6 +97,15 @@ impl Credentials {
             account_id: None,
         })
     }
+}
+
+/// A non-empty string field of an upstream answer, or an error naming it.
+pub fn required(object: &Value, parent: &str, name: &str) -> Result<String, UpstreamError> {
+    object[name]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| UpstreamError::Invalid(format!("response has no {parent}.{name}")))
 }
 
 /// Why credentials could not be obtained upstream.

@@ -172,13 +172,14 @@ fn credential_routes(state: Arc<AgentState>) -> Router {
         .with_state(state)
 }
 
-fn admin_routes(state: Arc<AgentState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(|State(s): State<Arc<AgentState>>| async move {
-                if s.ready.load(Ordering::Relaxed) {
+/// `/healthz` (the process answers) and `/readyz` (`ready`: the association source synced).
+pub fn health_routes<S: Clone + Send + Sync + 'static>(ready: Arc<AtomicBool>) -> Router<S> {
+    Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/readyz",
+        get(move || {
+            let ready = ready.load(Ordering::Relaxed);
+            async move {
+                if ready {
                     (StatusCode::OK, "ready\n")
                 } else {
                     (
@@ -186,8 +187,13 @@ fn admin_routes(state: Arc<AgentState>) -> Router {
                         "not ready: associations not synced\n",
                     )
                 }
-            }),
-        )
+            }
+        }),
+    )
+}
+
+fn admin_routes(state: Arc<AgentState>) -> Router {
+    health_routes(state.ready.clone())
         .route(
             "/metrics",
             get(|State(s): State<Arc<AgentState>>| async move {

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::agent::backend::{CceAuth, auth_headers, post};
-use crate::agent::credentials::{Credentials, UpstreamError};
+use crate::agent::credentials::{Credentials, UpstreamError, required};
 
 /// The delegating account, by id (preferred) or name.
 #[derive(Debug, Clone)]
@@ -75,13 +75,7 @@ impl Iam {
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|e| UpstreamError::Invalid(format!("IAM answer is not JSON: {e}")))?;
         let c = &v["credential"];
-        let field = |name: &str| {
-            c[name]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| UpstreamError::Invalid(format!("IAM answer has no credential.{name}")))
-        };
+        let field = |name: &str| required(c, "credential", name);
         let expiration = field("expires_at")?
             .parse::<jiff::Timestamp>()
             .map_err(|e| UpstreamError::Invalid(format!("credential.expires_at is not a timestamp: {e}")))?;

@@ -8,14 +8,14 @@ pub mod iam;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -106,20 +106,7 @@ impl Exchange {
                 "/api/v3/projects/{project_id}/clusters/{cluster_id}/assume-agency-for-pod-identity",
                 post(assume),
             )
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route(
-                "/readyz",
-                get(|State(s): State<Arc<ExchangeState>>| async move {
-                    if s.synced.load(Ordering::Relaxed) {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: associations not synced\n",
-                        )
-                    }
-                }),
-            )
+            .merge(crate::agent::health_routes(self.state.synced.clone()))
             .with_state(self.state);
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
