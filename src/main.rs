@@ -199,6 +199,10 @@ struct AgentArgs {
 struct ExchangeArgs {
     #[arg(long, env = "POD_IDENTITY_EXCHANGE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Directory with tls.crt and tls.key to serve HTTPS (reloaded on change); plain HTTP
+    /// without it.
+    #[arg(long, env = "POD_IDENTITY_CERT_DIR")]
+    cert_dir: Option<PathBuf>,
     /// The project id in the API path this exchange answers for.
     #[arg(long, env = "POD_IDENTITY_PROJECT_ID")]
     project_id: String,
@@ -526,6 +530,7 @@ fn exchange(args: ExchangeArgs) -> Result {
             listen: args.listen,
             project_id: args.project_id,
             cluster_id: args.cluster_id,
+            cert_dir: args.cert_dir,
         };
         let exchange = Exchange::bind(config, reviewer, store, synced, iam).await?;
         exchange.run(shutdown_signal()).await?;

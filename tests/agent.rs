@@ -377,3 +377,40 @@ async fn exchange_answers_seed_000_from_token_review_and_iam() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reaches_the_exchange_over_https() {
+    let api = StandIn::start(false).await;
+    let iam = doubles::iam().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("exchange-tls");
+    pod_identity_webhook::certs::write(&certs, &pod_identity_webhook::certs::generate_local(1).unwrap())
+        .unwrap();
+    let exchange = start_exchange_with(&api, &iam.url, dir.path(), Some(&certs)).await;
+    assert!(exchange.url.starts_with("https://"));
+    let ca = certs.join("ca.crt");
+    let agent = start_agent(
+        Provider::Cce,
+        cce_backend_trusting(&exchange.url, dir.path(), Duration::from_secs(4), Some(&ca)),
+        |_| {},
+    )
+    .await;
+    let (status, body) = call(&agent.url, Some(&pod_token("pi-demo", "app", "a", AUD)), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["credentials"]["accessKeyId"], "IAMAK00001");
+    // An agent that does not trust the exchange's CA gets nothing from it.
+    let untrusting = start_agent(
+        Provider::Cce,
+        cce_backend(&exchange.url, dir.path(), Duration::from_secs(4)),
+        |_| {},
+    )
+    .await;
+    let (status, body) = call(
+        &untrusting.url,
+        Some(&pod_token("pi-demo", "app", "b", AUD)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(iam.calls().len(), 1);
+}

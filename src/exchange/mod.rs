@@ -23,7 +23,12 @@ use tokio::net::TcpListener;
 
 use crate::agent::credentials::{Credentials, UpstreamError};
 use crate::association::Store;
+use crate::certs;
+use crate::metrics::Metrics;
+use crate::server::tls::{self, ReloadingCert};
+use crate::server::{Timeouts, serve_https};
 use iam::Iam;
+use std::time::Duration;
 
 /// The audience pod tokens must carry for this API.
 pub const AUDIENCE: &str = "service.cce.pods";
@@ -58,6 +63,9 @@ pub struct ExchangeConfig {
     pub listen: SocketAddr,
     pub project_id: String,
     pub cluster_id: String,
+    /// Directory with `tls.crt` and `tls.key` (reloaded on change) to serve HTTPS; plain HTTP
+    /// without it.
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 struct ExchangeState {
@@ -73,6 +81,7 @@ struct ExchangeState {
 pub struct Exchange {
     listener: TcpListener,
     state: Arc<ExchangeState>,
+    tls: Option<(tokio_rustls::TlsAcceptor, ReloadingCert)>,
 }
 
 impl Exchange {
@@ -82,8 +91,29 @@ impl Exchange {
         store: Arc<Store>,
         synced: Arc<AtomicBool>,
         iam: Iam,
-    ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
+    ) -> Result<Self, ExchangeError> {
+        let tls = match &config.cert_dir {
+            Some(dir) => {
+                tls::install_crypto_provider();
+                let cert = ReloadingCert::start(
+                    dir.join(certs::CERT_FILE),
+                    dir.join(certs::KEY_FILE),
+                    Arc::new(Metrics::default()),
+                    Duration::from_secs(2),
+                )?;
+                Some((
+                    tokio_rustls::TlsAcceptor::from(tls::server_config(cert.resolver.clone())),
+                    cert,
+                ))
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ExchangeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let state = Arc::new(ExchangeState {
             project_id: config.project_id,
             cluster_id: config.cluster_id,
@@ -92,7 +122,7 @@ impl Exchange {
             synced,
             iam,
         });
-        Ok(Exchange { listener, state })
+        Ok(Exchange { listener, state, tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -100,7 +130,6 @@ impl Exchange {
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "exchange listening (http)");
         let app = Router::new()
             .route(
                 "/api/v3/projects/{project_id}/clusters/{cluster_id}/assume-agency-for-pod-identity",
@@ -108,10 +137,35 @@ impl Exchange {
             )
             .merge(crate::agent::health_routes(self.state.synced.clone()))
             .with_state(self.state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        match self.tls {
+            Some((acceptor, _cert)) => {
+                tracing::info!(addr = %self.listener.local_addr()?, "exchange listening (https)");
+                let timeouts = Timeouts {
+                    header_read: Duration::from_secs(10),
+                    shutdown: Duration::from_secs(25),
+                };
+                serve_https(self.listener, acceptor, app, timeouts, shutdown, || {}).await;
+                Ok(())
+            }
+            None => {
+                tracing::info!(addr = %self.listener.local_addr()?, "exchange listening (http)");
+                axum::serve(self.listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// An error in the cloud API's shape.

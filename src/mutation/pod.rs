@@ -276,7 +276,7 @@ mod tests {
     fn a_pod_and_its_parts_are_objects_never_arrays() {
         // serde's derive alone reads a struct from an array of its fields: `[]` would be a pod
         // with no metadata and no spec, and its patch (`add /metadata`, `add /spec`) cannot
-        // apply to an array. Found by the `review` fuzz target's patch-applies check.
+        // apply to an array (found writing the `review` fuzz target's patch-applies check).
         let derived = Pod::deserialize(&mut serde_json::Deserializer::from_slice(b"[]"));
         assert!(derived.is_ok(), "the derive alone accepts an array");
         for json in [

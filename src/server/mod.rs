@@ -197,58 +197,87 @@ impl Server {
             _cert,
             _source,
         } = self;
-        let service = TowerToHyperService::new(router(state.clone()));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .max_concurrent_streams(1024);
-        let graceful = GracefulShutdown::new();
         tracing::info!(addr = %listener.local_addr().unwrap_or(config.listen), "webhook listening (https; h2, http/1.1)");
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let builder = builder.clone();
-            let service = service.clone();
-            let watcher = graceful.watcher();
-            let handshake_timeout = config.header_read_timeout;
-            tokio::spawn(async move {
-                let Some(tls) = accept_tls(stream, peer, &acceptor, handshake_timeout).await else {
-                    return;
-                };
-                let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let readiness = state.readiness.clone();
+        let timeouts = Timeouts {
+            header_read: config.header_read_timeout,
+            shutdown: config.shutdown_timeout,
+        };
+        serve_https(listener, acceptor, router(state), timeouts, shutdown, move || {
+            readiness.draining.store(true, Ordering::Relaxed);
+        })
+        .await;
+    }
+}
+
+/// Connection timeouts of an HTTPS server.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For the TLS handshake and the request headers.
+    pub header_read: Duration,
+    /// For in-flight requests once shutdown starts.
+    pub shutdown: Duration,
+}
+
+/// Serves `router` over TLS (h2 and http/1.1) until `shutdown` completes; then calls
+/// `on_drain`, stops accepting, and lets in-flight requests finish within the timeout.
+pub async fn serve_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()>,
+    on_drain: impl FnOnce(),
+) {
+    let service = TowerToHyperService::new(router);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(1024);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-            });
-        }
-        state.readiness.draining.store(true, Ordering::Relaxed);
-        drop(listener);
-        tracing::info!("shutting down: no new connections; draining in-flight requests");
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections drained"),
-            () = tokio::time::sleep(config.shutdown_timeout) => {
-                tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown timeout reached with requests still in flight");
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let Some(tls) = accept_tls(stream, peer, &acceptor, timeouts.header_read).await else {
+                return;
+            };
+            let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+        });
+    }
+    on_drain();
+    drop(listener);
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(timeouts.shutdown) => {
+            tracing::warn!(timeout = ?timeouts.shutdown, "shutdown timeout reached with requests still in flight");
         }
     }
 }

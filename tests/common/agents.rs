@@ -54,9 +54,19 @@ pub fn local_backend(provider: Provider) -> Arc<dyn Backend> {
 
 /// A `cce` backend calling `endpoint` with an `X-Auth-Token` from a file in `dir`.
 pub fn cce_backend(endpoint: &str, dir: &Path, timeout: Duration) -> Arc<dyn Backend> {
+    cce_backend_trusting(endpoint, dir, timeout, None)
+}
+
+/// The same, trusting `ca` for HTTPS besides the public roots.
+pub fn cce_backend_trusting(
+    endpoint: &str,
+    dir: &Path,
+    timeout: Duration,
+    ca: Option<&Path>,
+) -> Arc<dyn Backend> {
     let token_file = dir.join("agent-auth-token");
     std::fs::write(&token_file, "agent-iam-token\n").unwrap();
-    let client = backend::http_client(None, timeout).unwrap();
+    let client = backend::http_client(ca, timeout).unwrap();
     Arc::new(
         CceBackend::new(
             client,
@@ -117,6 +127,16 @@ impl Drop for RunningExchange {
 /// The exchange with TokenReview on the stand-in API server and IAM at `iam_url`
 /// (operator token `operator-iam-token` from a file in `dir`).
 pub async fn start_exchange(api: &StandIn, iam_url: &str, dir: &Path) -> RunningExchange {
+    start_exchange_with(api, iam_url, dir, None).await
+}
+
+/// The same; with `cert_dir`, over HTTPS.
+pub async fn start_exchange_with(
+    api: &StandIn,
+    iam_url: &str,
+    dir: &Path,
+    cert_dir: Option<&Path>,
+) -> RunningExchange {
     pod_identity_webhook::server::tls::install_crypto_provider();
     let token_file = dir.join("operator-token");
     std::fs::write(&token_file, "operator-iam-token").unwrap();
@@ -127,6 +147,7 @@ pub async fn start_exchange(api: &StandIn, iam_url: &str, dir: &Path) -> Running
         listen: "127.0.0.1:0".parse().unwrap(),
         project_id: PROJECT.into(),
         cluster_id: CLUSTER.into(),
+        cert_dir: cert_dir.map(Path::to_path_buf),
     };
     let reviewer = Arc::new(KubeReviewer(api.client().await));
     let exchange = Exchange::bind(
@@ -138,7 +159,8 @@ pub async fn start_exchange(api: &StandIn, iam_url: &str, dir: &Path) -> Running
     )
     .await
     .unwrap();
-    let url = format!("http://{}", exchange.local_addr());
+    let scheme = if cert_dir.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://localhost:{}", exchange.local_addr().port());
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(exchange.run(async {
         let _ = rx.await;
