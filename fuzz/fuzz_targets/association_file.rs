@@ -1,0 +1,41 @@
+//! Text → `association::file::parse`: never panics; what it accepts is valid and indexable.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use pod_identity_webhook::association::file::{FileError, parse};
+use pod_identity_webhook::association::{AssociationSpec, Index};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse(Path::new("fuzz.yaml"), text) {
+        Ok(list) => {
+            for a in &list {
+                assert!(!a.uid.is_empty());
+                assert!(!a.target().is_empty());
+                // Whatever validated once validates again, to the same record.
+                let spec = AssociationSpec {
+                    uid: Some(a.uid.clone()),
+                    cluster_id: a.cluster_id.clone(),
+                    namespace: a.namespace.clone(),
+                    service_account: a.service_account.clone(),
+                    agency_name: a.agency_name.clone(),
+                    role_arn: a.role_arn.clone(),
+                    tags: a.tags.clone(),
+                    created_at: a.created_at.clone(),
+                    modified_at: a.modified_at.clone(),
+                };
+                assert_eq!(spec.validate().as_ref(), Ok(a));
+            }
+            // Indexing either works or names a duplicate; it never panics.
+            let _ = Index::build(list);
+        }
+        Err(FileError::Empty { .. }) => assert!(text.trim().is_empty()),
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+});
