@@ -1,0 +1,158 @@
+//! The floor for the load test (`scripts/bench.sh`): the webhook's own TLS and HTTP stack with
+//! the admission work taken out.
+//!
+//! Same accept loop, rustls config (ring, TLS 1.2/1.3, ALPN h2 + http/1.1), hyper-util auto
+//! builder settings and axum body extraction as `src/server/mod.rs`; `POST /mutate` reads the
+//! body and answers a fixed AdmissionReview. That answer is computed once at start from the
+//! typical fixture, so it has exactly the size (and content) of the webhook's real response and
+//! the two servers move the same bytes. What the webhook costs above this server is the price
+//! of admission itself: JSON decode, lookup, patch, encode, metrics.
+//!
+//! ```sh
+//! cargo run --release --example floor -- --listen 127.0.0.1:9443 --cert-dir /tmp/certs
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::Parser;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use pod_identity_webhook::admission::Admission;
+use pod_identity_webhook::association::{Index, Store, file};
+use pod_identity_webhook::certs;
+use pod_identity_webhook::metrics::Metrics;
+use pod_identity_webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, Provider, Settings};
+use pod_identity_webhook::server::{MAX_BODY, tls};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Parser)]
+#[command(about = "TLS + HTTP floor for the webhook load test: answers /mutate without admission work")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    listen: SocketAddr,
+    /// Directory with tls.crt and tls.key (a localhost pair is generated when both are absent).
+    #[arg(long, default_value = "certs")]
+    cert_dir: PathBuf,
+    /// The AdmissionReview whose webhook answer is served to every request.
+    #[arg(
+        long,
+        default_value = "tests/fixtures/admission/17-pod-large-three-containers-sa-app-apply-dryrun.json"
+    )]
+    fixture: PathBuf,
+    /// Associations used to compute that answer once.
+    #[arg(long, default_value = "tests/fixtures/associations.yaml")]
+    associations: PathBuf,
+}
+
+struct Floor {
+    answer: Bytes,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    tls::install_crypto_provider();
+    certs::ensure_local(&args.cert_dir)?;
+    // The webhook's reloading certificate (and its 2 s file watcher), so the TLS side is the
+    // same down to the resolver.
+    let cert = tls::ReloadingCert::start(
+        args.cert_dir.join(certs::CERT_FILE),
+        args.cert_dir.join(certs::KEY_FILE),
+        Arc::new(Metrics::default()),
+        Duration::from_secs(2),
+    )?;
+    let acceptor = TlsAcceptor::from(tls::server_config(cert.resolver.clone()));
+
+    let text = std::fs::read_to_string(&args.associations)?;
+    let profile = Provider::Cce.profile();
+    let admission = Admission {
+        store: Arc::new(Store::new(Index::build(file::parse(&args.associations, &text)?)?)),
+        injection: Injection::new(profile, Settings::new(profile, None, DEFAULT_TOKEN_EXPIRATION)),
+    };
+    let answer = admission.review(&std::fs::read(&args.fixture)?);
+    if answer.status != 200 {
+        return Err(format!("{}: webhook answered {}", args.fixture.display(), answer.status).into());
+    }
+    eprintln!(
+        "floor: answering every POST /mutate with the {}-byte response to {}",
+        answer.body.len(),
+        args.fixture.display()
+    );
+    let state = Arc::new(Floor {
+        answer: Bytes::from(answer.body),
+    });
+
+    // The webhook's runtime: tokio's default multi-thread runtime (one worker per core).
+    let result = tokio::runtime::Runtime::new()?.block_on(serve(args.listen, acceptor, state));
+    drop(cert);
+    result
+}
+
+async fn serve(
+    listen: SocketAddr,
+    acceptor: TlsAcceptor,
+    state: Arc<Floor>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let router = Router::new()
+        .route("/mutate", post(mutate))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    let service = TowerToHyperService::new(router);
+    // Same builder settings as the webhook's accept loop.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(1024);
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!("floor: listening on https://{}", listener.local_addr()?);
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let _ = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .into_owned()
+                .await;
+        });
+    }
+}
+
+async fn mutate(State(state): State<Arc<Floor>>, body: Bytes) -> Response {
+    // The body is read in full (as the webhook does) and then ignored.
+    let _ = body.len();
+    let mut resp = (StatusCode::OK, state.answer.clone()).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
