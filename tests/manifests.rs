@@ -196,12 +196,7 @@ fn check_deployment(deploy: &Value) {
     assert_eq!(c["ports"][0]["containerPort"], 8443);
     assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/pod-identity-webhook/tls");
     // Every flag the Deployment passes exists in the binary, and the cert dir is the mount.
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = args_of(c);
     assert_eq!(args[0], "serve");
     assert!(
         args.contains(&"--cert-dir=/etc/pod-identity-webhook/tls") && args.contains(&"--source=kubernetes")
@@ -305,23 +300,13 @@ fn agent_and_exchange_manifests_fit_the_binary() {
         serde_json::json!(["NET_BIND_SERVICE"])
     );
     assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
-    let args: Vec<&str> = agent["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = args_of(agent);
     assert_flags("agent", &args);
     assert!(args.contains(&"--listen=169.254.170.23:80"));
 
     let deploy = find(&docs, "Deployment", "pod-identity-exchange");
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = args_of(c);
     assert_flags("exchange", &args);
     // The exchange's required settings come from the ConfigMap, under the env names the flags read.
     let help = help("exchange");
@@ -370,4 +355,14 @@ fn assert_flags(command: &str, args: &[&str]) {
             "{flag} is not an {command} flag"
         );
     }
+}
+
+/// A container's `args` as strings.
+fn args_of(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect()
 }

@@ -210,22 +210,6 @@ async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
 
 // ---- (a) certificate rotation ------------------------------------------------------------------
 
-/// Lays out a directory the way the kubelet projects a Secret: `..<version>/` holds the files,
-/// `..data` points at it, each file is a symlink through `..data`, and an update is a new
-/// symlink renamed over `..data`.
-fn project_secret(dir: &Path, version: &str, m: &certs::Material) {
-    certs::write(&dir.join(format!("..{version}")), m).unwrap();
-    for f in [certs::CA_FILE, certs::CERT_FILE, certs::KEY_FILE] {
-        let link = dir.join(f);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
-        }
-    }
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-}
-
 async fn served_cert(cas: &[Vec<u8>], url: &str) -> Option<Vec<u8>> {
     let roots: Vec<&[u8]> = cas.iter().map(Vec::as_slice).collect();
     let r = client(&roots, Http::H1).get(url).send().await.ok()?;

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,23 +12,6 @@ use pod_identity_webhook::metrics::{Outcome, Source};
 use pod_identity_webhook::mutation::Provider;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-
-/// Lays out a directory the way the kubelet projects a Secret: `..<ts>/` holds the files,
-/// `..data` points at it, and each file is a symlink through `..data`.
-fn project_secret(dir: &Path, version: &str, m: &certs::Material) {
-    let v = dir.join(format!("..{version}"));
-    certs::write(&v, m).unwrap();
-    for f in [certs::CA_FILE, certs::CERT_FILE, certs::KEY_FILE] {
-        let link = dir.join(f);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
-        }
-    }
-    // The atomic swap: a new symlink renamed over `..data`.
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-}
 
 fn der(pem: &str) -> Vec<u8> {
     CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()

@@ -253,3 +253,20 @@ pub fn review_of(pod: &Value, namespace: &str, uid: &str) -> Vec<u8> {
     }))
     .unwrap()
 }
+
+/// Lays out a directory the way the kubelet projects a Secret: `..<version>/` holds the files,
+/// `..data` points at it, each file is a symlink through `..data`, and an update is a new
+/// symlink renamed over `..data`.
+pub fn project_secret(dir: &Path, version: &str, m: &pod_identity_webhook::certs::Material) {
+    use pod_identity_webhook::certs;
+    certs::write(&dir.join(format!("..{version}")), m).unwrap();
+    for f in [certs::CA_FILE, certs::CERT_FILE, certs::KEY_FILE] {
+        let link = dir.join(f);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), &link).unwrap();
+        }
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
