@@ -227,10 +227,9 @@ async fn upstream_failures_map_to_clear_statuses() {
     assert_eq!(call(&agent.url, Some(&t("d")), None).await.0, 200);
 
     // Upstream unreachable.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    // Port 1 on loopback: nothing listens there, so the connection is refused. (A port freed
+    // by dropping a listener could be taken by another test's server meanwhile.)
+    let closed = "http://127.0.0.1:1".to_owned();
     let agent = start_agent(
         Provider::Cce,
         cce_backend(&closed, dir.path(), Duration::from_secs(2)),

@@ -461,14 +461,9 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
     std::fs::copy(fixtures_dir().join("associations.yaml"), &assoc).unwrap();
     let certs_dir = dir.path().join("certs");
     let log = dir.path().join("server.log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &addr.to_string(), "--shutdown-timeout", "30"])
+        // Port 0: the server picks a free port and logs it, so no other test can take it first.
+        .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-timeout", "30"])
         .arg("--cert-dir")
         .arg(&certs_dir)
         .arg("--associations")
@@ -496,6 +491,23 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let ca = std::fs::read(certs_dir.join("ca.crt")).unwrap();
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(a) = text
+            .lines()
+            .find(|l| l.contains("webhook listening"))
+            .and_then(|l| l.split("addr=").nth(1))
+        {
+            break a.trim().parse::<std::net::SocketAddr>().unwrap();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "server exited early:\n{text}"
+        );
+        assert!(Instant::now() < end, "server never logged its address");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let port = addr.port();
     let child = Reap(child);
     let base = format!("https://localhost:{port}");
 

@@ -14,12 +14,12 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free ports: all held while they are picked, so none repeats.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
@@ -80,7 +80,7 @@ async fn no_secret_reaches_the_logs() {
     std::fs::write(d.join("operator-token"), "operator-iam-token-secret").unwrap();
     std::fs::write(d.join("agent-token"), "agent-auth-token-secret").unwrap();
 
-    let (xport, aport, admin) = (free_port(), free_port(), free_port());
+    let [xport, aport, admin, wport] = free_ports::<4>();
     let exchange = spawn(
         &[
             "exchange",
@@ -122,7 +122,6 @@ async fn no_secret_reaches_the_logs() {
         &[],
     );
     // The webhook too, with a fixture admission, at debug level.
-    let wport = free_port();
     let certs = d.join("certs");
     let webhook = spawn(
         &[
