@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::index::{Duplicate, Index, Store};
 use super::{Association, AssociationSpec};
@@ -28,83 +27,126 @@ pub enum FileError {
     Duplicate { path: PathBuf, source: Duplicate },
 }
 
-/// The top level of the file: `associations: [...]` or a bare list.
-struct Document(Vec<AssociationSpec>);
+/// What a file yields: the valid associations and a line for each invalid one.
+#[derive(Default)]
+struct Records {
+    valid: Vec<Association>,
+    problems: Vec<String>,
+}
 
-impl<'de> Deserialize<'de> for Document {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Document;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of associations, or a map with an `associations` list")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Document, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(a) = seq.next_element()? {
-                    out.push(a);
+/// Reads the top level (`associations: [...]` or a bare list), validating each entry as soon
+/// as it is parsed: the parse buffers of one entry are freed before the next is read, so a
+/// large file does not leave its garbage interleaved with the kept records.
+#[derive(Clone, Copy)]
+struct RecordsSeed {
+    /// Keep only what the live index needs ([`Association::into_indexed`]).
+    indexed: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed {
+    type Value = Records;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Records, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed {
+    type Value = Records;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of associations, or a map with an `associations` list")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Records, A::Error> {
+        let mut out = Records {
+            valid: Vec::with_capacity(seq.size_hint().unwrap_or(0)),
+            problems: Vec::new(),
+        };
+        let mut i = 0;
+        while let Some(spec) = seq.next_element::<AssociationSpec>()? {
+            let name = format!("associations[{i}] ({}/{})", spec.namespace, spec.service_account);
+            match spec.validate() {
+                Ok(mut a) => {
+                    // serde grows the list to capacity 4 for one or two tags; across a large
+                    // set that slack is megabytes held for the life of the index.
+                    a.tags.shrink_to_fit();
+                    out.valid.push(if self.indexed { a.into_indexed() } else { a });
                 }
-                Ok(Document(out))
+                Err(e) => out.problems.push(format!("{name}: {e}")),
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Document, M::Error> {
-                let mut out = None;
-                while let Some(key) = m.next_key::<String>()? {
-                    match key.as_str() {
-                        "associations" => {
-                            out = Some(
-                                m.next_value::<Option<Vec<AssociationSpec>>>()?
-                                    .unwrap_or_default(),
-                            )
-                        }
-                        other => {
-                            return Err(de::Error::unknown_field(other, &["associations"]));
-                        }
-                    }
-                }
-                out.map(Document)
-                    .ok_or_else(|| de::Error::missing_field("associations"))
+            i += 1;
+        }
+        Ok(out)
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Records, M::Error> {
+        let mut out = None;
+        while let Some(key) = m.next_key::<String>()? {
+            match key.as_str() {
+                "associations" => out = Some(m.next_value_seed(OptionalList(self))?),
+                other => return Err(de::Error::unknown_field(other, &["associations"])),
             }
         }
-        d.deserialize_any(V)
+        out.ok_or_else(|| de::Error::missing_field("associations"))
+    }
+}
+
+/// `associations: null` reads as an empty list.
+struct OptionalList(RecordsSeed);
+
+impl<'de> DeserializeSeed<'de> for OptionalList {
+    type Value = Records;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Records, D::Error> {
+        struct V(RecordsSeed);
+        impl<'de> Visitor<'de> for V {
+            type Value = Records;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of associations")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Records, E> {
+                Ok(Records::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Records, E> {
+                Ok(Records::default())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Records, D::Error> {
+                d.deserialize_seq(self.0)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Records, A::Error> {
+                self.0.visit_seq(seq)
+            }
+        }
+        d.deserialize_option(V(self.0))
     }
 }
 
 /// Parses and validates the text of an association file.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Association>, FileError> {
+    parse_with(path, text, RecordsSeed { indexed: false })
+}
+
+fn parse_with(path: &Path, text: &str, seed: RecordsSeed) -> Result<Vec<Association>, FileError> {
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
         return Err(FileError::Empty { path: path.into() });
     }
     // JSON goes through serde_json: far faster than YAML on large files.
-    let doc: Result<Document, String> = if trimmed.starts_with(['{', '[']) {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+    let records: Result<Records, String> = if trimmed.starts_with(['{', '[']) {
+        let mut de = serde_json::Deserializer::from_str(text);
+        seed.deserialize(&mut de)
+            .and_then(|r| de.end().map(|()| r))
+            .map_err(|e| e.to_string())
     } else {
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        seed.deserialize(serde_yaml::Deserializer::from_str(text))
+            .map_err(|e| e.to_string())
     };
-    let doc = doc.map_err(|message| FileError::Parse {
+    let records = records.map_err(|message| FileError::Parse {
         path: path.into(),
         message,
     })?;
-    let mut problems = Vec::new();
-    let mut out = Vec::with_capacity(doc.0.len());
-    for (i, spec) in doc.0.into_iter().enumerate() {
-        let name = format!("associations[{i}] ({}/{})", spec.namespace, spec.service_account);
-        match spec.validate() {
-            Ok(mut a) => {
-                // serde grows the list to capacity 4 for one or two tags; across a large set
-                // that slack is megabytes held for the life of the index.
-                a.tags.shrink_to_fit();
-                out.push(a)
-            }
-            Err(e) => problems.push(format!("{name}: {e}")),
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
+    if records.problems.is_empty() {
+        Ok(records.valid)
     } else {
         Err(FileError::Invalid {
             path: path.into(),
-            problems,
+            problems: records.problems,
         })
     }
 }
@@ -115,7 +157,8 @@ pub fn load(path: &Path) -> Result<Index, FileError> {
         path: path.into(),
         source,
     })?;
-    let list = parse(path, &text)?;
+    let list = parse_with(path, &text, RecordsSeed { indexed: true })?;
+    drop(text);
     Index::build(list).map_err(|source| FileError::Duplicate {
         path: path.into(),
         source,
@@ -204,6 +247,28 @@ mod tests {
         assert!(err.to_string().contains("unknown field `assocs`"), "{err}");
         assert!(matches!(parse(&p(), "  \n"), Err(FileError::Empty { .. })));
         assert!(matches!(parse(&p(), "{not json"), Err(FileError::Parse { .. })));
+    }
+
+    #[test]
+    fn the_index_keeps_only_what_it_reads_and_the_list_forms_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.yaml");
+        std::fs::write(&f, FIXTURE).unwrap();
+        let index = load(&f).unwrap();
+        let a = index.get("pi-demo", "app").unwrap();
+        assert_eq!(
+            (a.uid.as_str(), a.target()),
+            ("81f143f5-f469-4fb6-b17c-8f52af73184c", "demo-agency")
+        );
+        assert!(a.tags.is_empty() && a.created_at.is_none() && a.cluster_id.is_none());
+        // parse() keeps the whole record.
+        assert_eq!(parse(&p(), FIXTURE).unwrap()[0].tags.len(), 2);
+        assert!(parse(&p(), "associations: null").unwrap().is_empty());
+        assert!(matches!(parse(&p(), "[] trailing"), Err(FileError::Parse { .. })));
+        assert!(matches!(
+            parse(&p(), "{\"associations\": 5}"),
+            Err(FileError::Parse { .. })
+        ));
     }
 
     #[test]

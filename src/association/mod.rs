@@ -71,6 +71,19 @@ pub struct Association {
 }
 
 impl Association {
+    /// The record as the live index keeps it: only what admission and credential issuing
+    /// read (uid, service account, target). Tags, cluster id and timestamps are validated on
+    /// the way in, not held for every association in memory.
+    pub fn into_indexed(self) -> Self {
+        Association {
+            cluster_id: None,
+            tags: Vec::new(),
+            created_at: None,
+            modified_at: None,
+            ..self
+        }
+    }
+
     /// The agency (cce) or role ARN (eks) this association grants.
     pub fn target(&self) -> &str {
         self.agency_name
