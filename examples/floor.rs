@@ -1,7 +1,7 @@
 //! The floor for the load test (`scripts/bench.sh`): the webhook's own TLS and HTTP stack with
 //! the admission work taken out.
 //!
-//! Same accept loop, rustls config (ring, TLS 1.2/1.3, ALPN h2 + http/1.1), hyper-util auto
+//! The same accept loop (`server::serve_https`), rustls config (ring, TLS 1.2/1.3, ALPN h2 + http/1.1), hyper-util auto
 //! builder settings and axum body extraction as `src/server/mod.rs`; `POST /mutate` reads the
 //! body and answers a fixed AdmissionReview. That answer is computed once at start from the
 //! typical fixture, so it has exactly the size (and content) of the webhook's real response and
@@ -24,15 +24,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use pod_identity_webhook::admission::Admission;
 use pod_identity_webhook::association::{Index, Store, file};
 use pod_identity_webhook::certs;
 use pod_identity_webhook::metrics::Metrics;
 use pod_identity_webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, Provider, Settings};
-use pod_identity_webhook::server::{MAX_BODY, tls};
+use pod_identity_webhook::server::{MAX_BODY, Timeouts, serve_https, tls};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -108,44 +105,23 @@ async fn serve(
         .route("/readyz", get(|| async { "ready\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
-    let service = TowerToHyperService::new(router);
-    // Same builder settings as the webhook's accept loop.
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(1024);
     let listener = TcpListener::bind(listen).await?;
     eprintln!("floor: listening on https://{}", listener.local_addr()?);
-    loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let service = service.clone();
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-            else {
-                return;
-            };
-            let _ = builder
-                .serve_connection(TokioIo::new(tls), service)
-                .into_owned()
-                .await;
-        });
-    }
+    // The webhook's own accept loop and connection settings.
+    let timeouts = Timeouts {
+        header_read: Duration::from_secs(10),
+        shutdown: Duration::from_secs(25),
+    };
+    serve_https(
+        listener,
+        acceptor,
+        router,
+        timeouts,
+        std::future::pending(),
+        || {},
+    )
+    .await;
+    Ok(())
 }
 
 async fn mutate(State(state): State<Arc<Floor>>, body: Bytes) -> Response {
