@@ -461,7 +461,7 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
     std::fs::copy(fixtures_dir().join("associations.yaml"), &assoc).unwrap();
     let certs_dir = dir.path().join("certs");
     let log = dir.path().join("server.log");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         // Port 0: the server picks a free port and logs it, so no other test can take it first.
         .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-timeout", "30"])
         .arg("--cert-dir")
@@ -484,9 +484,11 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
         }
     }
     let pid = child.id();
+    // Reaped on any early panic below too.
+    let mut child = Reap(child);
     let end = Instant::now() + Duration::from_secs(30);
     while !certs_dir.join("ca.crt").exists() {
-        assert!(child.try_wait().unwrap().is_none(), "server exited early");
+        assert!(child.0.try_wait().unwrap().is_none(), "server exited early");
         assert!(Instant::now() < end, "certificates not generated");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -501,14 +503,13 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
             break a.trim().parse::<std::net::SocketAddr>().unwrap();
         }
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.0.try_wait().unwrap().is_none(),
             "server exited early:\n{text}"
         );
         assert!(Instant::now() < end, "server never logged its address");
         std::thread::sleep(Duration::from_millis(20));
     };
     let port = addr.port();
-    let child = Reap(child);
     let base = format!("https://localhost:{port}");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -643,7 +644,6 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
         )
     });
 
-    let mut child = child;
     let end = Instant::now() + Duration::from_secs(40);
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {
