@@ -9,7 +9,7 @@ use base64::Engine;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::credentials::{Backend, Credentials, UpstreamError, error_message};
+use super::credentials::{Backend, Credentials, UpstreamError, endpoint_url, error_message};
 use super::token;
 use crate::association::Store;
 use crate::signer::{self, AccessKey};
@@ -139,11 +139,9 @@ impl CceBackend {
         cluster_id: &str,
         auth: CceAuth,
     ) -> Result<Self, String> {
-        let url = format!(
-            "{}/api/v3/projects/{project_id}/clusters/{cluster_id}/assume-agency-for-pod-identity",
-            endpoint.trim_end_matches('/')
-        );
-        let url = reqwest::Url::parse(&url).map_err(|e| format!("bad --cce-endpoint {endpoint:?}: {e}"))?;
+        let path =
+            format!("/api/v3/projects/{project_id}/clusters/{cluster_id}/assume-agency-for-pod-identity");
+        let url = endpoint_url(endpoint, &path, "--cce-endpoint")?;
         Ok(CceBackend {
             client,
             url,

@@ -82,9 +82,7 @@ impl Credentials {
             .map_err(|e| UpstreamError::Invalid(format!("response is not JSON: {e}")))?;
         let c = &v["credentials"];
         let field = |name: &str| required(c, "credentials", name);
-        let expiration = field("expiration")?
-            .parse::<jiff::Timestamp>()
-            .map_err(|e| UpstreamError::Invalid(format!("credentials.expiration is not a timestamp: {e}")))?;
+        let expiration = required_timestamp(c, "credentials", "expiration")?;
         let pair = |o: &Value, a: &str, b: &str| Some((o[a].as_str()?.to_owned(), o[b].as_str()?.to_owned()));
         Ok(Credentials {
             access_key_id: field("accessKeyId")?,
@@ -106,6 +104,23 @@ pub fn required(object: &Value, parent: &str, name: &str) -> Result<String, Upst
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| UpstreamError::Invalid(format!("response has no {parent}.{name}")))
+}
+
+/// A timestamp field of an upstream answer (RFC 3339, any fraction), or an error naming it.
+pub fn required_timestamp(
+    object: &Value,
+    parent: &str,
+    name: &str,
+) -> Result<jiff::Timestamp, UpstreamError> {
+    required(object, parent, name)?
+        .parse::<jiff::Timestamp>()
+        .map_err(|e| UpstreamError::Invalid(format!("{parent}.{name} is not a timestamp: {e}")))
+}
+
+/// `endpoint` (a base URL, trailing `/` or not) joined with `path`; errors name `flag`.
+pub fn endpoint_url(endpoint: &str, path: &str, flag: &str) -> Result<reqwest::Url, String> {
+    let url = format!("{}{path}", endpoint.trim_end_matches('/'));
+    reqwest::Url::parse(&url).map_err(|e| format!("bad {flag} {endpoint:?}: {e}"))
 }
 
 /// Why credentials could not be obtained upstream.

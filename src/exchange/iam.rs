@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::agent::backend::{CceAuth, auth_headers, post};
-use crate::agent::credentials::{Credentials, UpstreamError, required};
+use crate::agent::credentials::{Credentials, UpstreamError, endpoint_url, required, required_timestamp};
 
 /// The delegating account, by id (preferred) or name.
 #[derive(Debug, Clone)]
@@ -30,11 +30,7 @@ impl Iam {
         domain: Domain,
         duration_seconds: u32,
     ) -> Result<Self, String> {
-        let url = format!(
-            "{}/v3.0/OS-CREDENTIAL/securitytokens",
-            endpoint.trim_end_matches('/')
-        );
-        let url = reqwest::Url::parse(&url).map_err(|e| format!("bad --iam-endpoint {endpoint:?}: {e}"))?;
+        let url = endpoint_url(endpoint, "/v3.0/OS-CREDENTIAL/securitytokens", "--iam-endpoint")?;
         Ok(Iam {
             client,
             url,
@@ -76,9 +72,7 @@ impl Iam {
             .map_err(|e| UpstreamError::Invalid(format!("IAM answer is not JSON: {e}")))?;
         let c = &v["credential"];
         let field = |name: &str| required(c, "credential", name);
-        let expiration = field("expires_at")?
-            .parse::<jiff::Timestamp>()
-            .map_err(|e| UpstreamError::Invalid(format!("credential.expires_at is not a timestamp: {e}")))?;
+        let expiration = required_timestamp(c, "credential", "expires_at")?;
         Ok(Credentials {
             access_key_id: field("access")?,
             secret_access_key: field("secret")?,
