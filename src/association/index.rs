@@ -3,40 +3,34 @@
 //! Readers never lock: the index is immutable and the store swaps a whole new one in
 //! atomically when a source reloads, so an admission sees either the old or the new set.
 
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::hash_table::Entry;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::Association;
 
-#[derive(Debug, PartialEq, Eq)]
-struct Key {
-    namespace: Box<str>,
-    service_account: Box<str>,
-}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        KeyRef(&self.namespace, &self.service_account).hash(h)
-    }
-}
-
-/// A borrowed key, so a lookup allocates nothing.
-#[derive(Hash)]
-struct KeyRef<'a>(&'a str, &'a str);
-
-impl Equivalent<Key> for KeyRef<'_> {
-    fn equivalent(&self, k: &Key) -> bool {
-        *k.namespace == *self.0 && *k.service_account == *self.1
-    }
-}
-
 /// An immutable set of associations, at most one per service account.
-#[derive(Debug, Default)]
+///
+/// The table holds only the records and hashes their own namespace and service account, so
+/// no separate key strings are kept (with 100 000 associations that is two allocations and
+/// about 8 MB fewer than a map keyed by owned strings), and a lookup allocates nothing.
+#[derive(Default)]
 pub struct Index {
-    map: HashMap<Key, Arc<Association>>,
+    table: HashTable<Arc<Association>>,
+    hasher: DefaultHashBuilder,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.table.iter()).finish()
+    }
+}
+
+fn is(a: &Association, namespace: &str, service_account: &str) -> bool {
+    a.namespace == namespace && a.service_account == service_account
 }
 
 /// Two associations name the same service account.
@@ -57,41 +51,55 @@ impl Index {
         associations: impl IntoIterator<Item = A>,
     ) -> Result<Self, Duplicate> {
         let iter = associations.into_iter();
-        let mut map: HashMap<Key, Arc<Association>> = HashMap::with_capacity(iter.size_hint().0);
+        let mut index = Index {
+            table: HashTable::with_capacity(iter.size_hint().0),
+            hasher: DefaultHashBuilder::default(),
+        };
+        let hasher = &index.hasher;
+        let rehash = |a: &Arc<Association>| hash(hasher, &a.namespace, &a.service_account);
         for a in iter {
             let a: Arc<Association> = a.into();
-            let key = Key {
-                namespace: a.namespace.as_str().into(),
-                service_account: a.service_account.as_str().into(),
-            };
-            if let Some(prev) = map.get(&key) {
-                return Err(Duplicate {
-                    namespace: a.namespace.clone(),
-                    service_account: a.service_account.clone(),
-                    first: prev.uid.clone(),
-                    second: a.uid.clone(),
-                });
+            let h = hash(hasher, &a.namespace, &a.service_account);
+            match index
+                .table
+                .entry(h, |b| is(b, &a.namespace, &a.service_account), rehash)
+            {
+                Entry::Occupied(prev) => {
+                    return Err(Duplicate {
+                        namespace: a.namespace.clone(),
+                        service_account: a.service_account.clone(),
+                        first: prev.get().uid.clone(),
+                        second: a.uid.clone(),
+                    });
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(a);
+                }
             }
-            map.insert(key, a);
         }
-        Ok(Index { map })
+        Ok(index)
     }
 
     pub fn get(&self, namespace: &str, service_account: &str) -> Option<&Arc<Association>> {
-        self.map.get(&KeyRef(namespace, service_account))
+        let h = hash(&self.hasher, namespace, service_account);
+        self.table.find(h, |a| is(a, namespace, service_account))
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Association>> {
-        self.map.values()
+        self.table.iter()
     }
+}
+
+fn hash(hasher: &DefaultHashBuilder, namespace: &str, service_account: &str) -> u64 {
+    hasher.hash_one((namespace, service_account))
 }
 
 /// The live index shared by the sources (writers) and the admission path (readers).
