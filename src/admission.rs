@@ -6,13 +6,15 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::association::{Association, Index, Store};
 use crate::metrics::Outcome;
+use crate::mutation::patch::write_str;
 use crate::mutation::pod::{Pod, Str};
-use crate::mutation::{self, Injection, Mutation, Skip};
+use crate::mutation::{self, Injection, Mutation, Patch, Skip};
 
 /// The only AdmissionReview version the webhook speaks (and registers for).
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -60,35 +62,73 @@ struct Gvk<'a> {
     kind: Str<'a>,
 }
 
-#[derive(Serialize)]
-struct ReviewOut<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'static str,
-    kind: &'static str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseOut<'a> {
-    uid: &'a str,
+/// The `response` of the AdmissionReview the webhook answers with.
+struct ResponseOut<'u, 'i> {
+    uid: &'u str,
     allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Sent base64-encoded with `patchType: JSONPatch` when not empty.
+    patch: Patch<'i>,
     status: Option<StatusOut>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
 }
 
-#[derive(Serialize)]
 struct StatusOut {
-    status: &'static str,
     code: u16,
     reason: &'static str,
     message: String,
+}
+
+impl ResponseOut<'_, '_> {
+    /// The whole AdmissionReview as JSON. Written by hand: the patch goes from its prepared
+    /// text through base64 straight into the body, with nothing to escape on the way.
+    fn encode(&self) -> Vec<u8> {
+        let mut patch = Vec::new();
+        if !self.patch.is_empty() {
+            patch = Vec::with_capacity(self.patch.0.iter().map(|op| op.value.len() + 64).sum());
+            self.patch.write_json(&mut patch);
+        }
+        let base64_len = patch.len().div_ceil(3) * 4;
+        let mut out = Vec::with_capacity(160 + self.uid.len() + base64_len);
+        out.extend_from_slice(br#"{"apiVersion":""#);
+        out.extend_from_slice(API_VERSION.as_bytes());
+        out.extend_from_slice(br#"","kind":"AdmissionReview","response":{"uid":"#);
+        write_str(&mut out, self.uid);
+        out.extend_from_slice(if self.allowed {
+            br#","allowed":true"#
+        } else {
+            br#","allowed":false"#
+        });
+        if !patch.is_empty() {
+            out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+            let start = out.len();
+            out.resize(start + base64_len, 0);
+            // The buffer was sized with the exact encoded length; padding is included.
+            let written = BASE64.encode_slice(&patch, &mut out[start..]).unwrap_or_default();
+            out.truncate(start + written);
+            out.push(b'"');
+        }
+        if let Some(status) = &self.status {
+            out.extend_from_slice(br#","status":{"status":"Failure","code":"#);
+            out.extend_from_slice(itoa::Buffer::new().format(status.code).as_bytes());
+            out.extend_from_slice(br#","reason":"#);
+            write_str(&mut out, status.reason);
+            out.extend_from_slice(br#","message":"#);
+            write_str(&mut out, &status.message);
+            out.push(b'}');
+        }
+        if !self.warnings.is_empty() {
+            out.extend_from_slice(br#","warnings":["#);
+            for (i, w) in self.warnings.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(&mut out, w);
+            }
+            out.push(b']');
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
 }
 
 /// The HTTP answer to one `/mutate` call.
@@ -113,12 +153,12 @@ impl Answer {
 
 /// What the webhook decides for one pod.
 #[derive(Debug)]
-pub enum Decision {
+pub enum Decision<'i> {
     /// The pod's service account has an association; `mutation.patch` may be empty when the
     /// pod already carries everything.
     Inject {
         association: Arc<Association>,
-        mutation: Mutation,
+        mutation: Mutation<'i>,
     },
     /// No association for the pod's service account.
     NoAssociation,
@@ -127,7 +167,7 @@ pub enum Decision {
 }
 
 /// Looks up the pod's service account in `index` and computes its patch.
-pub fn decide(pod: &Pod<'_>, namespace: &str, index: &Index, inj: &Injection) -> Decision {
+pub fn decide<'i>(pod: &Pod<'_>, namespace: &str, index: &Index, inj: &'i Injection) -> Decision<'i> {
     let Some(association) = index.get(namespace, pod.service_account()) else {
         return Decision::NoAssociation;
     };
@@ -203,19 +243,10 @@ impl Admission {
         }
         let object = req.object.take();
         let (outcome, response) = self.respond(uid, &req, object, read);
-        let out = ReviewOut {
-            api_version: API_VERSION,
-            kind: "AdmissionReview",
-            response,
-        };
-        match serde_json::to_vec(&out) {
-            Ok(body) => Answer {
-                status: 200,
-                body,
-                outcome,
-            },
-            // Serializing plain strings and bools cannot fail; answer rather than panic anyway.
-            Err(e) => Answer::bad_request(format!("cannot encode the response: {e}")),
+        Answer {
+            status: 200,
+            body: response.encode(),
+            outcome,
         }
     }
 
@@ -225,7 +256,7 @@ impl Admission {
         req: &RequestIn<'a, O>,
         object: Option<O>,
         read: impl FnOnce(O) -> Result<Pod<'a>, serde_json::Error>,
-    ) -> (Outcome, ResponseOut<'u>) {
+    ) -> (Outcome, ResponseOut<'u, '_>) {
         let allow = |outcome| (outcome, allowed(uid));
         let gvk = req.kind.as_ref();
         let is_pod = gvk.is_some_and(|k| {
@@ -268,12 +299,12 @@ impl Admission {
             "admission"
         );
         match decision {
-            Decision::Inject { mutation, .. } if !mutation.patch.0.is_empty() => {
-                let json = serde_json::to_vec(&mutation.patch).unwrap_or_default();
-                let mut r = allowed(uid);
-                r.patch_type = Some("JSONPatch");
-                r.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
-                r.warnings = mutation.warnings;
+            Decision::Inject { mutation, .. } if !mutation.patch.is_empty() => {
+                let r = ResponseOut {
+                    patch: mutation.patch,
+                    warnings: mutation.warnings,
+                    ..allowed(uid)
+                };
                 (Outcome::Mutated, r)
             }
             Decision::Inject { .. } | Decision::NoAssociation => allow(Outcome::Unchanged),
@@ -282,26 +313,85 @@ impl Admission {
     }
 }
 
-fn allowed(uid: &str) -> ResponseOut<'_> {
+fn allowed<'u>(uid: &'u str) -> ResponseOut<'u, 'static> {
     ResponseOut {
         uid,
         allowed: true,
-        patch_type: None,
-        patch: None,
+        patch: Patch::default(),
         status: None,
         warnings: Vec::new(),
     }
 }
 
-fn denied<'a>(uid: &'a str, code: u16, reason: &'static str, message: String) -> ResponseOut<'a> {
+fn denied<'u>(uid: &'u str, code: u16, reason: &'static str, message: String) -> ResponseOut<'u, 'static> {
     ResponseOut {
         status: Some(StatusOut {
-            status: "Failure",
             code,
             reason,
             message,
         }),
         allowed: false,
         ..allowed(uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::mutation::Add;
+
+    fn decode(r: &ResponseOut) -> Value {
+        serde_json::from_slice(&r.encode()).expect("the response is JSON")
+    }
+
+    #[test]
+    fn an_allowed_answer_carries_only_uid_and_allowed() {
+        assert_eq!(
+            decode(&allowed("u-1")),
+            json!({"apiVersion": API_VERSION, "kind": "AdmissionReview",
+                "response": {"uid": "u-1", "allowed": true}})
+        );
+    }
+
+    #[test]
+    fn strings_from_the_request_and_the_messages_are_escaped() {
+        let uid = "weird \"uid\" \\ \n \u{1} ü";
+        let message = "pod \"x\" can't\tbe read: \u{7f}".to_owned();
+        let r = decode(&denied(uid, 400, "BadRequest", message.clone()));
+        assert_eq!(
+            r["response"],
+            json!({"uid": uid, "allowed": false, "status":
+                {"status": "Failure", "code": 400, "reason": "BadRequest", "message": message}})
+        );
+    }
+
+    #[test]
+    fn a_patch_is_sent_base64_encoded_with_its_type_and_warnings() {
+        for n in 0..4 {
+            // Patch lengths that leave 0, 1 and 2 bytes for the last base64 group.
+            let value = format!("\"{}\"", "x".repeat(n));
+            let r = ResponseOut {
+                patch: Patch(vec![Add {
+                    path: "/metadata/annotations/a~1b".into(),
+                    value: Cow::Owned(value),
+                }]),
+                warnings: vec!["one \"quoted\"".into(), "two".into()],
+                ..allowed("u")
+            };
+            let out = decode(&r);
+            let resp = &out["response"];
+            assert_eq!(resp["patchType"], "JSONPatch");
+            assert_eq!(resp["warnings"], json!(["one \"quoted\"", "two"]));
+            let patch = BASE64.decode(resp["patch"].as_str().unwrap()).unwrap();
+            assert_eq!(patch, r.patch.to_json());
+            assert_eq!(
+                serde_json::from_slice::<Value>(&patch).unwrap(),
+                json!([{"op": "add", "path": "/metadata/annotations/a~1b", "value": "x".repeat(n)}])
+            );
+        }
     }
 }

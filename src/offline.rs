@@ -73,7 +73,7 @@ pub fn run(
                 association,
                 mutation,
             } => {
-                let outcome = if mutation.patch.0.is_empty() {
+                let outcome = if mutation.patch.is_empty() {
                     format!("already injected (association {})", association.uid)
                 } else {
                     format!(
@@ -87,7 +87,7 @@ pub fn run(
                     .iter()
                     .map(|w| format!("; warning: {w}"))
                     .collect();
-                (mutation.patch, outcome + &warnings)
+                (mutation.patch.to_json_patch(), outcome + &warnings)
             }
             Decision::NoAssociation => (Default::default(), "no association: unchanged".to_owned()),
             Decision::Skipped(Skip::OptedOut) => {

@@ -5,14 +5,16 @@
 //! mount at the same path, which the API server would refuse as a duplicate) wins; and running
 //! the mutation on its own output yields no operation.
 
+pub mod patch;
 pub mod pod;
 pub mod profile;
 
-use json_patch::jsonptr::{PointerBuf, Token};
-use json_patch::{AddOperation, Patch, PatchOperation};
-use serde_json::{Value, json};
+use std::borrow::Cow;
+
+use serde_json::json;
 
 use crate::association::Association;
+pub use patch::{Add, Patch};
 pub use pod::Pod;
 pub use profile::{Profile, Provider};
 
@@ -50,16 +52,24 @@ impl Settings {
     }
 }
 
-/// What to inject, built once from a profile and settings so each admission only clones
-/// small prepared values.
+/// What to inject, rendered to JSON text once from a profile and settings so that each
+/// admission's patch only borrows it.
 #[derive(Debug, Clone)]
 pub struct Injection {
     pub profile: &'static Profile,
     pub settings: Settings,
-    volume: Value,
-    mount: Value,
-    env_endpoint: Value,
-    env_token_file: Value,
+    volume: String,
+    /// `[volume]`
+    volumes: String,
+    /// `{"volumes":[volume]}`
+    spec_volumes: String,
+    mount: String,
+    /// `[mount]`
+    mounts: String,
+    env_endpoint: String,
+    env_token_file: String,
+    /// `[env_endpoint,env_token_file]`
+    env: String,
 }
 
 impl Injection {
@@ -82,10 +92,14 @@ impl Injection {
         Injection {
             profile,
             settings,
-            volume,
-            mount,
-            env_endpoint,
-            env_token_file,
+            volume: volume.to_string(),
+            volumes: json!([volume]).to_string(),
+            spec_volumes: json!({ "volumes": [volume] }).to_string(),
+            mount: mount.to_string(),
+            mounts: json!([mount]).to_string(),
+            env_endpoint: env_endpoint.to_string(),
+            env_token_file: env_token_file.to_string(),
+            env: json!([env_endpoint, env_token_file]).to_string(),
         }
     }
 }
@@ -99,17 +113,21 @@ pub enum Skip {
     AllContainersSkipped,
 }
 
-/// The result of mutating one pod.
+/// The result of mutating one pod; borrows the injection's prepared JSON.
 #[derive(Debug, Default, PartialEq)]
-pub struct Mutation {
+pub struct Mutation<'i> {
     /// Operations to apply; empty when the pod already carries everything.
-    pub patch: Patch,
+    pub patch: Patch<'i>,
     /// Things the user should know, returned as admission warnings.
     pub warnings: Vec<String>,
 }
 
 /// Computes the patch that gives `pod` the identity of `association`.
-pub fn mutate(pod: &Pod<'_>, association: &Association, inj: &Injection) -> Result<Mutation, Skip> {
+pub fn mutate<'i>(
+    pod: &Pod<'_>,
+    association: &Association,
+    inj: &'i Injection,
+) -> Result<Mutation<'i>, Skip> {
     if pod.label_inject() == Some("false") {
         return Err(Skip::OptedOut);
     }
@@ -144,30 +162,28 @@ pub fn mutate(pod: &Pod<'_>, association: &Association, inj: &Injection) -> Resu
     let mut ops = Vec::new();
     let mut warnings = Vec::new();
 
+    let uid = || patch::str_literal(&association.uid);
     match annotations {
         None if pod.metadata.is_none() => ops.push(add(
-            ptr(&["metadata"]),
-            json!({"annotations": { ASSOCIATION_ANNOTATION: association.uid }}),
+            path(&["metadata"]),
+            format!(r#"{{"annotations":{{"{ASSOCIATION_ANNOTATION}":{}}}}}"#, uid()),
         )),
         None => ops.push(add(
-            ptr(&["metadata", "annotations"]),
-            json!({ ASSOCIATION_ANNOTATION: association.uid }),
+            path(&["metadata", "annotations"]),
+            format!(r#"{{"{ASSOCIATION_ANNOTATION}":{}}}"#, uid()),
         )),
         Some(a) if a.association.is_none() => ops.push(add(
-            ptr(&["metadata", "annotations", ASSOCIATION_ANNOTATION]),
-            Value::String(association.uid.clone()),
+            path(&["metadata", "annotations", ASSOCIATION_ANNOTATION]),
+            uid(),
         )),
         Some(_) => {}
     }
 
     match spec.map(|s| s.volumes.as_ref()) {
-        None => ops.push(add(ptr(&["spec"]), json!({"volumes": [inj.volume.clone()]}))),
-        Some(None) => ops.push(add(
-            ptr(&["spec", "volumes"]),
-            Value::Array(vec![inj.volume.clone()]),
-        )),
+        None => ops.push(add(path(&["spec"]), &inj.spec_volumes)),
+        Some(None) => ops.push(add(path(&["spec", "volumes"]), &inj.volumes)),
         Some(Some(vs)) if !vs.iter().any(|v| v.name.as_str() == profile.volume_name) => {
-            ops.push(add(ptr(&["spec", "volumes", "-"]), inj.volume.clone()))
+            ops.push(add(path(&["spec", "volumes", "-"]), &inj.volume))
         }
         Some(_) => {}
     }
@@ -177,23 +193,24 @@ pub fn mutate(pod: &Pod<'_>, association: &Association, inj: &Injection) -> Resu
             if is_skipped(c.name.as_str()) {
                 continue;
             }
-            let index = i.to_string();
-            let base = ["spec", field, index.as_str()];
+            let mut index = itoa::Buffer::new();
+            let base = ["spec", field, index.format(i)];
+            let at = |tail: &[&str]| {
+                let mut p = path(&base);
+                for t in tail {
+                    patch::push_token(&mut p, t);
+                }
+                p
+            };
             match &c.volume_mounts {
-                None => ops.push(add(
-                    ptr(&[&base[..], &["volumeMounts"]].concat()),
-                    Value::Array(vec![inj.mount.clone()]),
-                )),
+                None => ops.push(add(at(&["volumeMounts"]), &inj.mounts)),
                 Some(ms) => {
                     let clash = ms.iter().find(|m| {
                         m.name.as_str() == profile.volume_name
                             || m.mount_path.as_str().trim_end_matches('/') == profile.mount_path
                     });
                     match clash {
-                        None => ops.push(add(
-                            ptr(&[&base[..], &["volumeMounts", "-"]].concat()),
-                            inj.mount.clone(),
-                        )),
+                        None => ops.push(add(at(&["volumeMounts", "-"]), &inj.mount)),
                         Some(m) if m.name.as_str() != profile.volume_name => warnings.push(format!(
                             "container {:?} already mounts {:?} at the pod identity token path; token not mounted",
                             c.name.as_str(),
@@ -203,19 +220,15 @@ pub fn mutate(pod: &Pod<'_>, association: &Association, inj: &Injection) -> Resu
                     }
                 }
             }
-            let wanted = [
-                (profile.endpoint_env, &inj.env_endpoint),
-                (profile.token_file_env, &inj.env_token_file),
-            ];
             match &c.env {
-                None => ops.push(add(
-                    ptr(&[&base[..], &["env"]].concat()),
-                    Value::Array(wanted.iter().map(|(_, v)| (*v).clone()).collect()),
-                )),
+                None => ops.push(add(at(&["env"]), &inj.env)),
                 Some(env) => {
-                    for (name, value) in wanted {
+                    for (name, value) in [
+                        (profile.endpoint_env, &inj.env_endpoint),
+                        (profile.token_file_env, &inj.env_token_file),
+                    ] {
                         if !env.iter().any(|e| e.name.as_str() == name) {
-                            ops.push(add(ptr(&[&base[..], &["env", "-"]].concat()), value.clone()));
+                            ops.push(add(at(&["env", "-"]), value));
                         }
                     }
                 }
@@ -235,13 +248,20 @@ pub fn mutate(pod: &Pod<'_>, association: &Association, inj: &Injection) -> Resu
     })
 }
 
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
+fn add<'i>(path: String, value: impl Into<Cow<'i, str>>) -> Add<'i> {
+    Add {
+        path,
+        value: value.into(),
+    }
 }
 
-/// Builds a pointer from unescaped tokens; `/` and `~` in a token become `~1` and `~0`.
-fn ptr(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().map(|t| Token::new(*t)))
+/// Builds a pointer from unescaped tokens.
+fn path(tokens: &[&str]) -> String {
+    let mut p = String::with_capacity(48);
+    for t in tokens {
+        patch::push_token(&mut p, t);
+    }
+    p
 }
 
 #[cfg(test)]

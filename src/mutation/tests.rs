@@ -15,25 +15,29 @@ fn assoc() -> Association {
     .unwrap()
 }
 
-fn inj(p: Provider) -> Injection {
+/// Leaked so a test's patch can borrow it for as long as the test runs.
+fn inj(p: Provider) -> &'static Injection {
     let profile = p.profile();
-    Injection::new(profile, Settings::new(profile, None, DEFAULT_TOKEN_EXPIRATION))
+    Box::leak(Box::new(Injection::new(
+        profile,
+        Settings::new(profile, None, DEFAULT_TOKEN_EXPIRATION),
+    )))
 }
 
 /// Mutates `pod`, applies the patch and returns the result and the patch.
-fn run(pod: &Value, inj: &Injection) -> (Value, Mutation) {
+fn run<'i>(pod: &Value, inj: &'i Injection) -> (Value, Mutation<'i>) {
     let bytes = serde_json::to_vec(pod).unwrap();
     let view = Pod::from_slice(&bytes).unwrap();
     let m = mutate(&view, &assoc(), inj).unwrap();
     let mut out = pod.clone();
-    json_patch::patch(&mut out, &m.patch.0).unwrap();
+    json_patch::patch(&mut out, &m.patch.to_json_patch().0).unwrap();
     (out, m)
 }
 
 fn again_is_empty(pod: &Value, inj: &Injection) {
     let bytes = serde_json::to_vec(pod).unwrap();
     let m = mutate(&Pod::from_slice(&bytes).unwrap(), &assoc(), inj).unwrap();
-    assert!(m.patch.0.is_empty(), "second mutation not empty: {:?}", m.patch);
+    assert!(m.patch.is_empty(), "second mutation not empty: {:?}", m.patch);
 }
 
 fn env(c: &Value, name: &str) -> Option<String> {
@@ -65,7 +69,7 @@ fn both_profiles_use_the_design_names() {
         ),
     ] {
         let pod = json!({"spec": {"containers": [{"name": "c"}]}});
-        let (out, _) = run(&pod, &inj(p));
+        let (out, _) = run(&pod, inj(p));
         let v = &out["spec"]["volumes"][0];
         assert_eq!(v["name"], vol);
         let sat = &v["projected"]["sources"][0]["serviceAccountToken"];
@@ -105,11 +109,8 @@ fn appends_to_existing_arrays_and_never_replaces_them() {
                 "volumeMounts": [{"name": "data", "mountPath": "/data"}], "unknownField": 3}]
         }
     });
-    let (out, m) = run(&pod, &inj(Provider::Cce));
-    for op in &m.patch.0 {
-        let PatchOperation::Add(a) = op else {
-            panic!("only add operations: {op:?}")
-        };
+    let (out, m) = run(&pod, inj(Provider::Cce));
+    for a in &m.patch.0 {
         assert!(
             a.path.as_str().ends_with("/-") || a.path.as_str().contains("annotations/"),
             "{}",
@@ -122,7 +123,7 @@ fn appends_to_existing_arrays_and_never_replaces_them() {
     assert_eq!(c["unknownField"], 3);
     assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 2);
     assert_eq!(out["metadata"]["annotations"]["a"], "b");
-    again_is_empty(&out, &inj(Provider::Cce));
+    again_is_empty(&out, inj(Provider::Cce));
 }
 
 #[test]
@@ -131,7 +132,7 @@ fn user_values_win_and_the_rest_is_injected() {
         "volumes": [{"name": "cce-pod-identity-token", "secret": {"secretName": "mine"}}],
         "containers": [{"name": "c", "env": [{"name": "HC_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://127.0.0.1:9999/custom"}]}]
     }});
-    let (out, _) = run(&pod, &inj(Provider::Cce));
+    let (out, _) = run(&pod, inj(Provider::Cce));
     assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 1);
     assert_eq!(out["spec"]["volumes"][0]["secret"]["secretName"], "mine");
     let c = &out["spec"]["containers"][0];
@@ -141,14 +142,14 @@ fn user_values_win_and_the_rest_is_injected() {
     );
     assert!(env(c, "HC_CONTAINER_AUTHORIZATION_TOKEN_FILE").is_some());
     assert_eq!(c["env"].as_array().unwrap().len(), 2);
-    again_is_empty(&out, &inj(Provider::Cce));
+    again_is_empty(&out, inj(Provider::Cce));
 }
 
 #[test]
 fn a_foreign_mount_at_the_token_path_is_kept_with_a_warning() {
     let pod = json!({"spec": {"containers": [{"name": "c",
         "volumeMounts": [{"name": "other", "mountPath": "/var/run/secrets/service.cce.pods/serviceaccount/"}]}]}});
-    let (out, m) = run(&pod, &inj(Provider::Cce));
+    let (out, m) = run(&pod, inj(Provider::Cce));
     assert_eq!(
         out["spec"]["containers"][0]["volumeMounts"]
             .as_array()
@@ -173,7 +174,7 @@ fn init_containers_sidecars_and_skips() {
             "containers": [{"name": "app"}, {"name": "proxy"}]
         }
     });
-    let (out, _) = run(&pod, &inj(Provider::Cce));
+    let (out, _) = run(&pod, inj(Provider::Cce));
     for path in [
         "/spec/initContainers/0",
         "/spec/initContainers/1",
@@ -185,7 +186,7 @@ fn init_containers_sidecars_and_skips() {
     }
     assert!(out.pointer("/spec/containers/1/env").is_none());
     assert!(out.pointer("/spec/containers/1/volumeMounts").is_none());
-    again_is_empty(&out, &inj(Provider::Cce));
+    again_is_empty(&out, inj(Provider::Cce));
 }
 
 #[test]
@@ -194,29 +195,27 @@ fn opt_out_label_and_all_skipped_give_no_patch() {
         json!({"metadata": {"labels": {INJECT_LABEL: "false"}}, "spec": {"containers": [{"name": "c"}]}});
     let bytes = serde_json::to_vec(&pod).unwrap();
     assert_eq!(
-        mutate(&Pod::from_slice(&bytes).unwrap(), &assoc(), &inj(Provider::Cce)),
+        mutate(&Pod::from_slice(&bytes).unwrap(), &assoc(), inj(Provider::Cce)),
         Err(Skip::OptedOut)
     );
     let pod = json!({"metadata": {"annotations": {SKIP_CONTAINERS_ANNOTATION: "c"}}, "spec": {"containers": [{"name": "c"}]}});
     let bytes = serde_json::to_vec(&pod).unwrap();
     assert_eq!(
-        mutate(&Pod::from_slice(&bytes).unwrap(), &assoc(), &inj(Provider::Cce)),
+        mutate(&Pod::from_slice(&bytes).unwrap(), &assoc(), inj(Provider::Cce)),
         Err(Skip::AllContainersSkipped)
     );
     // Any other label value injects.
     let pod =
         json!({"metadata": {"labels": {INJECT_LABEL: "true"}}, "spec": {"containers": [{"name": "c"}]}});
-    let (out, _) = run(&pod, &inj(Provider::Cce));
+    let (out, _) = run(&pod, inj(Provider::Cce));
     assert!(out["spec"]["volumes"].is_array());
 }
 
 #[test]
 fn annotation_keys_with_slash_and_tilde_are_escaped() {
     let pod = json!({"metadata": {"annotations": {"example.com/a~b": "x"}}, "spec": {"containers": [{"name": "c"}]}});
-    let (out, m) = run(&pod, &inj(Provider::Cce));
-    let PatchOperation::Add(a) = &m.patch.0[0] else {
-        panic!()
-    };
+    let (out, m) = run(&pod, inj(Provider::Cce));
+    let a = &m.patch.0[0];
     assert_eq!(
         a.path.as_str(),
         "/metadata/annotations/podidentity.io~1association"
@@ -229,13 +228,13 @@ fn annotation_keys_with_slash_and_tilde_are_escaped() {
 fn windows_pods_get_a_warning() {
     let pod =
         json!({"spec": {"nodeSelector": {"kubernetes.io/os": "windows"}, "containers": [{"name": "c"}]}});
-    let (_, m) = run(&pod, &inj(Provider::Cce));
+    let (_, m) = run(&pod, inj(Provider::Cce));
     assert!(m.warnings.iter().any(|w| w.contains("Windows")));
 }
 
 #[test]
 fn pod_without_containers_still_gets_the_volume() {
     // Not a valid pod for the API server, but the mutation must not fail on it.
-    let (out, _) = run(&json!({}), &inj(Provider::Eks));
+    let (out, _) = run(&json!({}), inj(Provider::Eks));
     assert_eq!(out["spec"]["volumes"][0]["name"], "eks-pod-identity-token");
 }
