@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::association::{Association, Index, Store};
+use crate::fast_json;
 use crate::metrics::Outcome;
 use crate::mutation::patch::write_str;
 use crate::mutation::pod::{Pod, Str};
@@ -21,7 +22,7 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 
 /// `O` is how `request.object` is read: as a [`Pod`] in one pass (the common case), or kept as
 /// raw JSON so that a body the one-pass read refuses gets the answer it always got.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct ReviewIn<'a, O> {
     #[serde(borrow, rename = "apiVersion", default)]
     api_version: Option<Str<'a>>,
@@ -31,7 +32,7 @@ struct ReviewIn<'a, O> {
     request: Option<RequestIn<'a, O>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct RequestIn<'a, O> {
     #[serde(borrow, default)]
     uid: Option<Str<'a>>,
@@ -52,7 +53,7 @@ fn none<T>() -> Option<T> {
     None
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 struct Gvk<'a> {
     #[serde(borrow, default)]
     group: Str<'a>,
@@ -190,15 +191,18 @@ impl Admission {
     /// Answers one request body.
     pub fn review(&self, body: &[u8]) -> Answer {
         // One pass over the body, reading the pod with the rest: the body is most of the cost
-        // of an admission, and reading the object as raw JSON first and then again as a Pod
-        // walked it twice. Any body this pass refuses (not UTF-8, not JSON, an object that is
-        // not a Pod, for any kind) goes through the two-pass read below, which words every
-        // error and denial. Whatever this pass accepts, the two-pass read accepts identically:
-        // same parser, same fields; the UTF-8 check stands in for the raw object's one.
-        if let Ok(text) = std::str::from_utf8(body)
-            && let Ok(review) = serde_json::from_str::<ReviewIn<Pod>>(text)
-        {
-            return self.answer(review, Ok);
+        // of an admission. The fast reader takes what the API server sends; what it declines
+        // (an escape in a string the view keeps, anything unusual) is read by serde_json in
+        // one pass; and any body that refuses (not UTF-8, not JSON, an object that is not a
+        // Pod) goes through the two-pass read below, which words every error and denial. Each
+        // step accepts only what the next would accept, and reads it identically (tests below).
+        if let Ok(text) = std::str::from_utf8(body) {
+            if let Ok(review) = fast_json::from_str::<ReviewIn<Pod>>(text) {
+                return self.answer(review, Ok);
+            }
+            if let Ok(review) = serde_json::from_str::<ReviewIn<Pod>>(text) {
+                return self.answer(review, Ok);
+            }
         }
         let review: ReviewIn<&RawValue> = match serde_json::from_slice(body) {
             Ok(r) => r,
@@ -339,10 +343,128 @@ fn denied<'u>(uid: &'u str, code: u16, reason: &'static str, message: String) ->
 mod tests {
     use std::borrow::Cow;
 
+    use proptest::prelude::*;
     use serde_json::{Value, json};
 
     use super::*;
     use crate::mutation::Add;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("tests/fixtures/admission/{name}")).unwrap()
+    }
+
+    fn fixtures() -> Vec<(String, String)> {
+        let mut names: Vec<_> = std::fs::read_dir("tests/fixtures/admission")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names.into_iter().map(|n| (fixture(&n), n)).collect()
+    }
+
+    fn compact(text: &str) -> String {
+        serde_json::from_str::<Value>(text).unwrap().to_string()
+    }
+
+    /// What the fast reader made of `text`, checked against serde_json's one-pass read: when
+    /// the fast reader accepts, serde_json accepts and reads the same review.
+    fn fast_read(text: &str) -> Option<String> {
+        let fast = fast_json::from_str::<ReviewIn<Pod>>(text).ok()?;
+        let slow = serde_json::from_str::<ReviewIn<Pod>>(text)
+            .unwrap_or_else(|e| panic!("fast reader accepted what serde_json refuses ({e}): {text}"));
+        let fast = format!("{fast:?}");
+        assert_eq!(fast, format!("{slow:?}"), "{text}");
+        Some(fast)
+    }
+
+    #[test]
+    fn the_fast_reader_reads_every_fixture_as_serde_json_does() {
+        for (text, name) in fixtures() {
+            assert!(fast_read(&text).is_some(), "{name} as stored");
+            assert!(fast_read(&compact(&text)).is_some(), "{name} compact");
+        }
+    }
+
+    /// A JSON value in text, with whitespace, escapes and numbers of every shape.
+    fn json_text() -> impl Strategy<Value = String> {
+        let ws = prop::sample::select(vec!["", "", " ", "\n", "\t ", "\r\n"]);
+        let string = prop::collection::vec(
+            prop::sample::select(vec![
+                "a",
+                "Z",
+                " ",
+                "é",
+                "😀",
+                "\\\"",
+                "\\\\",
+                "\\/",
+                "\\n",
+                "\\t",
+                "\\b",
+                "\\u00e9",
+                "\\uD83D\\uDE00",
+                "\\ud800",
+                "k:{\\\"name\\\":\\\"app\\\"}",
+            ]),
+            0..8,
+        )
+        .prop_map(|parts| format!("\"{}\"", parts.concat()));
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            "-?(0|[1-9][0-9]{0,6})(\\.[0-9]{1,4})?([eE][+-]?[0-9]{1,3})?",
+            string.clone(),
+        ];
+        leaf.prop_recursive(5, 48, 6, move |inner| {
+            let member = (string.clone(), ws.clone(), inner.clone())
+                .prop_map(|(k, w, v)| format!("{w}{k}{w}:{w}{v}{w}"));
+            prop_oneof![
+                prop::collection::vec(inner, 0..6).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(member, 0..6).prop_map(|m| format!("{{{}}}", m.join(","))),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+        /// Any valid value where the views skip is skipped, and the review reads the same.
+        #[test]
+        fn skipped_values_of_any_shape_are_read_past_as_serde_json_does(
+            value in json_text(),
+            at in prop::sample::select(vec![
+                "\"request\":{", "\"object\":{", "\"metadata\":{", "\"annotations\":{",
+                "\"spec\":{", "\"containers\":[{", "\"volumes\":[{",
+            ]),
+        ) {
+            let text = compact(&fixture("02-pod-init-env-fieldref-volumes-sa-app-apply-dryrun.json"));
+            prop_assert!(text.contains(at));
+            let text = text.replacen(at, &format!("{at}\"zz-unknown\":{value},"), 1);
+            prop_assert!(serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok(), "{}", text);
+            prop_assert!(fast_read(&text).is_some(), "fast reader refused {}", text);
+        }
+
+        /// Damaged bodies: whatever the fast reader still accepts, serde_json reads the same.
+        #[test]
+        fn damaged_bodies_are_refused_or_read_as_serde_json_reads_them(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(
+                b"\"\\{}[],: -.0123456789eEtrufalsn\n\x01\x7fu/".to_vec())), 1..4),
+        ) {
+            let mut bytes = compact(&fixture("01-pod-single-container-sa-app-apply-dryrun.json")).into_bytes();
+            for (at, kind, b) in edits {
+                let i = at.index(bytes.len());
+                match kind {
+                    0 => bytes[i] = b,
+                    1 => bytes.insert(i, b),
+                    _ => { bytes.remove(i); }
+                }
+            }
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                fast_read(text);
+            }
+        }
+    }
 
     fn decode(r: &ResponseOut) -> Value {
         serde_json::from_slice(&r.encode()).expect("the response is JSON")

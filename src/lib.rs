@@ -10,6 +10,7 @@ pub mod agent;
 pub mod association;
 pub mod certs;
 pub mod exchange;
+pub mod fast_json;
 pub mod metrics;
 pub mod mutation;
 pub mod offline;
