@@ -44,7 +44,7 @@ struct Args {
     /// The AdmissionReview whose webhook answer is served to every request.
     #[arg(
         long,
-        default_value = "tests/fixtures/admission/17-pod-large-three-containers-sa-app-apply-dryrun.json"
+        default_value = "tests/fixtures/admission/01-pod-single-container-sa-app-apply-dryrun.json"
     )]
     fixture: PathBuf,
     /// Associations used to compute that answer once.

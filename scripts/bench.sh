@@ -9,10 +9,11 @@
 #
 # Knobs (environment): DURATION seconds per load run (10), ROUNDS of the webhook/floor
 # alternation (2), STREAMS HTTP/2 streams on one connection (64), CONNS HTTP/1.1 connections
-# (64), FIXTURE request body (the typical fixture 17), N associations in the large set
-# (100000), COMPACT=1 to send the fixture without its indentation (the API server sends compact
-# JSON; the fixture files are re-indented for reading), PORT_BASE first of the three 127.0.0.1 ports used (18443), SKIP_BUILD=1,
-# CARGO_TARGET_DIR as for cargo. Traffic goes to 127.0.0.1 only; every process started here
+# (64), FIXTURE request body (the typical fixture 01, 3 KB; fixture 17 is the large one, 20 KB),
+# N associations in the large set (100000), COMPACT=0 to send the fixture as stored (by default
+# it is sent without its indentation: the API server sends compact JSON, the fixture files are
+# re-indented for reading), PORT_BASE first of the three 127.0.0.1 ports used (18443),
+# SKIP_BUILD=1, CARGO_TARGET_DIR as for cargo. Traffic goes to 127.0.0.1 only; every process started here
 # is stopped on exit.
 set -euo pipefail
 
@@ -21,7 +22,8 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 STREAMS=${STREAMS:-64}
 CONNS=${CONNS:-64}
-FIXTURE=${FIXTURE:-tests/fixtures/admission/17-pod-large-three-containers-sa-app-apply-dryrun.json}
+FIXTURE=${FIXTURE:-tests/fixtures/admission/01-pod-single-container-sa-app-apply-dryrun.json}
+COMPACT=${COMPACT:-1}
 N=${N:-100000}
 PORT_BASE=${PORT_BASE:-18443}
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -153,7 +155,7 @@ stop() {
     wait "$1" 2>/dev/null || true
 }
 
-if [[ -n ${COMPACT:-} ]]; then
+if [[ $COMPACT == 1 ]]; then
     # Whitespace outside strings only: every token stays byte for byte.
     perl -0777 -pe 's/("(?:[^"\\]|\\.)*")|\s+/defined $1 ? $1 : ""/ge' "$FIXTURE" >"$TMP/body.json"
     FIXTURE=$TMP/body.json

@@ -70,10 +70,19 @@ struct Reader<'de> {
 const ONES: u64 = u64::MAX / 255;
 const HIGH_BITS: u64 = ONES << 7;
 
-/// Marks (high bit) the bytes of `x` equal to `b`; exact up to the first marked byte.
-fn bytes_equal(x: u64, b: u8) -> u64 {
-    let y = x ^ (ONES * u64::from(b));
-    y.wrapping_sub(ONES) & !y
+const LOW_BITS: u64 = ONES * 0x7f;
+
+/// Sets the high bit of each byte of `x` that ends or escapes a string (`"`, `\`) or may not
+/// appear in one (a control character). Exact for every byte: no carry crosses bytes.
+#[inline]
+fn specials(x: u64) -> u64 {
+    let zero = |y: u64| !(((y & LOW_BITS) + LOW_BITS) | y) & HIGH_BITS;
+    let control = !(((x & LOW_BITS) + ONES * 0x60) | x) & HIGH_BITS;
+    zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\'))) | control
+}
+
+fn is_special(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
 }
 
 impl<'de> Reader<'de> {
@@ -133,29 +142,26 @@ impl<'de> Reader<'de> {
         Ok(value)
     }
 
-    /// Index of the first `"`, `\` or control byte at or after `from`, eight bytes at a time
-    /// (the same scan serde_json uses).
-    fn scan(&self, from: usize) -> Result<usize, Refused> {
-        let rest = self.bytes.get(from..).ok_or(Refused)?;
-        let mut chunks = rest.chunks_exact(8);
-        let mut offset = from;
-        for chunk in &mut chunks {
+    /// Index of the first `"`, `\` or control byte at or after `at`, eight bytes at a time.
+    #[inline]
+    fn scan(&self, mut at: usize) -> Result<usize, Refused> {
+        let bytes = self.bytes;
+        while let Some(chunk) = bytes.get(at..at + 8) {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
-            let x = u64::from_le_bytes(word);
-            let control = x.wrapping_sub(ONES * 0x20) & !x;
-            let hits = (control | bytes_equal(x, b'"') | bytes_equal(x, b'\\')) & HIGH_BITS;
+            let hits = specials(u64::from_le_bytes(word));
             if hits != 0 {
-                return Ok(offset + (hits.trailing_zeros() / 8) as usize);
+                return Ok(at + (hits.trailing_zeros() / 8) as usize);
             }
-            offset += 8;
+            at += 8;
         }
-        chunks
-            .remainder()
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            .map(|i| offset + i)
-            .ok_or(Refused)
+        while let Some(&b) = bytes.get(at) {
+            if is_special(b) {
+                return Ok(at);
+            }
+            at += 1;
+        }
+        Err(Refused)
     }
 
     /// A string without escapes, borrowed from the input.
@@ -492,6 +498,24 @@ mod tests {
         ] {
             assert!(!serde_accepts(text), "serde_json accepts {text:?}");
             assert_eq!(validate(text), Err(Refused), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn every_byte_in_every_position_is_classified_exactly() {
+        for special in 0..=255u8 {
+            for other in [
+                b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x23, 0x5d, 0x7f, 0x80, 0xff,
+            ] {
+                for at in 0..8 {
+                    let mut word = [other; 8];
+                    word[at] = special;
+                    let hits = specials(u64::from_le_bytes(word));
+                    for (i, &b) in word.iter().enumerate() {
+                        assert_eq!(hits >> (i * 8 + 7) & 1 == 1, is_special(b), "{word:?} at {i}");
+                    }
+                }
+            }
         }
     }
 
