@@ -34,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$A" certs --out "$TMP/certs" --dns localhost --ip 127.0.0.1 >/dev/null
+"$A" certs --out "$TMP/certs" --dns localhost --ip 127.0.0.1 >/dev/null 2>&1
 jq -c . "$FIXTURE" >"$TMP/body.json"
 start() {
     "$1" serve --listen "127.0.0.1:$2" --cert-dir "$TMP/certs" \
