@@ -50,12 +50,18 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 
 /// Renders `manifests/` after `certs --out manifests/tls`, in a copy of the tree.
 fn render_with_certs() -> (Vec<Value>, PathBuf, tempfile::TempDir) {
+    render_copy_with_certs("manifests", &[])
+}
+
+/// Renders a copy of `dir` (under the repository) after `certs --out <copy>/tls <names>`.
+fn render_copy_with_certs(dir: &str, names: &[&str]) -> (Vec<Value>, PathBuf, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
-    let m = tmp.path().join("manifests");
-    copy_dir(&repo().join("manifests"), &m);
+    let m = tmp.path().join("m");
+    copy_dir(&repo().join(dir), &m);
     let out = Command::new(BIN)
         .args(["certs", "--out"])
         .arg(m.join("tls"))
+        .args(names)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -281,9 +287,47 @@ fn assert_serve_flags<S: AsRef<str>>(args: &[S]) {
     assert_flags("serve", &args);
 }
 
+/// The agent and exchange manifests after `certs` wrote the exchange's pair, in a copy.
+fn render_agent_with_certs() -> (Vec<Value>, PathBuf, tempfile::TempDir) {
+    render_copy_with_certs(
+        "manifests/agent",
+        &[
+            "--dns",
+            "pod-identity-exchange.pod-identity-system.svc",
+            "--dns",
+            "pod-identity-exchange.pod-identity-system.svc.cluster.local",
+        ],
+    )
+}
+
+/// The value of `--name=` in `args`.
+fn flag<'a>(args: &[&'a str], name: &str) -> &'a str {
+    let prefix = format!("{name}=");
+    args.iter()
+        .find_map(|a| a.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{name} not set in {args:?}"))
+}
+
+/// The volume mounted at `dir` in `pod`'s first container.
+fn volume_at<'a>(pod: &'a Value, dir: &str) -> &'a Value {
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    assert_eq!(mount["readOnly"], true);
+    pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap()
+}
+
 #[test]
 fn agent_and_exchange_manifests_fit_the_binary() {
-    let docs = kustomize(&repo().join("manifests/agent"));
+    let (docs, tls, _tmp) = render_agent_with_certs();
     let ds = find(&docs, "DaemonSet", "pod-identity-agent");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
@@ -300,19 +344,26 @@ fn agent_and_exchange_manifests_fit_the_binary() {
         serde_json::json!(["NET_BIND_SERVICE"])
     );
     assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
-    let args = args_of(agent);
-    assert_flags("agent", &args);
-    assert!(args.contains(&"--listen=169.254.170.23:80"));
+    let agent_args = args_of(agent);
+    assert_flags("agent", &agent_args);
+    assert!(agent_args.contains(&"--listen=169.254.170.23:80"));
 
     let deploy = find(&docs, "Deployment", "pod-identity-exchange");
-    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let exchange_pod = &deploy["spec"]["template"]["spec"];
+    let c = &exchange_pod["containers"][0];
     let args = args_of(c);
     assert_flags("exchange", &args);
     // The exchange's required settings come from the ConfigMap, under the env names the flags read.
     let help = help("exchange");
     let cm = docs
         .iter()
-        .find(|d| d["kind"] == "ConfigMap")
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("pod-identity-cloud")
+        })
         .expect("config map");
     for key in cm["data"].as_object().unwrap().keys() {
         assert!(
@@ -329,8 +380,98 @@ fn agent_and_exchange_manifests_fit_the_binary() {
         role["rules"][1]["verbs"],
         serde_json::json!(["get", "list", "watch"])
     );
+
+    // Pod tokens travel from the agents to the exchange over TLS: the exchange serves the
+    // Secret's pair on the port the Service targets, and its probes speak HTTPS.
+    let cert_dir = flag(&args, "--cert-dir");
+    let port: u16 = flag(&args, "--listen")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(c["ports"][0]["containerPort"], port);
+    assert_eq!(c["ports"][0]["name"], "https");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], "https", "{probe}");
+    }
+    let secret_name = volume_at(exchange_pod, cert_dir)["secret"]["secretName"]
+        .as_str()
+        .unwrap();
+    let secret = find(&docs, "Secret", secret_name);
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    // kustomize folds long base64 values over lines.
+    let b64 = |v: &Value| {
+        let text: String = v.as_str().unwrap().split_whitespace().collect();
+        base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+    };
+    let tls_crt = b64(&secret["data"][certs::CERT_FILE]);
+    assert_eq!(tls_crt, std::fs::read(tls.join(certs::CERT_FILE)).unwrap());
+    assert_eq!(
+        b64(&secret["data"][certs::KEY_FILE]),
+        std::fs::read(tls.join(certs::KEY_FILE)).unwrap()
+    );
     let svc = find(&docs, "Service", "pod-identity-exchange");
-    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "https");
+
+    // The agent calls that Service over HTTPS and trusts the CA from the ConfigMap it mounts
+    // (the certificate only, never the key) ...
+    let endpoint = flag(&agent_args, "--cce-endpoint");
+    let host = endpoint
+        .strip_prefix("https://")
+        .expect("the agent calls the exchange over https");
+    let ns = svc["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(host, format!("pod-identity-exchange.{ns}.svc"));
+    let ca_file = Path::new(flag(&agent_args, "--ca-file"));
+    let ca_volume = volume_at(pod, ca_file.parent().unwrap().to_str().unwrap());
+    let ca_map = find(
+        &docs,
+        "ConfigMap",
+        ca_volume["configMap"]["name"].as_str().unwrap(),
+    );
+    let ca_name = ca_file.file_name().unwrap().to_str().unwrap();
+    let ca_pem = ca_map["data"][ca_name].as_str().unwrap();
+    assert_eq!(ca_pem, std::fs::read_to_string(tls.join("ca.crt")).unwrap());
+    assert_eq!(ca_map["data"].as_object().unwrap().len(), 1);
+
+    // ... and that CA vouches for the exchange's certificate under the endpoint's name.
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    pod_identity_webhook::server::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .unwrap();
+    let leaf = CertificateDer::from_pem_slice(&tls_crt).unwrap();
+    for name in [host.to_owned(), format!("{host}.cluster.local")] {
+        verifier
+            .verify_server_cert(
+                &leaf,
+                &[],
+                &ServerName::try_from(name.clone()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(
+        verifier
+            .verify_server_cert(
+                &leaf,
+                &[],
+                &ServerName::try_from("elsewhere.example").unwrap(),
+                &[],
+                UnixTime::now()
+            )
+            .is_err()
+    );
 }
 
 fn help(command: &str) -> String {
