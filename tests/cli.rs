@@ -211,6 +211,8 @@ fn serve_generates_certificates_serves_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed if anything below fails before the graceful stop.
+    let child = Reaped::new(child);
     let end = Instant::now() + Duration::from_secs(20);
     while !certs.join("ca.crt").exists() {
         assert!(Instant::now() < end, "certificates not generated");
@@ -243,7 +245,7 @@ fn serve_generates_certificates_serves_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     let logs = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{logs}");
     for needle in [

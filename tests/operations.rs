@@ -473,22 +473,15 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    // Never leave the server behind, whatever fails below.
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-    }
     let pid = child.id();
-    // Reaped on any early panic below too.
-    let mut child = Reap(child);
+    // Never left behind, whatever fails below.
+    let mut child = Reaped::new(child);
     let end = Instant::now() + Duration::from_secs(30);
     while !certs_dir.join("ca.crt").exists() {
-        assert!(child.0.try_wait().unwrap().is_none(), "server exited early");
+        assert!(
+            child.child_mut().try_wait().unwrap().is_none(),
+            "server exited early"
+        );
         assert!(Instant::now() < end, "certificates not generated");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -503,7 +496,7 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
             break a.trim().parse::<std::net::SocketAddr>().unwrap();
         }
         assert!(
-            child.0.try_wait().unwrap().is_none(),
+            child.child_mut().try_wait().unwrap().is_none(),
             "server exited early:\n{text}"
         );
         assert!(Instant::now() < end, "server never logged its address");
@@ -646,7 +639,7 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
 
     let end = Instant::now() + Duration::from_secs(40);
     let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
+        if let Some(s) = child.child_mut().try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < end, "server did not exit after SIGTERM");

@@ -4,12 +4,12 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::agents::{CLUSTER, PROJECT, pod_token};
-use common::doubles;
 use common::standin::StandIn;
+use common::{Reaped, doubles};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
@@ -22,8 +22,8 @@ fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
-fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
-    Command::new(BIN)
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Reaped {
+    let child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "debug")
         .envs(env.iter().copied())
@@ -31,7 +31,9 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    // Killed if the test fails before it collects the logs.
+    Reaped::new(child)
 }
 
 async fn wait_ready(url: &str) {
@@ -48,7 +50,8 @@ async fn wait_ready(url: &str) {
 }
 
 /// Stops the process and returns everything it logged.
-fn logs(mut child: Child) -> String {
+fn logs(child: Reaped) -> String {
+    let mut child = child.into_inner();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -270,3 +270,40 @@ pub fn project_secret(dir: &Path, version: &str, m: &pod_identity_webhook::certs
     std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
 }
+
+/// A child process of a test, killed and reaped if the test ends (or panics) while it runs.
+pub struct Reaped(Option<std::process::Child>);
+
+impl Reaped {
+    pub fn new(child: std::process::Child) -> Self {
+        Reaped(Some(child))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child().id()
+    }
+
+    pub fn child(&self) -> &std::process::Child {
+        self.0.as_ref().expect("child taken")
+    }
+
+    pub fn child_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("child taken")
+    }
+
+    /// The process, no longer killed on drop: for a test that stops it itself.
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("child taken")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0
+            && let Ok(None) = child.try_wait()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
