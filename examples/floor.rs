@@ -62,13 +62,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     certs::ensure_local(&args.cert_dir)?;
     // The webhook's reloading certificate (and its 2 s file watcher), so the TLS side is the
     // same down to the resolver.
-    let cert = tls::ReloadingCert::start(
-        args.cert_dir.join(certs::CERT_FILE),
-        args.cert_dir.join(certs::KEY_FILE),
+    let cert = tls::ReloadingCert::in_dir(
+        &args.cert_dir,
         Arc::new(Metrics::default()),
         Duration::from_secs(2),
     )?;
-    let acceptor = TlsAcceptor::from(tls::server_config(cert.resolver.clone()));
+    let acceptor = cert.acceptor();
 
     let text = std::fs::read_to_string(&args.associations)?;
     let profile = Provider::Cce.profile();

@@ -22,17 +22,8 @@ CONNS=${CONNS:-64}
 FIXTURE=${FIXTURE:-tests/fixtures/admission/01-pod-single-container-sa-app-apply-dryrun.json}
 PORT_A=${PORT_A:-18543}
 PORT_B=$((PORT_A + 1))
-export PATH="$HOME/.cargo/bin:$PATH"
-command -v oha >/dev/null || { echo "needs oha: cargo install oha --locked" >&2; exit 1; }
-
-TMP=$(mktemp -d -t pod-identity-ab.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 "$A" certs --out "$TMP/certs" --dns localhost --ip 127.0.0.1 >/dev/null 2>&1
 jq -c . "$FIXTURE" >"$TMP/body.json"
@@ -40,47 +31,23 @@ start() {
     "$1" serve --listen "127.0.0.1:$2" --cert-dir "$TMP/certs" \
         --associations tests/fixtures/associations.yaml >"$TMP/$2.log" 2>&1 &
     PIDS+=($!)
-    local i
-    for i in $(seq 200); do
-        curl -sf -o /dev/null --cacert "$TMP/certs/ca.crt" "https://127.0.0.1:$2/readyz" && return 0
-        sleep 0.05
-    done
-    echo "server $1 on $2 did not get ready" >&2
-    exit 1
+    wait_ready "$2" "$!"
 }
 start "$A" "$PORT_A"
 PID_A=${PIDS[-1]}
 start "$B" "$PORT_B"
 PID_B=${PIDS[-1]}
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-CLK_TCK=$(getconf CLK_TCK)
-if [[ $PROTO == h2 ]]; then
-    LOAD=(--http2 -c 1 -p "$STREAMS")
-else
-    LOAD=(--http-version 1.1 -c "$CONNS")
-fi
-# One run: prints "req/s p99_ms cpu_us_per_req".
-run() {
-    local port=$1 pid=$2 t0 t1 json
-    t0=$(cpu_ticks "$pid")
-    json=$(timeout $((DURATION + 30)) oha --no-tui --output-format json -z "${DURATION}s" \
-        --wait-ongoing-requests-after-deadline "${LOAD[@]}" -m POST -T application/json -D "$TMP/body.json" \
-        --cacert "$TMP/certs/ca.crt" "https://127.0.0.1:$port/mutate?timeout=10s")
-    t1=$(cpu_ticks "$pid")
-    jq -r --argjson ticks $((t1 - t0)) --argjson hz "$CLK_TCK" \
-        '[.summary.requestsPerSec, .latencyPercentiles.p99 * 1000,
-          ($ticks / $hz * 1e6 / ([.statusCodeDistribution[]] | add))] | @tsv' <<<"$json"
-}
-for port in "$PORT_A" "$PORT_B"; do
-    oha --no-tui -z 2s "${LOAD[@]}" -m POST -T application/json -D "$TMP/body.json" \
-        --cacert "$TMP/certs/ca.crt" "https://127.0.0.1:$port/mutate?timeout=10s" >/dev/null
-done
+# Warm-up, then A and B in turn.
+DURATION_RUN=$DURATION DURATION=2
+load "$PID_A" "$PORT_A" "$PROTO" "$TMP/body.json" >/dev/null
+load "$PID_B" "$PORT_B" "$PROTO" "$TMP/body.json" >/dev/null
+DURATION=$DURATION_RUN
 printf '%-6s %10s %9s %12s\n' build req/s p99_ms cpu_us/req
 for r in $(seq "$ROUNDS"); do
     for side in A B; do
-        if [[ $side == A ]]; then out=$(run "$PORT_A" "$PID_A"); else out=$(run "$PORT_B" "$PID_B"); fi
-        read -r rps p99 cpu <<<"$out"
+        if [[ $side == A ]]; then pid=$PID_A port=$PORT_A; else pid=$PID_B port=$PORT_B; fi
+        read -r rps _p50 p99 _ok _errors cpu < <(load "$pid" "$port" "$PROTO" "$TMP/body.json")
         printf '%-6s %10.0f %9.2f %12.1f\n' "$side#$r" "$rps" "$p99" "$cpu"
         echo "$side $rps $p99 $cpu" >>"$TMP/runs"
     done

@@ -83,11 +83,11 @@ impl ResponseOut<'_, '_> {
     /// The whole AdmissionReview as JSON. Written by hand: the patch goes from its prepared
     /// text through base64 straight into the body, with nothing to escape on the way.
     fn encode(&self) -> Vec<u8> {
-        let mut patch = Vec::new();
-        if !self.patch.is_empty() {
-            patch = Vec::with_capacity(self.patch.0.iter().map(|op| op.value.len() + 64).sum());
-            self.patch.write_json(&mut patch);
-        }
+        let patch = if self.patch.is_empty() {
+            Vec::new()
+        } else {
+            self.patch.to_json()
+        };
         let base64_len = patch.len().div_ceil(3) * 4;
         let mut out = Vec::with_capacity(160 + self.uid.len() + base64_len);
         out.extend_from_slice(br#"{"apiVersion":""#);

@@ -55,11 +55,6 @@ pub fn from_str<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, Refused> 
     }
 }
 
-/// Checks that `text` is exactly one JSON value.
-pub fn validate(text: &str) -> Result<(), Refused> {
-    from_str::<de::IgnoredAny>(text).map(|_| ())
-}
-
 struct Reader<'de> {
     text: &'de str,
     bytes: &'de [u8],
@@ -418,6 +413,11 @@ impl<'de> SeqAccess<'de> for Elements<'_, 'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the reader takes `text` as exactly one JSON value.
+    fn validate(text: &str) -> Result<(), Refused> {
+        from_str::<de::IgnoredAny>(text).map(|_| ())
+    }
 
     fn serde_accepts(text: &str) -> bool {
         serde_json::from_str::<de::IgnoredAny>(text).is_ok()

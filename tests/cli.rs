@@ -222,15 +222,7 @@ fn serve_generates_certificates_serves_and_stops_on_sigterm() {
     let c = client(&[&std::fs::read(certs.join("ca.crt")).unwrap()], Http::H2);
     let base = format!("https://127.0.0.1:{port}");
     rt.block_on(async {
-        loop {
-            if let Ok(r) = c.get(format!("{base}/readyz")).send().await
-                && r.status() == 200
-            {
-                break;
-            }
-            assert!(Instant::now() < end, "server never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_ready(&c, &format!("{base}/readyz"), end).await;
         let r = c
             .post(format!("{base}/mutate?timeout=10s"))
             .body(fixture("01-"))

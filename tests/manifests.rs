@@ -442,13 +442,10 @@ fn agent_and_exchange_manifests_fit_the_binary() {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
     pod_identity_webhook::server::tls::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let verifier = WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
-        .build()
-        .unwrap();
+    let verifier =
+        WebPkiServerVerifier::builder(std::sync::Arc::new(common::root_store(&[ca_pem.as_bytes()])))
+            .build()
+            .unwrap();
     let leaf = CertificateDer::from_pem_slice(&tls_crt).unwrap();
     for name in [host.to_owned(), format!("{host}.cluster.local")] {
         verifier

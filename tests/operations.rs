@@ -376,16 +376,7 @@ struct Held {
 }
 
 async fn hold(addr: std::net::SocketAddr, ca: &[u8], body: Vec<u8>) -> Held {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut config = tls_client_config(&[ca]);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -511,16 +502,7 @@ fn sigterm_under_load_answers_every_accepted_request_and_exits_zero() {
         .build()
         .unwrap();
     let (held_answers, counts) = rt.block_on(async {
-        let probe = client(&[&ca], Http::H2);
-        loop {
-            if let Ok(r) = probe.get(format!("{base}/readyz")).send().await
-                && r.status() == 200
-            {
-                break;
-            }
-            assert!(Instant::now() < end, "server never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_ready(&client(&[&ca], Http::H2), &format!("{base}/readyz"), end).await;
 
         // The load: every answer that arrives must be complete and right. Requests that fail
         // after the signal (connection refused or closed before any answer) are counted apart.

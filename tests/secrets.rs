@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::agents::{CLUSTER, PROJECT, pod_token};
 use common::standin::StandIn;
-use common::{Reaped, doubles};
+use common::{Reaped, doubles, until_ready};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
@@ -36,17 +36,9 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Reaped {
     Reaped::new(child)
 }
 
-async fn wait_ready(url: &str) {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(url).await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < end, "{url} never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Polls `url` (with `client`) for up to 30 s until it answers 200.
+async fn wait_ready(client: &reqwest::Client, url: &str) {
+    until_ready(client, url, Instant::now() + Duration::from_secs(30)).await;
 }
 
 /// Stops the process and returns everything it logged.
@@ -138,8 +130,16 @@ async fn no_secret_reaches_the_logs() {
         ],
         &[],
     );
-    wait_ready(&format!("http://127.0.0.1:{xport}/readyz")).await;
-    wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
+    wait_ready(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{xport}/readyz"),
+    )
+    .await;
+    wait_ready(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{admin}/readyz"),
+    )
+    .await;
 
     let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
     let r = reqwest::Client::new()
@@ -168,7 +168,7 @@ async fn no_secret_reaches_the_logs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let c = common::client(&[&std::fs::read(certs.join("ca.crt")).unwrap()], common::Http::H2);
-    wait_ready_tls(&c, &format!("https://127.0.0.1:{wport}/readyz")).await;
+    wait_ready(&c, &format!("https://127.0.0.1:{wport}/readyz")).await;
     let r = c
         .post(format!("https://127.0.0.1:{wport}/mutate"))
         .body(common::fixture("01-"))
@@ -197,13 +197,5 @@ async fn no_secret_reaches_the_logs() {
             "a secret leaked into the logs: {}...",
             &s[..12.min(s.len())]
         );
-    }
-}
-
-async fn wait_ready_tls(c: &reqwest::Client, url: &str) {
-    let end = Instant::now() + Duration::from_secs(30);
-    while !c.get(url).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < end, "{url} never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

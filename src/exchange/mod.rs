@@ -23,7 +23,6 @@ use tokio::net::TcpListener;
 
 use crate::agent::credentials::{Credentials, UpstreamError};
 use crate::association::Store;
-use crate::certs;
 use crate::metrics::Metrics;
 use crate::server::tls::{self, ReloadingCert};
 use crate::server::{Timeouts, serve_https};
@@ -95,16 +94,8 @@ impl Exchange {
         let tls = match &config.cert_dir {
             Some(dir) => {
                 tls::install_crypto_provider();
-                let cert = ReloadingCert::start(
-                    dir.join(certs::CERT_FILE),
-                    dir.join(certs::KEY_FILE),
-                    Arc::new(Metrics::default()),
-                    Duration::from_secs(2),
-                )?;
-                Some((
-                    tokio_rustls::TlsAcceptor::from(tls::server_config(cert.resolver.clone())),
-                    cert,
-                ))
+                let cert = ReloadingCert::in_dir(dir, Arc::new(Metrics::default()), Duration::from_secs(2))?;
+                Some((cert.acceptor(), cert))
             }
             None => None,
         };

@@ -25,7 +25,7 @@ impl Patch<'_> {
     }
 
     /// Appends the patch to `out` as a compact JSON array.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    fn write_json(&self, out: &mut Vec<u8>) {
         out.push(b'[');
         for (i, op) in self.0.iter().enumerate() {
             if i > 0 {
@@ -75,14 +75,16 @@ pub fn str_literal(s: &str) -> String {
     String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
-/// Escapes one JSON pointer token (RFC 6901): `~` becomes `~0`, `/` becomes `~1`.
+/// Appends one JSON pointer token (RFC 6901): `~` becomes `~0`, `/` becomes `~1`.
 pub fn push_token(path: &mut String, token: &str) {
     path.push('/');
-    if token.bytes().any(|b| b == b'~' || b == b'/') {
-        path.push_str(&token.replace('~', "~0").replace('/', "~1"));
-    } else {
-        path.push_str(token);
+    let mut rest = token;
+    while let Some(i) = rest.find(['~', '/']) {
+        path.push_str(&rest[..i]);
+        path.push_str(if rest.as_bytes()[i] == b'~' { "~0" } else { "~1" });
+        rest = &rest[i + 1..];
     }
+    path.push_str(rest);
 }
 
 #[cfg(test)]

@@ -114,25 +114,42 @@ pub struct Mount<'a> {
     pub mount_path: Str<'a>,
 }
 
-/// Gives a derived view struct (`#[serde(remote = "Self")]`) a `Deserialize` that accepts a
-/// JSON object only. serde's derive also reads a struct from an array of its fields in order
-/// (`[metadata, spec]`), and the patch built for such a "pod" adds object keys into an array,
-/// which cannot apply; a Pod and its parts are always objects.
+/// A view read from a JSON object only. serde's derive also reads a struct from an array of
+/// its fields in order (`[metadata, spec]`), and the patch built for such a "pod" adds object
+/// keys into an array, which cannot apply; a Pod and its parts are always objects.
+trait FromMap<'de>: Sized {
+    const EXPECTING: &'static str;
+    fn from_map<M: MapAccess<'de>>(m: M) -> Result<Self, M::Error>;
+}
+
+/// `T` from a JSON object, through [`FromMap`].
+fn map_only<'de, T: FromMap<'de>, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: FromMap<'de>> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(T::EXPECTING)
+        }
+        fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<T, M::Error> {
+            T::from_map(m)
+        }
+    }
+    d.deserialize_map(V(std::marker::PhantomData))
+}
+
+/// The derived view structs (`#[serde(remote = "Self")]`), read from objects only.
 macro_rules! map_only {
     ($($name:ident => $expecting:expr),* $(,)?) => {$(
+        impl<'de: 'a, 'a> FromMap<'de> for $name<'a> {
+            const EXPECTING: &'static str = $expecting;
+            fn from_map<M: MapAccess<'de>>(m: M) -> Result<Self, M::Error> {
+                $name::deserialize(de::value::MapAccessDeserializer::new(m))
+            }
+        }
+
         impl<'de: 'a, 'a> Deserialize<'de> for $name<'a> {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V<'a>(std::marker::PhantomData<&'a ()>);
-                impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-                    type Value = $name<'a>;
-                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                        f.write_str($expecting)
-                    }
-                    fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<Self::Value, M::Error> {
-                        $name::deserialize(de::value::MapAccessDeserializer::new(m))
-                    }
-                }
-                d.deserialize_map(V(std::marker::PhantomData))
+                map_only(d)
             }
         }
     )*};
@@ -157,26 +174,23 @@ macro_rules! picked_map {
             $(pub $field: Option<Str<'a>>,)*
         }
 
-        impl<'de: 'a, 'a> Deserialize<'de> for $name<'a> {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V<'a>(std::marker::PhantomData<&'a ()>);
-                impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-                    type Value = $name<'a>;
-                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                        f.write_str("a map of strings")
-                    }
-                    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
-                        let mut out = $name::default();
-                        while let Some(key) = m.next_key::<Str<'de>>()? {
-                            match key.as_str() {
-                                $(k if k == $key => out.$field = m.next_value::<Option<Str<'de>>>()?,)*
-                                _ => { m.next_value::<IgnoredAny>()?; }
-                            }
-                        }
-                        Ok(out)
+        impl<'de: 'a, 'a> FromMap<'de> for $name<'a> {
+            const EXPECTING: &'static str = "a map of strings";
+            fn from_map<M: MapAccess<'de>>(mut m: M) -> Result<Self, M::Error> {
+                let mut out = $name::default();
+                while let Some(key) = m.next_key::<Str<'de>>()? {
+                    match key.as_str() {
+                        $(k if k == $key => out.$field = m.next_value::<Option<Str<'de>>>()?,)*
+                        _ => { m.next_value::<IgnoredAny>()?; }
                     }
                 }
-                d.deserialize_map(V(std::marker::PhantomData))
+                Ok(out)
+            }
+        }
+
+        impl<'de: 'a, 'a> Deserialize<'de> for $name<'a> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                map_only(d)
             }
         }
     };

@@ -138,12 +138,7 @@ impl Server {
                 "no tls.crt/tls.key found: generated a CA and a localhost serving certificate (ca.crt is the CA to trust)"
             );
         }
-        let cert = ReloadingCert::start(
-            config.cert_dir.join(certs::CERT_FILE),
-            config.cert_dir.join(certs::KEY_FILE),
-            metrics.clone(),
-            config.reload_interval,
-        )?;
+        let cert = ReloadingCert::in_dir(&config.cert_dir, metrics.clone(), config.reload_interval)?;
         readiness.tls_loaded.store(true, Ordering::Relaxed);
         let store = Arc::new(Store::default());
         let source = source::start(
@@ -167,10 +162,9 @@ impl Server {
             metrics,
             readiness,
         });
-        let acceptor = TlsAcceptor::from(tls::server_config(cert.resolver.clone()));
         Ok(Server {
             listener,
-            acceptor,
+            acceptor: cert.acceptor(),
             state,
             config,
             _cert: cert,

@@ -11,6 +11,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::certs;
 use crate::metrics::{Metrics, Source};
 use crate::watch::{Fingerprint, Watcher};
 
@@ -115,6 +116,21 @@ impl ReloadingCert {
             resolver,
             _watcher: watcher,
         })
+    }
+
+    /// [`start`](Self::start) on `dir`'s `tls.crt` and `tls.key`.
+    pub fn in_dir(dir: &Path, metrics: Arc<Metrics>, interval: Duration) -> Result<Self, TlsError> {
+        Self::start(
+            dir.join(certs::CERT_FILE),
+            dir.join(certs::KEY_FILE),
+            metrics,
+            interval,
+        )
+    }
+
+    /// An acceptor serving this certificate with [`server_config`].
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(server_config(self.resolver.clone()))
     }
 }
 

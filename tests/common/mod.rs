@@ -190,23 +190,40 @@ pub enum Http {
     H2,
 }
 
-/// A real HTTPS client trusting `cas`, pinned to one HTTP version through ALPN.
-pub fn client(cas: &[&[u8]], http: Http) -> reqwest::Client {
+/// The certificates of the PEM texts `cas`, as trust roots.
+pub fn root_store(cas: &[&[u8]]) -> rustls::RootCertStore {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    pod_identity_webhook::server::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for ca in cas {
         for cert in CertificateDer::pem_slice_iter(ca) {
             roots.add(cert.unwrap()).unwrap();
         }
     }
-    let mut tls =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    roots
+}
+
+/// A rustls client configuration trusting `cas` (no ALPN set).
+pub fn tls_client_config(cas: &[&[u8]]) -> rustls::ClientConfig {
+    pod_identity_webhook::server::tls::install_crypto_provider();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(root_store(cas))
+        .with_no_client_auth()
+}
+
+/// Polls `url` with `client` until it answers 200; fails the test at `end`.
+pub async fn until_ready(client: &reqwest::Client, url: &str, end: std::time::Instant) {
+    while !client.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(std::time::Instant::now() < end, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A real HTTPS client trusting `cas`, pinned to one HTTP version through ALPN.
+pub fn client(cas: &[&[u8]], http: Http) -> reqwest::Client {
+    let mut tls = tls_client_config(cas);
     tls.alpn_protocols = vec![if http == Http::H2 {
         b"h2".to_vec()
     } else {
