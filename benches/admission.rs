@@ -6,13 +6,13 @@
 //! 100 000-entry association file). BENCHMARKS.md has the figures.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
-use pod_identity_webhook::admission::Admission;
-use pod_identity_webhook::association::{Index, Store, file};
-use pod_identity_webhook::mutation::{self, DEFAULT_TOKEN_EXPIRATION, Injection, Pod, Provider, Settings};
+use pod_identity_webhook::profile::Provider;
+use pod_identity_webhook::testing::{Index, Reader, file};
+use pod_identity_webhook::webhook::mutation::{self, DEFAULT_TOKEN_EXPIRATION, Injection, Pod, Settings};
+use pod_identity_webhook::webhook::wire::Admission;
 use serde_json::{Value, json};
 
 const ASSOCIATIONS: usize = 100_000;
@@ -26,7 +26,7 @@ fn admission() -> Admission {
     let text = std::fs::read_to_string("tests/fixtures/associations.yaml").unwrap();
     let list = file::parse("associations.yaml".as_ref(), &text).unwrap();
     Admission {
-        store: Arc::new(Store::new(Index::build(list).unwrap())),
+        associations: Reader::fixed(Index::build(list).unwrap()),
         injection: injection(),
     }
 }
@@ -158,7 +158,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
 
 fn mutate(c: &mut Criterion) {
     let a = admission();
-    let index = a.store.load();
+    let index = a.associations.load();
     let association = index.get("pi-demo", "app").unwrap().clone();
     let mut g = c.benchmark_group("mutate");
     for (name, review) in cases() {
@@ -284,7 +284,7 @@ fn index(c: &mut Criterion) {
         });
     }
     // What the admission path actually does: take a snapshot from the store, then look up.
-    let store = Store::new(index);
+    let store = Reader::fixed(index);
     let mut i = 0;
     g.bench_function("store-load+hit", |b| {
         b.iter(|| {

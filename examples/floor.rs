@@ -1,8 +1,8 @@
 //! The floor for the load test (`scripts/bench.sh`): the webhook's own TLS and HTTP stack with
 //! the admission work taken out.
 //!
-//! The same accept loop (`server::serve_https`), rustls config (ring, TLS 1.2/1.3, ALPN h2 + http/1.1), hyper-util auto
-//! builder settings and axum body extraction as `src/server/mod.rs`; `POST /mutate` reads the
+//! The same accept loop, rustls config (ring, TLS 1.2/1.3, ALPN h2 + http/1.1), hyper-util auto
+//! builder settings and axum body extraction as the webhook (`src/http/`, `src/webhook/`); `POST /mutate` reads the
 //! body and answers a fixed AdmissionReview. That answer is computed once at start from the
 //! typical fixture, so it has exactly the size (and content) of the webhook's real response and
 //! the two servers move the same bytes. What the webhook costs above this server is the price
@@ -15,7 +15,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -24,14 +23,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
-use pod_identity_webhook::admission::Admission;
-use pod_identity_webhook::association::{Index, Store, file};
 use pod_identity_webhook::certs;
-use pod_identity_webhook::metrics::Metrics;
-use pod_identity_webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, Provider, Settings};
-use pod_identity_webhook::server::{MAX_BODY, Timeouts, serve_https, tls};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use pod_identity_webhook::profile::Provider;
+use pod_identity_webhook::testing::{Index, Reader, file, install_crypto_provider, serve_like_the_webhook};
+use pod_identity_webhook::webhook::MAX_BODY;
+use pod_identity_webhook::webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, Settings};
+use pod_identity_webhook::webhook::wire::Admission;
 
 #[derive(Parser)]
 #[command(about = "TLS + HTTP floor for the webhook load test: answers /mutate without admission work")]
@@ -58,21 +55,13 @@ struct Floor {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    tls::install_crypto_provider();
+    install_crypto_provider();
     certs::ensure_local(&args.cert_dir)?;
-    // The webhook's reloading certificate (and its 2 s file watcher), so the TLS side is the
-    // same down to the resolver.
-    let cert = tls::ReloadingCert::in_dir(
-        &args.cert_dir,
-        Arc::new(Metrics::default()),
-        Duration::from_secs(2),
-    )?;
-    let acceptor = cert.acceptor();
 
     let text = std::fs::read_to_string(&args.associations)?;
     let profile = Provider::Cce.profile();
     let admission = Admission {
-        store: Arc::new(Store::new(Index::build(file::parse(&args.associations, &text)?)?)),
+        associations: Reader::fixed(Index::build(file::parse(&args.associations, &text)?)?),
         injection: Injection::new(profile, Settings::new(profile, None, DEFAULT_TOKEN_EXPIRATION)),
     };
     let answer = admission.review(&std::fs::read(&args.fixture)?);
@@ -87,40 +76,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let state = Arc::new(Floor {
         answer: Bytes::from(answer.body),
     });
-
-    // The webhook's runtime: tokio's default multi-thread runtime (one worker per core).
-    let result = tokio::runtime::Runtime::new()?.block_on(serve(args.listen, acceptor, state));
-    drop(cert);
-    result
-}
-
-async fn serve(
-    listen: SocketAddr,
-    acceptor: TlsAcceptor,
-    state: Arc<Floor>,
-) -> Result<(), Box<dyn std::error::Error>> {
     let router = Router::new()
         .route("/mutate", post(mutate))
         .route("/readyz", get(|| async { "ready\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
-    let listener = TcpListener::bind(listen).await?;
-    eprintln!("floor: listening on https://{}", listener.local_addr()?);
-    // The webhook's own accept loop and connection settings.
-    let timeouts = Timeouts {
-        header_read: Duration::from_secs(10),
-        shutdown: Duration::from_secs(25),
-    };
-    serve_https(
-        listener,
-        acceptor,
-        router,
-        timeouts,
-        std::future::pending(),
-        || {},
-    )
-    .await;
-    Ok(())
+    // The webhook's runtime (tokio's default multi-thread runtime), TLS stack and accept loop.
+    tokio::runtime::Runtime::new()?.block_on(serve_like_the_webhook(args.listen, &args.cert_dir, router))
 }
 
 async fn mutate(State(state): State<Arc<Floor>>, body: Bytes) -> Response {

@@ -165,6 +165,30 @@ pub fn ensure_local(dir: &Path) -> Result<bool, CertError> {
     Ok(true)
 }
 
+/// `certs`: writes the material, the caBundle patch, and prints the caBundle.
+pub fn command(args: crate::cli::CertsArgs) -> Result<(), CertError> {
+    let dns = if args.dns.is_empty() && args.ip.is_empty() {
+        SERVICE_DNS_NAMES.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.dns
+    };
+    let material = generate(&dns, &args.ip, args.days)?;
+    write(&args.out, &material)?;
+    write_cabundle_patch(&args.out, &material)?;
+    let names: Vec<String> = dns
+        .iter()
+        .cloned()
+        .chain(args.ip.iter().map(IpAddr::to_string))
+        .collect();
+    eprintln!(
+        "wrote {CA_FILE}, {CERT_FILE}, {KEY_FILE} and {CABUNDLE_PATCH_FILE} to {} (names: {})",
+        args.out.display(),
+        names.join(", ")
+    );
+    println!("{}", material.ca_bundle());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,19 +1,60 @@
-//! Pod identity for Kubernetes: a mutating admission webhook that gives pods a projected
-//! service-account token and the env vars that point cloud SDKs at a credential endpoint.
+//! Pod identity for Kubernetes: three programs over one shared base, in one binary.
 //!
-//! A pure core ([`mutation`], [`admission`]) turns a pod and its association into a JSON
-//! Patch; thin shells around it serve it over TLS ([`server`]) and feed the association index
-//! ([`association`]).
+//! - [`webhook`] (`serve`, `mutate`): the mutating admission webhook that gives pods a projected
+//!   service-account token and the env vars pointing cloud SDKs at a credential endpoint.
+//! - [`agent`] (`agent`): that credential endpoint on every node.
+//! - [`exchange`] (`exchange`): the cloud's pod identity API served by the cluster itself.
+//!
+//! The shared base: `http` (one way to serve), `cloud` (the API pages' wire shapes, the
+//! upstream client, the signer), [`profile`] (the names SDKs look for), `association` (the
+//! record, its index and sources), `metrics`, `certs`. The programs never import each other.
+#![warn(unreachable_pub)]
 
-pub mod admission;
 pub mod agent;
-pub mod association;
+pub(crate) mod association;
 pub mod certs;
+pub mod cli;
+pub(crate) mod cloud;
+pub(crate) mod cluster;
 pub mod exchange;
-pub mod fast_json;
-pub mod metrics;
-pub mod mutation;
-pub mod offline;
-pub mod server;
-pub mod signer;
-pub mod watch;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub mod profile;
+pub(crate) mod watch;
+pub mod webhook;
+
+/// The `PodIdentityAssociation` CustomResourceDefinition as YAML (`crd`).
+pub fn crd_yaml() -> String {
+    association::crd::yaml()
+}
+
+/// What the integration tests, benchmarks and fuzz targets reach into. Not an API.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::association::crd::{PodIdentityAssociation, PodIdentityAssociationSpec, to_association};
+    pub use crate::association::file::{self, FileError};
+    pub use crate::association::source::AssociationSource;
+    pub use crate::association::{Association, AssociationSpec, Index, Reader, Writer, crd, store};
+    pub use crate::cloud::auth::{CloudAuth, TokenFile};
+    pub use crate::cloud::client::http_client;
+    pub use crate::cloud::signer::{self, AccessKey};
+    pub use crate::cloud::{Credentials, UpstreamError};
+    pub use crate::http::Limits;
+    pub use crate::http::tls::install_crypto_provider;
+    pub use crate::metrics::{InputMetrics, Source};
+
+    /// Serves `router` exactly as the webhook serves `/mutate`: its reloading certificate from
+    /// `cert_dir`, its accept loop and limits. The load test's floor runs on this.
+    pub async fn serve_like_the_webhook(
+        listen: std::net::SocketAddr,
+        cert_dir: &std::path::Path,
+        router: axum::Router,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use crate::http::{Limits, Listener, serve, tls::ReloadingCert};
+        let cert = ReloadingCert::in_dir(cert_dir, Default::default(), std::time::Duration::from_secs(2))?;
+        let listener = Listener::bind(listen, Some(cert.acceptor())).await?;
+        eprintln!("listening on https://{}", listener.local_addr());
+        serve(listener, router, Limits::default(), std::future::pending(), || {}).await;
+        Ok(())
+    }
+}

@@ -12,10 +12,10 @@ type Stamp = Option<(PathBuf, u64, Option<SystemTime>, u64)>;
 
 /// What the watched files look like at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint(Vec<Stamp>);
+pub(crate) struct Fingerprint(Vec<Stamp>);
 
 impl Fingerprint {
-    pub fn of(paths: &[PathBuf]) -> Self {
+    pub(crate) fn of(paths: &[PathBuf]) -> Self {
         Fingerprint(paths.iter().map(|p| stamp(p)).collect())
     }
 }
@@ -28,14 +28,14 @@ fn stamp(path: &Path) -> Stamp {
 }
 
 /// Watches files from a background thread; dropping it stops the thread.
-pub struct Watcher {
+pub(crate) struct Watcher {
     _stop: mpsc::Sender<()>,
 }
 
 impl Watcher {
     /// Calls `on_change` whenever the files differ from `initial` (taken before the caller
     /// loaded them, so a change made in between is not missed).
-    pub fn spawn(
+    pub(crate) fn spawn(
         name: &str,
         paths: Vec<PathBuf>,
         initial: Fingerprint,

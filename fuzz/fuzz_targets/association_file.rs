@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use pod_identity_webhook::association::file::{FileError, parse};
-use pod_identity_webhook::association::{AssociationSpec, Index};
+use pod_identity_webhook::testing::file::{FileError, parse};
+use pod_identity_webhook::testing::{AssociationSpec, Index};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pod_identity_webhook::fast_json;
-use pod_identity_webhook::mutation::pod::{Pod, Str};
+use pod_identity_webhook::webhook::wire::fast_json;
+use pod_identity_webhook::webhook::mutation::pod::{Pod, Str};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 

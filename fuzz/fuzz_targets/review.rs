@@ -5,14 +5,15 @@
 #![no_main]
 
 use std::path::Path;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
-use pod_identity_webhook::admission::Admission;
-use pod_identity_webhook::association::file::parse;
-use pod_identity_webhook::association::{Index, Store};
-use pod_identity_webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, Provider, Settings};
+use pod_identity_webhook::webhook::wire::Admission;
+use pod_identity_webhook::testing::file::parse;
+use pod_identity_webhook::testing::{Index, Reader};
+use pod_identity_webhook::profile::Provider;
+use pod_identity_webhook::webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, Settings};
 use serde_json::Value;
 
 static ADMISSION: LazyLock<Admission> = LazyLock::new(|| {
@@ -21,7 +22,7 @@ static ADMISSION: LazyLock<Admission> = LazyLock::new(|| {
     let index = Index::build(list).expect("fixture associations are unique");
     let profile = Provider::Cce.profile();
     Admission {
-        store: Arc::new(Store::new(index)),
+        associations: Reader::fixed(index),
         injection: Injection::new(profile, Settings::new(profile, None, DEFAULT_TOKEN_EXPIRATION)),
     }
 });

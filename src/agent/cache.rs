@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
-use super::credentials::{Backend, Credentials, UpstreamError};
+use super::backend::Backend;
 use super::metrics::AgentMetrics;
+use crate::cloud::{Credentials, UpstreamError};
 
 type Key = [u8; 32];
 
@@ -89,7 +90,11 @@ fn key(token: &str) -> Key {
 }
 
 impl Cache {
-    pub fn new(config: CacheConfig, backend: Arc<dyn Backend>, metrics: Arc<AgentMetrics>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: CacheConfig,
+        backend: Arc<dyn Backend>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Arc<Self> {
         let capacity = NonZeroUsize::new(config.capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         let bucket = Bucket {
             tokens: config.upstream_burst.max(1.0),
@@ -107,7 +112,7 @@ impl Cache {
 
     /// Credentials for `token`: cached if they have enough life left, else from upstream
     /// (shared with every concurrent request for the same token).
-    pub async fn get(self: &Arc<Self>, token: &str) -> Result<Credentials, CacheError> {
+    pub(crate) async fn get(self: &Arc<Self>, token: &str) -> Result<Credentials, CacheError> {
         let k = key(token);
         let now = jiff::Timestamp::now();
         let min = self.config.min_remaining.as_secs_f64();
@@ -210,7 +215,7 @@ impl Cache {
     /// Refreshes the entries that are due, as many as the rate allows; returns how many it
     /// started. A transient failure keeps the cached credentials and retries after a jittered
     /// wait; an auth failure evicts them.
-    pub fn refresh_due(self: &Arc<Self>) -> usize {
+    pub(crate) fn refresh_due(self: &Arc<Self>) -> usize {
         let now = Instant::now();
         let due: Vec<(Key, Arc<str>)> = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -272,7 +277,7 @@ impl Cache {
     }
 
     /// Runs [`refresh_due`](Self::refresh_due) every `every` until the cache is dropped elsewhere.
-    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -325,16 +330,12 @@ mod tests {
                 if let Some(e) = fail {
                     return Err(e);
                 }
-                Ok(Credentials {
-                    access_key_id: format!("AK{n}"),
-                    secret_access_key: "sk".into(),
-                    security_token: "st".into(),
-                    expiration: jiff::Timestamp::now() + jiff::SignedDuration::from_millis(lifetime),
-                    assumed_agency: None,
-                    association_id: None,
-                    subject: None,
-                    account_id: None,
-                })
+                Ok(Credentials::new(
+                    format!("AK{n}"),
+                    "sk".into(),
+                    "st".into(),
+                    jiff::Timestamp::now() + jiff::SignedDuration::from_millis(lifetime),
+                ))
             }
             .boxed()
         }

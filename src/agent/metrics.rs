@@ -1,10 +1,10 @@
-//! The agent's Prometheus metrics.
+//! The agent's Prometheus metrics, plus its association source's.
 
-use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::metrics::Histogram;
+use crate::metrics::{Histogram, InputMetrics, Text};
 
 /// Status codes the agent answers with, in the order they are counted.
 const STATUSES: [u16; 11] = [200, 400, 401, 403, 404, 429, 500, 502, 503, 504, 0];
@@ -19,27 +19,29 @@ pub struct AgentMetrics {
     refresh_ok: AtomicU64,
     refresh_err: AtomicU64,
     responses: [AtomicU64; STATUSES.len()],
+    /// The association source (`local` backend).
+    pub inputs: Arc<InputMetrics>,
 }
 
 impl AgentMetrics {
-    pub fn cache_hit(&self) {
+    pub(crate) fn cache_hit(&self) {
         self.hits.fetch_add(1, Relaxed);
     }
 
-    pub fn cache_miss(&self) {
+    pub(crate) fn cache_miss(&self) {
         self.misses.fetch_add(1, Relaxed);
     }
 
-    pub fn upstream(&self, ok: bool, took: Duration) {
+    pub(crate) fn upstream(&self, ok: bool, took: Duration) {
         if ok { &self.upstream_ok } else { &self.upstream_err }.fetch_add(1, Relaxed);
         self.upstream_latency.observe(took);
     }
 
-    pub fn refresh(&self, ok: bool) {
+    pub(crate) fn refresh(&self, ok: bool) {
         if ok { &self.refresh_ok } else { &self.refresh_err }.fetch_add(1, Relaxed);
     }
 
-    pub fn response(&self, status: u16) {
+    pub(crate) fn response(&self, status: u16) {
         let i = STATUSES
             .iter()
             .position(|s| *s == status)
@@ -56,39 +58,33 @@ impl AgentMetrics {
         self.hits.load(Relaxed)
     }
 
-    pub fn render(&self, cached: usize) -> String {
-        let mut s = String::with_capacity(2048);
-        let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (labels, v) in rows {
-                let _ = writeln!(s, "{name}{labels} {v}");
-            }
-        };
-        counter(
+    pub(crate) fn render(&self, cached: usize) -> String {
+        let mut t = Text::default();
+        t.counter(
             "podidentity_agent_cache_hits_total",
             "Requests answered from the cache.",
             &[("", self.hits.load(Relaxed))],
         );
-        counter(
+        t.counter(
             "podidentity_agent_cache_misses_total",
             "Requests that needed the upstream.",
             &[("", self.misses.load(Relaxed))],
         );
-        counter(
+        let by_result = |ok: &AtomicU64, err: &AtomicU64| {
+            [
+                ("{result=\"ok\"}", ok.load(Relaxed)),
+                ("{result=\"error\"}", err.load(Relaxed)),
+            ]
+        };
+        t.counter(
             "podidentity_agent_upstream_calls_total",
             "Calls to the credential upstream by result.",
-            &[
-                ("{result=\"ok\"}", self.upstream_ok.load(Relaxed)),
-                ("{result=\"error\"}", self.upstream_err.load(Relaxed)),
-            ],
+            &by_result(&self.upstream_ok, &self.upstream_err),
         );
-        counter(
+        t.counter(
             "podidentity_agent_refreshes_total",
             "Background refreshes by result.",
-            &[
-                ("{result=\"ok\"}", self.refresh_ok.load(Relaxed)),
-                ("{result=\"error\"}", self.refresh_err.load(Relaxed)),
-            ],
+            &by_result(&self.refresh_ok, &self.refresh_err),
         );
         let rows: Vec<(String, u64)> = STATUSES
             .iter()
@@ -102,21 +98,22 @@ impl AgentMetrics {
                 (format!("{{code=\"{label}\"}}"), n.load(Relaxed))
             })
             .collect();
-        let rows: Vec<(&str, u64)> = rows.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        counter(
+        t.counter(
             "podidentity_agent_responses_total",
             "Credential responses by HTTP status.",
             &rows,
         );
-        self.upstream_latency.render(
-            &mut s,
+        t.histogram(
             "podidentity_agent_upstream_duration_seconds",
             "Latency of upstream calls.",
+            &self.upstream_latency,
         );
-        let _ = writeln!(
-            s,
-            "# HELP podidentity_agent_cached_credentials Tokens with cached credentials.\n# TYPE podidentity_agent_cached_credentials gauge\npodidentity_agent_cached_credentials {cached}"
+        t.gauge(
+            "podidentity_agent_cached_credentials",
+            "Tokens with cached credentials.",
+            &[("", cached as u64)],
         );
-        s
+        self.inputs.render(&mut t);
+        t.finish()
     }
 }

@@ -21,7 +21,7 @@ pub enum TokenError {
 
 /// The token from an `Authorization` header value: whitespace trimmed, a `Bearer ` prefix
 /// tolerated (some SDKs send the raw token, some the bearer form).
-pub fn from_header(value: Option<&[u8]>) -> Result<&str, TokenError> {
+pub(crate) fn from_header(value: Option<&[u8]>) -> Result<&str, TokenError> {
     let raw = value.ok_or(TokenError::Missing)?;
     let text = std::str::from_utf8(raw)
         .map_err(|_| TokenError::Malformed("not UTF-8".into()))?
@@ -48,9 +48,7 @@ pub struct Claims {
     pub namespace: String,
     pub service_account: String,
     pub pod_name: Option<String>,
-    pub pod_uid: Option<String>,
     pub audiences: Vec<String>,
-    pub expires_at: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -84,7 +82,6 @@ struct KubeClaims {
 #[derive(Deserialize)]
 struct Named {
     name: Option<String>,
-    uid: Option<String>,
 }
 
 /// Reads the claims of `token` and checks it has not expired at `now` (unix seconds).
@@ -127,38 +124,27 @@ pub fn claims(token: &str, now: i64) -> Result<Claims, TokenError> {
         namespace,
         service_account,
         pod_name: pod.and_then(|p| p.name.clone()),
-        pod_uid: pod.and_then(|p| p.uid.clone()),
         audiences: match raw.aud {
             Audience::None => vec![],
             Audience::One(a) => vec![a],
             Audience::Many(a) => a,
         },
-        expires_at: raw.exp,
     })
-}
-
-/// A token with these claims and a dummy signature (for tests and demos).
-pub fn unsigned(namespace: &str, service_account: &str, pod: &str, audience: &str, exp: i64) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(br#"{"alg":"RS256","kid":"test"}"#);
-    let payload = serde_json::json!({
-        "aud": [audience],
-        "exp": exp,
-        "iat": exp - 3600,
-        "iss": "https://kubernetes.default.svc.cluster.local",
-        "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
-        "kubernetes.io": {
-            "namespace": namespace,
-            "pod": {"name": pod, "uid": format!("{pod}-uid")},
-            "serviceaccount": {"name": service_account, "uid": format!("{service_account}-uid")},
-        },
-    });
-    format!("{header}.{}.c2lnbmF0dXJl", b64.encode(payload.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unsigned(namespace: &str, service_account: &str, pod: &str, audience: &str, exp: i64) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = serde_json::json!({
+            "aud": [audience], "exp": exp,
+            "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
+            "kubernetes.io": {"namespace": namespace, "pod": {"name": pod}, "serviceaccount": {"name": service_account}},
+        });
+        format!("e30.{}.c2ln", b64.encode(payload.to_string()))
+    }
 
     #[test]
     fn header_forms() {

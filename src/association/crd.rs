@@ -6,6 +6,10 @@
 //! per service account": the object's name must be `<namespace>.<serviceAccount>`, and names
 //! are unique. Namespace names cannot contain `.`, so the name is unambiguous.
 
+// kube's `KubeSchema` derive re-declares the spec structs, and the lint does not see the
+// re-export of what it declares; the spec and the generated kind are reachable through `testing`.
+#![allow(unreachable_pub)]
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::{CustomResourceExt, ResourceExt};
 use kube::{CustomResource, KubeSchema};

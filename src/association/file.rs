@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::index::{Duplicate, Index, Store};
+use super::index::{Duplicate, Index, Writer};
 use super::{Association, AssociationSpec};
-use crate::metrics::{Metrics, Source};
+use crate::metrics::{InputMetrics, Source};
 use crate::watch::{Fingerprint, Watcher};
 
 /// Why an association file was refused.
@@ -166,17 +166,17 @@ pub fn load(path: &Path) -> Result<Index, FileError> {
 }
 
 /// A loaded file kept in sync with the store until dropped.
-pub struct FileSource {
+pub(crate) struct FileSource {
     _watcher: Watcher,
 }
 
 impl FileSource {
     /// Loads `path` into `store` (an error here is fatal: there is no last good set yet), then
     /// reloads it on every change; a bad edit is logged and counted and the last good set stays.
-    pub fn start(
+    pub(crate) fn start(
         path: PathBuf,
-        store: Arc<Store>,
-        metrics: Arc<Metrics>,
+        writer: Writer,
+        metrics: Arc<InputMetrics>,
         interval: Duration,
     ) -> Result<Self, FileError> {
         let paths = vec![path.clone()];
@@ -184,14 +184,15 @@ impl FileSource {
         let index = load(&path)?;
         tracing::info!(file = %path.display(), associations = index.len(), "associations loaded");
         metrics.set_associations(index.len());
-        store.replace(index);
+        writer.replace(index);
+        writer.mark_synced();
         let watcher = Watcher::spawn("associations", paths, initial, interval, move || {
             match load(&path) {
                 Ok(index) => {
                     tracing::info!(file = %path.display(), associations = index.len(), "associations reloaded");
                     metrics.set_associations(index.len());
                     metrics.reload(Source::Associations, true);
-                    store.replace(index);
+                    writer.replace(index);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "association file reload refused; the last good set keeps serving");

@@ -5,6 +5,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use hashbrown::hash_table::Entry;
@@ -92,37 +93,64 @@ impl Index {
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Association>> {
-        self.table.iter()
-    }
 }
 
 fn hash(hasher: &DefaultHashBuilder, namespace: &str, service_account: &str) -> u64 {
     hasher.hash_one((namespace, service_account))
 }
 
-/// The live index shared by the sources (writers) and the admission path (readers).
+/// What the reader and the writer of one live index share.
 #[derive(Debug, Default)]
-pub struct Store {
+struct Live {
     current: ArcSwap<Index>,
+    synced: Arc<AtomicBool>,
 }
 
-impl Store {
-    pub fn new(index: Index) -> Self {
-        Store {
-            current: ArcSwap::from_pointee(index),
-        }
+/// A new live index, split as kube-runtime's `reflector::store()` splits it: the [`Writer`]
+/// goes to the one source that fills it, [`Reader`]s to everything that reads it. Readers
+/// cannot write, so "sources fill, readers read" is checked by the compiler.
+pub fn store() -> (Reader, Writer) {
+    let live = Arc::new(Live::default());
+    (Reader(live.clone()), Writer(live))
+}
+
+/// Reads the live index. Cheap to clone; never blocks a writer.
+#[derive(Debug, Clone)]
+pub struct Reader(Arc<Live>);
+
+impl Reader {
+    /// A reader of `index` that no source will change (offline tools, tests, benchmarks).
+    pub fn fixed(index: Index) -> Self {
+        let (reader, writer) = store();
+        writer.replace(index);
+        writer.mark_synced();
+        reader
     }
 
-    /// A snapshot for the duration of one admission.
+    /// A snapshot, for the duration of one request.
     pub fn load(&self) -> arc_swap::Guard<Arc<Index>> {
-        self.current.load()
+        self.0.current.load()
     }
 
-    /// Replaces the whole set at once.
-    pub fn replace(&self, index: Index) {
-        self.current.store(Arc::new(index));
+    /// True once the source has put its first complete set in (for readiness).
+    pub(crate) fn synced(&self) -> Arc<AtomicBool> {
+        self.0.synced.clone()
+    }
+}
+
+/// Fills the live index: held by exactly one source.
+#[derive(Debug)]
+pub struct Writer(Arc<Live>);
+
+impl Writer {
+    /// Replaces the whole set at once: a reader sees the old set or the new one.
+    pub(crate) fn replace(&self, index: Index) {
+        self.0.current.store(Arc::new(index));
+    }
+
+    /// The first complete set is in; returns whether it already was.
+    pub(crate) fn mark_synced(&self) -> bool {
+        self.0.synced.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -160,10 +188,20 @@ mod tests {
 
     #[test]
     fn replace_is_seen_by_new_snapshots_only() {
-        let store = Store::new(Index::build([assoc("a", "x")]).unwrap());
-        let before = store.load();
-        store.replace(Index::default());
+        let (reader, writer) = store();
+        assert!(!reader.synced().load(Ordering::Relaxed));
+        writer.replace(Index::build([assoc("a", "x")]).unwrap());
+        assert!(!writer.mark_synced());
+        assert!(reader.synced().load(Ordering::Relaxed));
+        let before = reader.load();
+        writer.replace(Index::default());
         assert!(before.get("a", "x").is_some());
-        assert!(store.load().get("a", "x").is_none());
+        assert!(reader.load().get("a", "x").is_none());
+        assert!(
+            Reader::fixed(Index::build([assoc("b", "y")]).unwrap())
+                .load()
+                .get("b", "y")
+                .is_some()
+        );
     }
 }

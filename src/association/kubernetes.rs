@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
@@ -16,12 +15,12 @@ use kube::runtime::watcher::{self, Event};
 
 use super::Association;
 use super::crd::{PodIdentityAssociation, to_association};
-use super::index::{Index, Store};
-use crate::metrics::{Metrics, Source};
+use super::index::{Index, Writer};
+use crate::metrics::{InputMetrics, Source};
 
 /// The associations a watch has seen, by object name; a pure state machine over watch events.
 #[derive(Debug, Default)]
-pub struct WatchState {
+pub(crate) struct WatchState {
     cluster_id: Option<String>,
     live: HashMap<String, Arc<Association>>,
     /// Objects of a (re)list in progress; they replace `live` when it completes.
@@ -30,7 +29,7 @@ pub struct WatchState {
 }
 
 impl WatchState {
-    pub fn new(cluster_id: Option<String>) -> Self {
+    pub(crate) fn new(cluster_id: Option<String>) -> Self {
         WatchState {
             cluster_id,
             ..Default::default()
@@ -38,7 +37,7 @@ impl WatchState {
     }
 
     /// Applies one event; true when the live set changed.
-    pub fn apply(&mut self, event: Event<DynamicObject>) -> bool {
+    pub(crate) fn apply(&mut self, event: Event<DynamicObject>) -> bool {
         match event {
             Event::Init => {
                 self.relist = Some(HashMap::new());
@@ -91,13 +90,13 @@ impl WatchState {
     }
 
     /// Whether the initial list has completed.
-    pub fn synced(&self) -> bool {
+    pub(crate) fn synced(&self) -> bool {
         self.synced
     }
 
     /// The index of the live set. Names are unique and the name encodes the service account,
     /// so two live associations never share one.
-    pub fn index(&self) -> Index {
+    pub(crate) fn index(&self) -> Index {
         Index::build(self.live.values().cloned()).unwrap_or_else(|dup| {
             tracing::error!(error = %dup, "duplicate association in the watch; keeping none of them out of caution");
             Index::build(self.live.values().filter(|a| a.namespace != dup.namespace || a.service_account != dup.service_account).cloned())
@@ -107,7 +106,7 @@ impl WatchState {
 }
 
 /// A running watch; stops when dropped.
-pub struct KubeSource {
+pub(crate) struct KubeSource {
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -121,11 +120,10 @@ impl KubeSource {
     /// Watches all `PodIdentityAssociation`s. `synced` turns true after the first complete
     /// list; after that, losing the API server keeps the last index serving while the watcher
     /// retries with backoff.
-    pub fn start(
+    pub(crate) fn start(
         client: kube::Client,
-        store: Arc<Store>,
-        metrics: Arc<Metrics>,
-        synced: Arc<AtomicBool>,
+        writer: Writer,
+        metrics: Arc<InputMetrics>,
         cluster_id: Option<String>,
     ) -> Self {
         let resource = ApiResource::erase::<PodIdentityAssociation>(&());
@@ -163,8 +161,8 @@ impl KubeSource {
                     );
                     metrics.set_associations(index.len());
                     metrics.reload(Source::Associations, true);
-                    store.replace(index);
-                    if !synced.swap(true, Ordering::Relaxed) {
+                    writer.replace(index);
+                    if !writer.mark_synced() {
                         tracing::info!("initial association list synced");
                     }
                 }

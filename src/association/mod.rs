@@ -1,28 +1,23 @@
-//! Pod identity associations: the record (seed 001 shape), its validation and the index.
+//! Pod identity associations: the record (seed 001 shape) and its one validation (for the
+//! file, the CRD and the API alike), the live index with its reader/writer split, and the
+//! sources that fill it (a file, or the `PodIdentityAssociation` watch).
 
 pub mod crd;
 pub mod file;
-pub mod index;
-pub mod kubernetes;
-pub mod source;
+mod index;
+pub(crate) mod kubernetes;
+pub(crate) mod source;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use index::{Index, Store};
+pub use crate::cloud::seed001::Association;
+pub(crate) use crate::cloud::seed001::Tag;
+pub use index::{Index, Reader, Writer, store};
 
 /// At most this many tags per association (the cloud API's usual cap).
-pub const MAX_TAGS: usize = 20;
-
-/// A resource tag (seed 001 `ResourceTag`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tag {
-    pub key: String,
-    #[serde(default)]
-    pub value: String,
-}
+pub(crate) const MAX_TAGS: usize = 20;
 
 /// An association as written by a user: everything but the target optional.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -49,32 +44,11 @@ pub struct AssociationSpec {
     pub modified_at: Option<String>,
 }
 
-/// A validated association (seed 001 response shape; `roleArn` in place of `agencyName` for
-/// the `eks` profile).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Association {
-    pub uid: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster_id: Option<String>,
-    pub namespace: String,
-    pub service_account: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agency_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role_arn: Option<String>,
-    pub tags: Vec<Tag>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub modified_at: Option<String>,
-}
-
 impl Association {
     /// The record as the live index keeps it: only what admission and credential issuing
     /// read (uid, service account, target). Tags, cluster id and timestamps are validated on
     /// the way in, not held for every association in memory.
-    pub fn into_indexed(self) -> Self {
+    pub(crate) fn into_indexed(self) -> Self {
         Association {
             cluster_id: None,
             tags: Vec::new(),
@@ -95,7 +69,7 @@ impl Association {
 
 /// The problems found in one association, all at once so a user fixes them in one go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid(pub Vec<String>);
+pub struct Invalid(pub(crate) Vec<String>);
 
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -165,7 +139,7 @@ impl AssociationSpec {
 }
 
 /// A uid derived from the service account, so every replica and restart agrees on it.
-pub fn stable_uid(namespace: &str, service_account: &str) -> String {
+pub(crate) fn stable_uid(namespace: &str, service_account: &str) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for part in ["podidentity.io/association", namespace, service_account] {
         ctx.update(part.as_bytes());
@@ -229,7 +203,7 @@ fn check_dns_part(s: &str) -> Result<(), String> {
 
 /// Seed 001: 1–128 characters, no leading/trailing space, letters, digits, spaces and
 /// `_.:=+-@`, not starting with `_sys_`.
-pub fn check_tag_key(k: &str) -> Result<(), String> {
+pub(crate) fn check_tag_key(k: &str) -> Result<(), String> {
     let n = k.chars().count();
     if n == 0 || n > 128 {
         return Err("must be 1 to 128 characters".into());
@@ -244,7 +218,7 @@ pub fn check_tag_key(k: &str) -> Result<(), String> {
 }
 
 /// Seed 001: at most 255 characters, letters, digits, spaces and `_.:/=+-@`; may be empty.
-pub fn check_tag_value(v: &str) -> Result<(), String> {
+pub(crate) fn check_tag_value(v: &str) -> Result<(), String> {
     if v.chars().count() > 255 {
         return Err("must be at most 255 characters".into());
     }

@@ -1,79 +1,77 @@
-//! Where associations come from, and starting that source: shared by every command that
-//! needs the index (webhook, agent, exchange).
+//! Where associations come from, and starting that source: shared by the three programs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::file::{FileError, FileSource};
-use super::index::Store;
+use super::index::Writer;
 use super::kubernetes::KubeSource;
-use crate::metrics::Metrics;
+use crate::metrics::InputMetrics;
 
 /// Where the association index is fed from.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum AssociationSource {
     /// Nothing is injected.
     #[default]
     None,
     /// A YAML/JSON file, reloaded when it changes.
     File(PathBuf),
-    /// `PodIdentityAssociation` objects watched through this client.
-    Kubernetes {
-        client: kube::Client,
-        cluster_id: Option<String>,
-    },
+    /// `PodIdentityAssociation` objects watched in the cluster; records carry `cluster_id`.
+    Kubernetes { cluster_id: Option<String> },
 }
 
-impl std::fmt::Debug for AssociationSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AssociationSource::None => f.write_str("None"),
-            AssociationSource::File(p) => write!(f, "File({})", p.display()),
-            AssociationSource::Kubernetes { cluster_id, .. } => {
-                write!(f, "Kubernetes(cluster_id: {cluster_id:?})")
-            }
-        }
+impl AssociationSource {
+    /// Whether this source needs a Kubernetes client.
+    pub(crate) fn needs_cluster(&self) -> bool {
+        matches!(self, AssociationSource::Kubernetes { .. })
     }
 }
 
-/// Keeps a running association source alive: it is only held, and dropping it stops it.
-#[allow(dead_code)]
-pub enum RunningSource {
-    None,
-    File(FileSource),
-    Kubernetes(KubeSource),
+/// Why a source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("--source kubernetes needs a cluster configuration (in-cluster, or KUBECONFIG)")]
+    NoCluster,
 }
 
-/// Starts `source` feeding `store`. `synced` turns true once the first full set is in the
-/// store: at once for a file (whose first load errors are returned here), after the first list
-/// for a watch.
-pub fn start(
+/// Keeps a running association source alive: it is only held, and dropping it stops it.
+pub(crate) enum Running {
+    None,
+    File(#[allow(dead_code, reason = "held for its Drop")] FileSource),
+    Kubernetes(#[allow(dead_code, reason = "held for its Drop")] KubeSource),
+}
+
+/// Starts `source` filling `writer`, counting into `metrics`. The writer is marked synced
+/// once the first full set is in: at once for a file (whose first load errors are returned
+/// here), after the first list for a watch.
+pub(crate) fn start(
     source: &AssociationSource,
-    store: Arc<Store>,
-    metrics: Arc<Metrics>,
-    synced: Arc<AtomicBool>,
+    writer: Writer,
+    cluster: Option<&kube::Client>,
+    metrics: Arc<InputMetrics>,
     reload_interval: Duration,
-) -> Result<RunningSource, FileError> {
-    let running = match source {
+) -> Result<Running, SourceError> {
+    match source {
         AssociationSource::File(path) => {
-            RunningSource::File(FileSource::start(path.clone(), store, metrics, reload_interval)?)
+            let running = FileSource::start(path.clone(), writer, metrics, reload_interval)?;
+            Ok(Running::File(running))
         }
-        AssociationSource::Kubernetes { client, cluster_id } => {
-            return Ok(RunningSource::Kubernetes(KubeSource::start(
+        AssociationSource::Kubernetes { cluster_id } => {
+            let client = cluster.ok_or(SourceError::NoCluster)?;
+            Ok(Running::Kubernetes(KubeSource::start(
                 client.clone(),
-                store,
+                writer,
                 metrics,
-                synced,
                 cluster_id.clone(),
-            )));
+            )))
         }
         AssociationSource::None => {
             tracing::warn!("no association source configured: the index stays empty");
-            RunningSource::None
+            writer.mark_synced();
+            Ok(Running::None)
         }
-    };
-    synced.store(true, Ordering::Relaxed);
-    Ok(running)
+    }
 }

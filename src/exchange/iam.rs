@@ -1,10 +1,11 @@
-//! The IAM client of seed 003: temporary credentials through an agency
-//! (`POST /v3.0/OS-CREDENTIAL/securitytokens`, `methods: ["assume_role"]`).
+//! The exchange's IAM client: seed 003, temporary credentials through an agency.
 
-use serde_json::{Value, json};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
-use crate::agent::backend::{CceAuth, auth_headers, post};
-use crate::agent::credentials::{Credentials, UpstreamError, endpoint_url, required, required_timestamp};
+use crate::cloud::auth::CloudAuth;
+use crate::cloud::client::{self, ClientError, endpoint_url};
+use crate::cloud::seed003::{self, AssumeRole, AssumeRoleRequest, SessionUser};
+use crate::cloud::{Credentials, UpstreamError};
 
 /// The delegating account, by id (preferred) or name.
 #[derive(Debug, Clone)]
@@ -14,23 +15,23 @@ pub enum Domain {
 }
 
 pub struct Iam {
-    pub client: reqwest::Client,
-    pub url: reqwest::Url,
-    pub auth: CceAuth,
-    pub domain: Domain,
+    client: reqwest::Client,
+    url: reqwest::Url,
+    auth: CloudAuth,
+    domain: Domain,
     /// Credential lifetime, clamped to IAM's 15 min – 24 h.
-    pub duration_seconds: u32,
+    duration_seconds: u32,
 }
 
 impl Iam {
     pub fn new(
         client: reqwest::Client,
         endpoint: &str,
-        auth: CceAuth,
+        auth: CloudAuth,
         domain: Domain,
         duration_seconds: u32,
-    ) -> Result<Self, String> {
-        let url = endpoint_url(endpoint, "/v3.0/OS-CREDENTIAL/securitytokens", "--iam-endpoint")?;
+    ) -> Result<Self, ClientError> {
+        let url = endpoint_url(endpoint, seed003::PATH, "--iam-endpoint")?;
         Ok(Iam {
             client,
             url,
@@ -41,57 +42,39 @@ impl Iam {
     }
 
     /// What the assumed-agency urn names as the account.
-    pub fn domain_label(&self) -> &str {
+    pub(crate) fn domain_label(&self) -> &str {
         match &self.domain {
             Domain::Id(s) | Domain::Name(s) => s,
         }
     }
 
-    /// The seed 003 request body.
-    pub fn request_body(&self, agency: &str, session: &str) -> Value {
-        let mut assume = json!({
-            "agency_name": agency,
-            "duration_seconds": self.duration_seconds,
-            "session_user": {"name": session},
+    pub(crate) async fn assume(&self, agency: &str, session: &str) -> Result<Credentials, UpstreamError> {
+        let (domain_id, domain_name) = match &self.domain {
+            Domain::Id(id) => (Some(id.as_str()), None),
+            Domain::Name(name) => (None, Some(name.as_str())),
+        };
+        let request = AssumeRoleRequest::new(AssumeRole {
+            agency_name: agency,
+            domain_id,
+            domain_name,
+            duration_seconds: self.duration_seconds,
+            session_user: SessionUser { name: session },
         });
-        match &self.domain {
-            Domain::Id(id) => assume["domain_id"] = json!(id),
-            Domain::Name(name) => assume["domain_name"] = json!(name),
-        }
-        json!({"auth": {"identity": {"methods": ["assume_role"], "assume_role": assume}}})
-    }
-
-    pub async fn assume(&self, agency: &str, session: &str) -> Result<Credentials, UpstreamError> {
-        let body = serde_json::to_vec(&self.request_body(agency, session)).unwrap_or_default();
-        let mut headers = auth_headers(&self.auth, &self.url, "POST", "", &body)?;
-        for h in headers.iter_mut().filter(|(k, _)| k == "Content-Type") {
-            h.1 = "application/json;charset=utf8".into();
-        }
-        let bytes = post(&self.client, &self.url, headers, body, 201).await?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| UpstreamError::Invalid(format!("IAM answer is not JSON: {e}")))?;
-        let c = &v["credential"];
-        let field = |name: &str| required(c, "credential", name);
-        let expiration = required_timestamp(c, "credential", "expires_at")?;
-        Ok(Credentials {
-            access_key_id: field("access")?,
-            secret_access_key: field("secret")?,
-            security_token: field("securitytoken")?,
-            expiration,
-            assumed_agency: None,
-            association_id: None,
-            subject: None,
-            account_id: None,
-        })
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        // Every header is in place before the signature is computed over them.
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(seed003::CONTENT_TYPE));
+        self.auth.apply("POST", &self.url, &mut headers, &body)?;
+        let answer = client::post(&self.client, &self.url, headers, body, seed003::CREATED).await?;
+        Credentials::from_seed_003(&answer)
     }
 }
 
 /// `session_user.name` for a pod: 5–64 letters, digits, spaces, `-`, `_`, `.`, starting with a
 /// letter (seed 003), derived from cluster and pod so IAM's audit trail names the pod.
-pub fn session_name(cluster_id: &str, pod: &str) -> String {
+pub(crate) fn session_name(cluster_id: &str, pod: &str) -> String {
     let raw = format!("cce-{cluster_id}-{pod}");
-    let clean: String = raw
-        .chars()
+    raw.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
                 c
@@ -100,8 +83,7 @@ pub fn session_name(cluster_id: &str, pod: &str) -> String {
             }
         })
         .take(64)
-        .collect();
-    clean
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,18 @@
+//! Where the agent's credentials come from: `local` (fake credentials, for development) and
+//! `cce` (the cloud's assume-agency-for-pod-identity API, or this project's `exchange`).
+
+mod cce;
+mod local;
+
+use futures::future::BoxFuture;
+
+pub use cce::CceBackend;
+pub use local::LocalBackend;
+
+use crate::cloud::{Credentials, UpstreamError};
+
+/// Where credentials come from.
+pub trait Backend: Send + Sync {
+    /// Credentials for the pod whose service-account token is `token`.
+    fn fetch<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Credentials, UpstreamError>>;
+}

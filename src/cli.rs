@@ -1,0 +1,340 @@
+//! The command line: one subcommand per program or tool, each with its own arguments, and
+//! the checks that turn them into settings. `main` parses; the programs read these.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::association::source::AssociationSource;
+use crate::cloud::auth::{CloudAuth, TokenFile};
+use crate::cloud::client::http_client;
+use crate::cloud::signer::AccessKey;
+use crate::profile::Provider;
+use crate::webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, MIN_TOKEN_EXPIRATION, Settings};
+
+/// A flag's value is unusable; the message says which flag and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ArgError(pub(crate) String);
+
+/// `s` seconds as a duration, or an error naming `--name`.
+pub(crate) fn seconds(name: &str, s: f64) -> Result<Duration, ArgError> {
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        ArgError(format!(
+            "--{name} must be a non-negative number of seconds, got {s}"
+        ))
+    })
+}
+
+impl Cli {
+    /// Sets up logging to stderr in the chosen format; `RUST_LOG` sets the level.
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        // Colours only for a terminal: escape codes in files and log collectors are noise.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi);
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().flatten_event(true).init(),
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "pod-identity-webhook",
+    version,
+    about = "Pod identity for Kubernetes: admission webhook and tools"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "POD_IDENTITY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub enum SourceKind {
+    File,
+    Kubernetes,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the mutating admission webhook (HTTPS).
+    Serve(ServeArgs),
+    /// Apply the mutation to a Pod manifest or AdmissionReview offline and print the result.
+    Mutate(MutateArgs),
+    /// Generate a CA and a serving certificate for the webhook and print the caBundle.
+    Certs(CertsArgs),
+    /// Print the PodIdentityAssociation CustomResourceDefinition (YAML).
+    Crd,
+    /// Run the node-local credential agent the injected env vars point at (HTTP).
+    Agent(AgentArgs),
+    /// Run the cluster-side assume-agency-for-pod-identity API (TokenReview + IAM).
+    Exchange(ExchangeArgs),
+}
+
+/// Where associations come from, for commands that read them.
+#[derive(clap::Args)]
+pub struct SourceArgs {
+    /// `file` (with --associations) or `kubernetes` (PodIdentityAssociation objects).
+    #[arg(long, env = "POD_IDENTITY_SOURCE", value_enum, default_value_t = SourceKind::File)]
+    pub(crate) source: SourceKind,
+    /// Association file (YAML or JSON), reloaded on change.
+    #[arg(long, env = "POD_IDENTITY_ASSOCIATIONS")]
+    pub(crate) associations: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The association source these flags name; records read from a cluster carry `cluster_id`.
+    pub(crate) fn source(&self, cluster_id: Option<String>) -> Result<AssociationSource, ArgError> {
+        Ok(match (self.source, &self.associations) {
+            (SourceKind::File, Some(path)) => AssociationSource::File(path.clone()),
+            (SourceKind::File, None) => AssociationSource::None,
+            (SourceKind::Kubernetes, None) => AssociationSource::Kubernetes { cluster_id },
+            (SourceKind::Kubernetes, Some(_)) => {
+                return Err(ArgError(
+                    "--associations is for --source file; drop it or use --source file".into(),
+                ));
+            }
+        })
+    }
+}
+
+/// Authentication to the cloud APIs: a token file, or AK/SK from the environment.
+#[derive(clap::Args)]
+pub struct CloudAuthArgs {
+    /// File holding an IAM token sent as X-Auth-Token (re-read when it changes). Without it,
+    /// requests are signed with HUAWEICLOUD_SDK_AK / HUAWEICLOUD_SDK_SK (and
+    /// HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary keys) from the environment.
+    #[arg(long, env = "POD_IDENTITY_AUTH_TOKEN_FILE")]
+    pub(crate) auth_token_file: Option<PathBuf>,
+    /// Extra CA bundle (PEM) to trust for upstream HTTPS, besides the public roots.
+    #[arg(long, env = "POD_IDENTITY_CA_FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Seconds an upstream call may take.
+    #[arg(long, default_value_t = 4.0)]
+    pub(crate) upstream_timeout: f64,
+}
+
+impl CloudAuthArgs {
+    /// The token file, else the access key from the environment.
+    pub(crate) fn auth(&self) -> Result<CloudAuth, ArgError> {
+        match (&self.auth_token_file, AccessKey::from_env()) {
+            (Some(path), _) => Ok(CloudAuth::TokenFile(TokenFile::new(path.clone()))),
+            (None, Some(key)) => Ok(CloudAuth::AkSk(key)),
+            (None, None) => Err(ArgError(
+                "set --auth-token-file, or HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK".into(),
+            )),
+        }
+    }
+
+    pub(crate) fn client(&self) -> Result<reqwest::Client, ArgError> {
+        let timeout = seconds("upstream-timeout", self.upstream_timeout)?;
+        http_client(self.ca_file.as_deref(), timeout).map_err(|e| ArgError(e.to_string()))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub enum BackendKind {
+    /// DEVELOPMENT ONLY: mints fake credentials and trusts the token's claims without
+    /// verifying its signature.
+    Local,
+    /// The cloud's assume-agency-for-pod-identity API (or `exchange`).
+    Cce,
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "WARNING: --backend local is for development only: it reads the service account from the \
+token's claims WITHOUT verifying the signature and hands out fake credentials."
+)]
+pub struct AgentArgs {
+    /// Credential endpoint address (169.254.170.23:80 on a node).
+    #[arg(long, env = "POD_IDENTITY_AGENT_LISTEN", default_value = "127.0.0.1:2703")]
+    pub(crate) listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "POD_IDENTITY_AGENT_ADMIN_LISTEN",
+        default_value = "127.0.0.1:2704"
+    )]
+    pub(crate) admin_listen: SocketAddr,
+    /// Response shape: the SDKs of this provider.
+    #[arg(long, env = "POD_IDENTITY_PROVIDER", value_enum, default_value_t = Provider::Cce)]
+    pub(crate) provider: Provider,
+    /// Where credentials come from.
+    #[arg(long, env = "POD_IDENTITY_BACKEND", value_enum)]
+    pub(crate) backend: BackendKind,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    /// Base URL of the assume-agency API (the cloud's CCE endpoint, or `exchange`).
+    #[arg(long, env = "POD_IDENTITY_CCE_ENDPOINT")]
+    pub(crate) cce_endpoint: Option<String>,
+    #[arg(long, env = "POD_IDENTITY_PROJECT_ID")]
+    pub(crate) project_id: Option<String>,
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
+    pub(crate) cluster_id: Option<String>,
+    #[command(flatten)]
+    pub(crate) auth: CloudAuthArgs,
+    /// Another Host header value to answer to (besides the link-local addresses, localhost
+    /// and the listen address).
+    #[arg(long = "allowed-host")]
+    pub(crate) allowed_hosts: Vec<String>,
+    /// Most tokens with cached credentials.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) cache_size: usize,
+    /// Upstream calls per second (misses and refreshes); beyond it, 429.
+    #[arg(long, default_value_t = 50.0)]
+    pub(crate) upstream_rate: f64,
+    /// Upstream calls allowed in a burst.
+    #[arg(long, default_value_t = 100.0)]
+    pub(crate) upstream_burst: f64,
+    /// Seconds before expiry to refresh cached credentials (at most half their lifetime).
+    #[arg(long, default_value_t = 300.0)]
+    pub(crate) refresh_before: f64,
+    /// Lifetime in seconds of the local backend's fake credentials.
+    #[arg(long, default_value_t = 3600.0)]
+    pub(crate) local_lifetime: f64,
+}
+
+#[derive(clap::Args)]
+pub struct ExchangeArgs {
+    #[arg(long, env = "POD_IDENTITY_EXCHANGE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+    /// Directory with tls.crt and tls.key to serve HTTPS (reloaded on change); plain HTTP
+    /// without it.
+    #[arg(long, env = "POD_IDENTITY_CERT_DIR")]
+    pub(crate) cert_dir: Option<PathBuf>,
+    /// The project id in the API path this exchange answers for.
+    #[arg(long, env = "POD_IDENTITY_PROJECT_ID")]
+    pub(crate) project_id: String,
+    /// The cluster id in the API path (and in IAM session names).
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
+    pub(crate) cluster_id: String,
+    /// IAM endpoint, e.g. https://iam.myhuaweicloud.com
+    #[arg(long, env = "POD_IDENTITY_IAM_ENDPOINT")]
+    pub(crate) iam_endpoint: String,
+    /// The delegating account's id (preferred) ...
+    #[arg(
+        long,
+        env = "POD_IDENTITY_DOMAIN_ID",
+        conflicts_with = "domain_name",
+        required_unless_present = "domain_name"
+    )]
+    pub(crate) domain_id: Option<String>,
+    /// ... or name.
+    #[arg(long, env = "POD_IDENTITY_DOMAIN_NAME")]
+    pub(crate) domain_name: Option<String>,
+    /// Lifetime of the issued credentials in seconds (900 to 86400).
+    #[arg(long, default_value_t = 3600)]
+    pub(crate) duration: u32,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    #[command(flatten)]
+    pub(crate) auth: CloudAuthArgs,
+}
+
+/// What the injection looks like (shared by `serve` and `mutate`).
+#[derive(clap::Args)]
+pub struct InjectionArgs {
+    /// Provider profile: the env var names, audience and paths the SDKs expect.
+    #[arg(long, env = "POD_IDENTITY_PROVIDER", value_enum, default_value_t = Provider::Cce)]
+    pub(crate) provider: Provider,
+    /// Credential endpoint URL put in the pod (default: the profile's link-local endpoint).
+    #[arg(long, env = "POD_IDENTITY_CREDENTIALS_URI")]
+    pub(crate) credentials_uri: Option<String>,
+    /// Lifetime of the projected token in seconds (values below 600 are raised to 600).
+    #[arg(long, env = "POD_IDENTITY_TOKEN_EXPIRATION", default_value_t = DEFAULT_TOKEN_EXPIRATION)]
+    pub(crate) token_expiration: i64,
+}
+
+impl InjectionArgs {
+    pub(crate) fn injection(&self) -> Injection {
+        if self.token_expiration < MIN_TOKEN_EXPIRATION {
+            tracing::warn!(
+                requested = self.token_expiration,
+                used = MIN_TOKEN_EXPIRATION,
+                "token expiration raised to the minimum"
+            );
+        }
+        let profile = self.provider.profile();
+        Injection::new(
+            profile,
+            Settings::new(profile, self.credentials_uri.clone(), self.token_expiration),
+        )
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "POD_IDENTITY_LISTEN", default_value = "127.0.0.1:8443")]
+    pub(crate) listen: SocketAddr,
+    /// Directory with tls.crt and tls.key (reloaded on change); a localhost CA and
+    /// certificate are generated there when both are absent.
+    #[arg(long, env = "POD_IDENTITY_CERT_DIR", default_value = "certs")]
+    pub(crate) cert_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    /// Cluster id reported in association records read from the cluster.
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
+    pub(crate) cluster_id: Option<String>,
+    #[command(flatten)]
+    pub(crate) injection: InjectionArgs,
+    /// Seconds between checks of the certificate and association files.
+    #[arg(long, env = "POD_IDENTITY_RELOAD_INTERVAL", default_value_t = 2.0)]
+    pub(crate) reload_interval: f64,
+    /// Seconds a client has to finish the TLS handshake and send its request headers.
+    #[arg(long, env = "POD_IDENTITY_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
+    pub(crate) header_read_timeout: f64,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "POD_IDENTITY_SHUTDOWN_TIMEOUT", default_value_t = 25.0)]
+    pub(crate) shutdown_timeout: f64,
+}
+
+#[derive(clap::Args)]
+pub struct MutateArgs {
+    /// Association file (YAML or JSON).
+    #[arg(long, env = "POD_IDENTITY_ASSOCIATIONS")]
+    pub(crate) associations: PathBuf,
+    /// Namespace of the pod (default: the review's, else the manifest's, else `default`).
+    #[arg(long)]
+    pub(crate) namespace: Option<String>,
+    #[command(flatten)]
+    pub(crate) injection: InjectionArgs,
+    /// Print the JSON Patch instead of the mutated pod.
+    #[arg(long)]
+    pub(crate) patch: bool,
+    /// Pod manifest or AdmissionReview (YAML or JSON); `-` reads standard input.
+    pub(crate) input: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, tls.crt and tls.key into.
+    #[arg(long, default_value = "certs")]
+    pub(crate) out: PathBuf,
+    /// DNS names of the serving certificate (default: the in-cluster Service names).
+    #[arg(long = "dns")]
+    pub(crate) dns: Vec<String>,
+    /// IP addresses of the serving certificate.
+    #[arg(long = "ip")]
+    pub(crate) ip: Vec<IpAddr>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    pub(crate) days: u32,
+}

@@ -1,0 +1,34 @@
+//! Seed 001: the CCE pod identity association record (`ResourceTag` and the association as
+//! the API returns it), plus `roleArn` for the `eks` profile.
+
+use serde::{Deserialize, Serialize};
+
+/// A resource tag (seed 001 `ResourceTag`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tag {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// A validated association, as the association API returns it (`roleArn` in place of
+/// `agencyName` for the `eks` profile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Association {
+    pub uid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    pub namespace: String,
+    pub service_account: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agency_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    pub tags: Vec<Tag>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modified_at: Option<String>,
+}

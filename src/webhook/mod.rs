@@ -1,0 +1,309 @@
+//! The webhook program (`serve`, and `mutate` offline): its composition root. It builds its
+//! own certificate, association source, index and metrics, and serves `/mutate` through the
+//! shared HTTP stack. The decision itself is in [`decide`]; the wire format in [`wire`].
+
+pub mod decide;
+pub mod metrics;
+pub mod mutation;
+pub mod offline;
+pub mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use crate::association::source::{self, AssociationSource, SourceError};
+use crate::association::store;
+use crate::certs::{self, CertError};
+use crate::cli::{ArgError, ServeArgs, seconds};
+use crate::cluster::{self, ClusterError};
+use crate::http::health::{self, Readiness};
+use crate::http::tls::{ReloadingCert, TlsError};
+use crate::http::{self, BindError, Limits, Listener};
+use metrics::{Outcome, WebhookMetrics};
+use mutation::Injection;
+use wire::Admission;
+
+/// Largest accepted request body: the API server never sends more (objects are capped by
+/// etcd well below this), and it bounds what a misbehaving client can make us buffer.
+pub const MAX_BODY: usize = 7 * 1024 * 1024;
+
+/// How the webhook is set up.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub listen: SocketAddr,
+    /// Holds `tls.crt` and `tls.key`; a localhost pair is generated there when both are absent.
+    pub cert_dir: PathBuf,
+    /// Where associations come from.
+    pub source: AssociationSource,
+    pub injection: Injection,
+    /// How often certificate and association files are checked for changes.
+    pub reload_interval: Duration,
+    pub limits: Limits,
+}
+
+impl WebhookConfig {
+    pub fn new(listen: SocketAddr, cert_dir: PathBuf, injection: Injection) -> Self {
+        WebhookConfig {
+            listen,
+            cert_dir,
+            source: AssociationSource::None,
+            injection,
+            reload_interval: Duration::from_secs(2),
+            limits: Limits::default(),
+        }
+    }
+
+    fn from_args(args: ServeArgs) -> Result<Self, ArgError> {
+        let mut config = WebhookConfig::new(args.listen, args.cert_dir, args.injection.injection());
+        config.source = args.source.source(args.cluster_id)?;
+        config.reload_interval = seconds("reload-interval", args.reload_interval)?;
+        config.limits = Limits {
+            header_read: seconds("header-read-timeout", args.header_read_timeout)?,
+            shutdown: seconds("shutdown-timeout", args.shutdown_timeout)?,
+        };
+        Ok(config)
+    }
+}
+
+/// Why the webhook could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Args(#[from] ArgError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Associations(#[from] SourceError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// `serve`: the webhook until SIGTERM or SIGINT.
+pub async fn run(args: ServeArgs) -> Result<(), Error> {
+    let provider = args.injection.provider;
+    let config = WebhookConfig::from_args(args)?;
+    tracing::info!(
+        %provider,
+        credentials_uri = %config.injection.settings.credentials_uri,
+        token_expiration = config.injection.settings.token_expiration,
+        "starting pod identity webhook"
+    );
+    let cluster = match config.source.needs_cluster() {
+        true => Some(cluster::client().await?),
+        false => None,
+    };
+    Webhook::bind(config, cluster)
+        .await?
+        .run(http::termination())
+        .await;
+    Ok(())
+}
+
+/// Shared by every request.
+pub struct AppState {
+    admission: Admission,
+    pub metrics: Arc<WebhookMetrics>,
+    readiness: Arc<Readiness>,
+}
+
+/// A bound, loaded webhook, ready to [`run`](Webhook::run).
+pub struct Webhook {
+    listener: Listener,
+    state: Arc<AppState>,
+    limits: Limits,
+    _cert: ReloadingCert,
+    _source: source::Running,
+}
+
+impl Webhook {
+    /// Loads certificates and associations and binds the listener; `cluster` is the API
+    /// server to watch associations in (for `AssociationSource::Kubernetes`). Everything that
+    /// can be wrong with the configuration fails here, before any request is accepted.
+    pub async fn bind(config: WebhookConfig, cluster: Option<kube::Client>) -> Result<Self, Error> {
+        let metrics = Arc::new(WebhookMetrics::default());
+        if certs::ensure_local(&config.cert_dir)? {
+            tracing::warn!(
+                dir = %config.cert_dir.display(),
+                "no tls.crt/tls.key found: generated a CA and a localhost serving certificate (ca.crt is the CA to trust)"
+            );
+        }
+        let cert = ReloadingCert::in_dir(&config.cert_dir, metrics.inputs.clone(), config.reload_interval)?;
+        let (associations, writer) = store();
+        let readiness = Arc::new(
+            Readiness::default()
+                .require(Arc::new(true.into()), "TLS material not loaded")
+                .require(associations.synced(), "associations not synced"),
+        );
+        let running = source::start(
+            &config.source,
+            writer,
+            cluster.as_ref(),
+            metrics.inputs.clone(),
+            config.reload_interval,
+        )?;
+        let listener = Listener::bind(config.listen, Some(cert.acceptor())).await?;
+        let state = Arc::new(AppState {
+            admission: Admission {
+                associations,
+                injection: config.injection,
+            },
+            metrics,
+            readiness,
+        });
+        Ok(Webhook {
+            listener,
+            state,
+            limits: config.limits,
+            _cert: cert,
+            _source: running,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, reports not-ready, lets
+    /// in-flight requests finish (up to the shutdown limit) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Webhook {
+            listener,
+            state,
+            limits,
+            _cert,
+            _source,
+        } = self;
+        tracing::info!(addr = %listener.local_addr(), "webhook listening (https; h2, http/1.1)");
+        let readiness = state.readiness.clone();
+        http::serve(listener, router(state), limits, shutdown, move || {
+            readiness.start_draining()
+        })
+        .await;
+    }
+}
+
+/// The webhook's routes.
+fn router(state: Arc<AppState>) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/mutate", post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state.clone())
+        .merge(health::routes(state.readiness.clone(), move || metrics.render()))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: the webhook serves POST /mutate, GET /healthz, /readyz and /metrics\n",
+            )
+        })
+}
+
+async fn mutate(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let start = Instant::now();
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            state.metrics.admission(Outcome::Invalid, start.elapsed());
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("request body exceeds the {} MiB limit\n", MAX_BODY >> 20)
+            } else {
+                format!("cannot read the request body: {}\n", rejection.body_text())
+            };
+            return (status, message).into_response();
+        }
+    };
+    let answer = state.admission.review(&body);
+    state.metrics.admission(answer.outcome, start.elapsed());
+    let (status, content_type) = if answer.status == 200 {
+        (StatusCode::OK, "application/json")
+    } else {
+        (StatusCode::BAD_REQUEST, "text/plain; charset=utf-8")
+    };
+    let mut resp = (status, answer.body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::association::Reader;
+    use crate::profile::Provider;
+
+    fn state() -> Arc<AppState> {
+        let profile = Provider::Cce.profile();
+        let injection = Injection::new(
+            profile,
+            mutation::Settings::new(profile, None, mutation::DEFAULT_TOKEN_EXPIRATION),
+        );
+        let associations = Reader::fixed(crate::association::Index::default());
+        Arc::new(AppState {
+            readiness: Arc::new(
+                Readiness::default().require(associations.synced(), "associations not synced"),
+            ),
+            admission: Admission {
+                associations,
+                injection,
+            },
+            metrics: Arc::default(),
+        })
+    }
+
+    async fn call(req: Request<Body>) -> (StatusCode, String, String) {
+        let resp = router(state()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let ct = resp.headers()[header::CONTENT_TYPE].to_str().unwrap().to_owned();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, ct, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn routes_statuses_and_content_types() {
+        let (status, ct, body) = call(Request::get("/nope").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            ct.starts_with("text/plain") && body.contains("POST /mutate"),
+            "{ct} {body}"
+        );
+        let (status, ct, body) = call(Request::post("/mutate").body(Body::from("{")).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            ct.starts_with("text/plain") && body.contains("not an admission.k8s.io/v1"),
+            "{body}"
+        );
+        let (status, ct, _) = call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            (status, ct.as_str()),
+            (StatusCode::OK, crate::metrics::CONTENT_TYPE)
+        );
+        let big = vec![b' '; MAX_BODY + 1];
+        let (status, _, body) = call(Request::post("/mutate").body(Body::from(big)).unwrap()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body.contains("7 MiB"), "{body}");
+    }
+}

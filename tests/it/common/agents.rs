@@ -1,0 +1,186 @@
+//! Running the agent and the exchange in process for tests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pod_identity_webhook::agent::backend::{Backend, CceBackend, LocalBackend};
+use pod_identity_webhook::agent::cache::Cache;
+use pod_identity_webhook::agent::metrics::AgentMetrics;
+use pod_identity_webhook::agent::{Agent, AgentConfig};
+use pod_identity_webhook::exchange::iam::{Domain, Iam};
+use pod_identity_webhook::exchange::metrics::ExchangeMetrics;
+use pod_identity_webhook::exchange::review::KubeReviewer;
+use pod_identity_webhook::exchange::{Exchange, ExchangeConfig};
+use pod_identity_webhook::profile::Provider;
+use pod_identity_webhook::testing::{AccessKey, CloudAuth, Limits, Reader, TokenFile, file, http_client};
+use tokio::sync::oneshot;
+
+use super::fixtures_dir;
+use super::standin::StandIn;
+
+pub const PROJECT: &str = "proj-1";
+pub const CLUSTER: &str = "46db1d50-b49f-48e5-a312-27645af73405";
+
+pub struct RunningAgent {
+    pub url: String,
+    pub admin: String,
+    pub metrics: Arc<AgentMetrics>,
+    pub cache: Arc<Cache>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn fixture_store() -> Reader {
+    Reader::fixed(file::load(&fixtures_dir().join("associations.yaml")).unwrap())
+}
+
+pub fn local_backend(provider: Provider) -> Arc<dyn Backend> {
+    Arc::new(LocalBackend {
+        associations: fixture_store(),
+        audience: provider.profile().audience,
+        lifetime: Duration::from_secs(3600),
+    })
+}
+
+/// A `cce` backend calling `endpoint` with an `X-Auth-Token` from a file in `dir`.
+pub fn cce_backend(endpoint: &str, dir: &Path, timeout: Duration) -> Arc<dyn Backend> {
+    cce_backend_trusting(endpoint, dir, timeout, None)
+}
+
+/// The same, trusting `ca` for HTTPS besides the public roots.
+pub fn cce_backend_trusting(
+    endpoint: &str,
+    dir: &Path,
+    timeout: Duration,
+    ca: Option<&Path>,
+) -> Arc<dyn Backend> {
+    let token_file = dir.join("agent-auth-token");
+    std::fs::write(&token_file, "agent-iam-token\n").unwrap();
+    let client = http_client(ca, timeout).unwrap();
+    Arc::new(
+        CceBackend::new(
+            client,
+            endpoint,
+            PROJECT,
+            CLUSTER,
+            CloudAuth::TokenFile(TokenFile::new(token_file)),
+        )
+        .unwrap(),
+    )
+}
+
+pub async fn start_agent(
+    provider: Provider,
+    backend: Arc<dyn Backend>,
+    tweak: impl FnOnce(&mut AgentConfig),
+) -> RunningAgent {
+    // reqwest clients in the tests use the process-wide provider.
+    crate::common::crypto();
+    let mut config = AgentConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        provider,
+    );
+    tweak(&mut config);
+    let agent = Agent::bind(config, backend, None, Arc::default()).await.unwrap();
+    let url = format!("http://{}/v1/credentials", agent.local_addr());
+    let admin = format!("http://{}", agent.admin_addr());
+    let (metrics, cache) = (agent.metrics(), agent.cache());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(agent.run(async {
+        let _ = rx.await;
+    }));
+    RunningAgent {
+        url,
+        admin,
+        metrics,
+        cache,
+        stop: Some(tx),
+    }
+}
+
+pub struct RunningExchange {
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for RunningExchange {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// The exchange with TokenReview on the stand-in API server and IAM at `iam_url`
+/// (operator token `operator-iam-token` from a file in `dir`).
+pub async fn start_exchange(api: &StandIn, iam_url: &str, dir: &Path) -> RunningExchange {
+    start_exchange_with(api, iam_url, dir, None).await
+}
+
+/// The same; with `cert_dir`, over HTTPS.
+pub async fn start_exchange_with(
+    api: &StandIn,
+    iam_url: &str,
+    dir: &Path,
+    cert_dir: Option<&Path>,
+) -> RunningExchange {
+    let token_file = dir.join("operator-token");
+    std::fs::write(&token_file, "operator-iam-token").unwrap();
+    let auth = CloudAuth::TokenFile(TokenFile::new(token_file));
+    exchange(api, iam_url, auth, cert_dir).await
+}
+
+async fn exchange(api: &StandIn, iam_url: &str, auth: CloudAuth, cert_dir: Option<&Path>) -> RunningExchange {
+    crate::common::crypto();
+    let client = http_client(None, Duration::from_secs(4)).unwrap();
+    let iam = Iam::new(client, iam_url, auth, Domain::Id("domain-1".into()), 3600).unwrap();
+    let config = ExchangeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        project_id: PROJECT.into(),
+        cluster_id: CLUSTER.into(),
+        cert_dir: cert_dir.map(Path::to_path_buf),
+        limits: Limits::default(),
+    };
+    let reviewer = Arc::new(KubeReviewer(api.client().await));
+    let exchange = Exchange::bind(
+        config,
+        reviewer,
+        fixture_store(),
+        iam,
+        Arc::new(ExchangeMetrics::default()),
+    )
+    .await
+    .unwrap();
+    let scheme = if cert_dir.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://localhost:{}", exchange.local_addr().port());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(exchange.run(async {
+        let _ = rx.await;
+    }));
+    RunningExchange { url, stop: Some(tx) }
+}
+
+/// The exchange over plain HTTP, signing its IAM calls with `key`.
+pub async fn start_exchange_signed(api: &StandIn, iam_url: &str, key: AccessKey) -> RunningExchange {
+    exchange(api, iam_url, CloudAuth::AkSk(key), None).await
+}
+
+/// A token for `namespace/sa` in pod `pod`, valid for an hour, with `audience`.
+pub fn pod_token(namespace: &str, sa: &str, pod: &str, audience: &str) -> String {
+    super::unsigned(
+        namespace,
+        sa,
+        pod,
+        audience,
+        jiff::Timestamp::now().as_second() + 3600,
+    )
+}

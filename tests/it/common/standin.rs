@@ -1,0 +1,325 @@
+//! An in-process stand-in for the Kubernetes API server, serving list and watch for
+//! `podidentityassociations.podidentity.io` the way kube-apiserver does: a list with a
+//! resourceVersion, then a chunked stream of newline-delimited watch events from it, and `410
+//! Gone` for a resourceVersion that was compacted away. "Down" drops every connection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+const PATH: &str = "/apis/podidentity.io/v1alpha1/podidentityassociations";
+
+#[derive(Default)]
+struct Inner {
+    objects: BTreeMap<String, Value>,
+    rv: u64,
+    /// Watch events by resourceVersion; those at or below `compacted` are gone.
+    log: Vec<(u64, Value)>,
+    compacted: u64,
+    watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    down: bool,
+    lists: u64,
+    reviews: u64,
+    /// Open connections, cut when the stand-in goes down.
+    conns: Vec<tokio::task::AbortHandle>,
+}
+
+#[derive(Clone)]
+pub struct StandIn {
+    pub addr: std::net::SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    hold: watch::Sender<bool>,
+}
+
+impl StandIn {
+    /// Starts it; with `hold_lists`, list requests wait until [`release_lists`](Self::release_lists).
+    pub async fn start(hold_lists: bool) -> Self {
+        let (hold, _) = watch::channel(hold_lists);
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = StandIn { addr, inner, hold };
+        let app = Router::new()
+            .route(PATH, get(handle))
+            .route(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                axum::routing::post(token_review),
+            )
+            .with_state(s.clone());
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        let inner = s.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                // "Down" means unreachable: connections are dropped as soon as they arrive. The
+                // check and the registration share the lock with `set_down`, so none slips by.
+                let mut g = inner.lock().unwrap();
+                if g.down {
+                    drop(stream);
+                    continue;
+                }
+                let service = service.clone();
+                let conn = tokio::spawn(async move {
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+                g.conns.retain(|c| !c.is_finished());
+                g.conns.push(conn.abort_handle());
+            }
+        });
+        s
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    pub fn release_lists(&self) {
+        self.hold.send_replace(false);
+    }
+
+    pub fn reviews(&self) -> u64 {
+        self.inner.lock().unwrap().reviews
+    }
+
+    pub fn lists(&self) -> u64 {
+        self.inner.lock().unwrap().lists
+    }
+
+    /// Creates or replaces an object, as `kubectl apply` would.
+    pub fn apply(&self, mut obj: Value) {
+        let mut g = self.inner.lock().unwrap();
+        g.rv += 1;
+        let rv = g.rv;
+        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+        let kind = if g.objects.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let meta = obj["metadata"].as_object_mut().unwrap();
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        meta.entry("uid").or_insert(json!(format!("uid-{name}")));
+        meta.entry("creationTimestamp")
+            .or_insert(json!("2026-11-23T10:00:00Z"));
+        g.objects.insert(name, obj.clone());
+        Self::emit(&mut g, rv, json!({"type": kind, "object": obj}));
+    }
+
+    pub fn delete(&self, name: &str) {
+        let mut g = self.inner.lock().unwrap();
+        let Some(mut obj) = g.objects.remove(name) else {
+            return;
+        };
+        g.rv += 1;
+        let rv = g.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        Self::emit(&mut g, rv, json!({"type": "DELETED", "object": obj}));
+    }
+
+    /// Compacts history and ends every watch with `410 Gone`, forcing clients to relist.
+    pub fn expire(&self) {
+        let mut g = self.inner.lock().unwrap();
+        g.compacted = g.rv;
+        let gone = line(&gone_event());
+        for w in g.watchers.drain(..) {
+            let _ = w.send(gone.clone());
+        }
+    }
+
+    /// While down, open connections are cut and new ones dropped on arrival.
+    pub fn set_down(&self, down: bool) {
+        let mut g = self.inner.lock().unwrap();
+        g.down = down;
+        if down {
+            // Cut connections first: a watch must end in an error, as when a server dies, not
+            // in a clean end of stream the client would answer by watching again at once.
+            for c in g.conns.drain(..) {
+                c.abort();
+            }
+            g.watchers.clear();
+        }
+    }
+
+    fn emit(g: &mut Inner, rv: u64, event: Value) {
+        let bytes = line(&event);
+        g.log.push((rv, event));
+        g.watchers.retain(|w| w.send(bytes.clone()).is_ok());
+    }
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut b = serde_json::to_vec(v).unwrap();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+fn gone_event() -> Value {
+    json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version", "reason": "Expired", "code": 410}})
+}
+
+async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if !watching {
+        let mut hold = s.hold.subscribe();
+        let _ = hold.wait_for(|held| !held).await;
+        let mut g = s.inner.lock().unwrap();
+        g.lists += 1;
+        let list = json!({
+            "apiVersion": "podidentity.io/v1alpha1",
+            "kind": "PodIdentityAssociationList",
+            "metadata": {"resourceVersion": g.rv.to_string()},
+            "items": g.objects.values().cloned().collect::<Vec<_>>(),
+        });
+        return (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            list.to_string(),
+        )
+            .into_response();
+    }
+    let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (tx, rx) = mpsc::unbounded_channel();
+    {
+        let mut g = s.inner.lock().unwrap();
+        if from < g.compacted {
+            let _ = tx.send(line(&gone_event()));
+        } else {
+            for (rv, event) in &g.log {
+                if *rv > from {
+                    let _ = tx.send(line(event));
+                }
+            }
+            g.watchers.push(tx);
+        }
+    }
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// A well-formed association object for `<ns>/<sa>`.
+pub fn association(ns: &str, sa: &str, agency: &str) -> Value {
+    json!({
+        "apiVersion": "podidentity.io/v1alpha1",
+        "kind": "PodIdentityAssociation",
+        "metadata": {"name": format!("{ns}.{sa}")},
+        "spec": {"namespace": ns, "serviceAccount": sa, "agencyName": agency},
+    })
+}
+
+/// The claims of a projected service-account token, read here independently of the code
+/// under test.
+struct Claims {
+    exp: i64,
+    audiences: Vec<String>,
+    namespace: String,
+    service_account: String,
+    pod_name: Option<String>,
+    pod_uid: Option<String>,
+}
+
+impl Claims {
+    fn read(token: &str) -> Option<Self> {
+        use base64::Engine;
+        let parts: Vec<&str> = token.split('.').collect();
+        let [_, payload, _] = parts[..] else { return None };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        let k = &v["kubernetes.io"];
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        // `sub` is system:serviceaccount:<namespace>:<name> for every service-account token.
+        let sub = v["sub"]
+            .as_str()
+            .and_then(|s| s.strip_prefix("system:serviceaccount:"));
+        let (sub_ns, sub_sa) = sub.and_then(|s| s.split_once(':')).unzip();
+        Some(Claims {
+            exp: v["exp"].as_i64()?,
+            audiences: match &v["aud"] {
+                Value::String(a) => vec![a.clone()],
+                Value::Array(a) => a.iter().filter_map(text).collect(),
+                _ => vec![],
+            },
+            namespace: text(&k["namespace"]).or(sub_ns.map(str::to_owned))?,
+            service_account: text(&k["serviceaccount"]["name"]).or(sub_sa.map(str::to_owned))?,
+            pod_name: text(&k["pod"]["name"]),
+            pod_uid: text(&k["pod"]["uid"]),
+        })
+    }
+}
+
+/// TokenReview as the API server answers it for projected service-account tokens (the
+/// stand-in trusts the claims; a real API server verifies the signature too).
+async fn token_review(State(s): State<StandIn>, body: Bytes) -> Response {
+    s.inner.lock().unwrap().reviews += 1;
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let token = review["spec"]["token"].as_str().unwrap_or("");
+    let wanted: Vec<String> = serde_json::from_value(review["spec"]["audiences"].clone()).unwrap_or_default();
+    let now = jiff::Timestamp::now().as_second();
+    let status = match Claims::read(token) {
+        Some(c) if c.exp <= now => {
+            json!({"authenticated": false, "error": "[invalid bearer token, service account token has expired]"})
+        }
+        None => {
+            json!({"authenticated": false, "error": "[invalid bearer token, square/go-jose: compact JWS format must have three parts]"})
+        }
+        Some(c) => {
+            let audiences: Vec<&String> = c
+                .audiences
+                .iter()
+                .filter(|a| wanted.is_empty() || wanted.contains(a))
+                .collect();
+            if audiences.is_empty() {
+                json!({"authenticated": false, "error": "[invalid bearer token, token audiences [...] is invalid for the target audiences]"})
+            } else {
+                let mut extra = serde_json::Map::new();
+                if let Some(pod) = &c.pod_name {
+                    extra.insert("authentication.kubernetes.io/pod-name".into(), json!([pod]));
+                    extra.insert("authentication.kubernetes.io/pod-uid".into(), json!([c.pod_uid]));
+                }
+                json!({
+                    "authenticated": true,
+                    "user": {
+                        "username": format!("system:serviceaccount:{}:{}", c.namespace, c.service_account),
+                        "uid": "sa-uid",
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", c.namespace)],
+                        "extra": extra,
+                    },
+                    "audiences": audiences,
+                })
+            }
+        }
+    };
+    let out = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
+        "spec": review["spec"], "status": status});
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        out.to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,18 @@
+//! The integration tests: one binary, so the shared harness in `common` compiles once. Each
+//! module is an area; transport behaviour goes through real sockets, real TLS and real
+//! clients (and the real SDKs from PyPI), the binary itself through `cli`.
+
+mod common;
+
+mod agent;
+mod bad_input;
+mod cli;
+mod kubernetes;
+mod manifests;
+mod operations;
+mod proptest;
+mod reload;
+mod sdk;
+mod secrets;
+mod shutdown;
+mod webhook;

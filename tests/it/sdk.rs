@@ -1,0 +1,295 @@
+//! The real SDKs against the agent: huaweicloudsdkcore's PodIdentityCredentialProvider and
+//! botocore's container credential provider obtain credentials, and the request signer agrees
+//! with the SDK's for the same inputs.
+
+use std::time::Duration;
+
+use crate::common::agents::*;
+use crate::common::doubles;
+use crate::common::python;
+use crate::common::standin::StandIn;
+use pod_identity_webhook::profile::Provider;
+use pod_identity_webhook::testing::{AccessKey, signer};
+use serde_json::Value;
+
+const HC_SCRIPT: &str = r#"
+import json
+from huaweicloudsdkcore.auth.provider import PodIdentityCredentialProvider
+c = PodIdentityCredentialProvider.get_basic().get_credentials()
+print(json.dumps({"ak": c.ak, "sk": c.sk, "token": c.security_token, "expires": c._expired_at}))
+"#;
+
+const BOTO_SCRIPT: &str = r#"
+import json
+from botocore.credentials import ContainerProvider
+c = ContainerProvider().load()
+f = c.get_frozen_credentials()
+print(json.dumps({"ak": f.access_key, "sk": f.secret_key, "token": f.token, "method": c.method}))
+"#;
+
+async fn direct(url: &str, token: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(url)
+        .header("Authorization", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Runs an SDK `script` (off the async runtime) with the endpoint and token-file env vars of
+/// `provider`, and returns what it printed as JSON.
+async fn sdk(script: &'static str, provider: Provider, url: &str, token_file: &str) -> Value {
+    let p = provider.profile();
+    let env = [
+        (p.endpoint_env, url.to_owned()),
+        (p.token_file_env, token_file.to_owned()),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        python::run(script, &env)
+    })
+    .await
+    .unwrap();
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+fn write_token(dir: &std::path::Path, token: &str) -> String {
+    let path = dir.join("token");
+    std::fs::write(&path, token).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huaweicloud_sdk_reads_the_cce_shape() {
+    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
+    let file = write_token(dir.path(), &token);
+    let parsed = sdk(HC_SCRIPT, Provider::Cce, &agent.url, &file).await;
+    // The agent's cache answers the same credentials to a direct call.
+    let body = direct(&agent.url, &token).await;
+    let c = &body["credentials"];
+    assert_eq!(parsed["ak"], c["accessKeyId"]);
+    assert_eq!(parsed["sk"], c["secretAccessKey"]);
+    assert_eq!(parsed["token"], c["securityToken"]);
+    let expires: jiff::Timestamp = c["expiration"].as_str().unwrap().parse().unwrap();
+    // The SDK reads the time as local time (time.mktime); the venv runs with TZ=UTC.
+    assert_eq!(
+        parsed["expires"].as_f64(),
+        Some(expires.as_second() as f64),
+        "the SDK parsed the expiration"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn botocore_reads_the_eks_shape() {
+    let agent = start_agent(Provider::Eks, local_backend(Provider::Eks), |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = pod_token("pi-demo", "worker", "w-1", "pods.eks.amazonaws.com");
+    let file = write_token(dir.path(), &token);
+    let parsed = sdk(BOTO_SCRIPT, Provider::Eks, &agent.url, &file).await;
+    let body = direct(&agent.url, &token).await;
+    assert_eq!(parsed["ak"], body["AccessKeyId"]);
+    assert_eq!(parsed["sk"], body["SecretAccessKey"]);
+    assert_eq!(parsed["token"], body["Token"]);
+    assert_eq!(parsed["method"], "container-role");
+}
+
+/// SDK → agent (cce backend) → exchange → TokenReview (stand-in) + IAM (double): the SDK ends
+/// up with the credentials IAM issued for the association's agency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_from_the_sdk_to_iam() {
+    let api = StandIn::start(false).await;
+    let iam = doubles::iam().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = start_exchange(&api, &iam.url, dir.path()).await;
+    let agent = start_agent(
+        Provider::Cce,
+        cce_backend(&exchange.url, dir.path(), Duration::from_secs(4)),
+        |_| {},
+    )
+    .await;
+    let token = pod_token("pi-demo", "worker", "worker-5d8f", "service.cce.pods");
+    let file = write_token(dir.path(), &token);
+    let parsed = sdk(HC_SCRIPT, Provider::Cce, &agent.url, &file).await;
+    assert_eq!(parsed["ak"], "IAMAK00001");
+    assert_eq!(
+        parsed["sk"], "iam-secret-1-worker-agency",
+        "the worker association's agency"
+    );
+    assert_eq!(parsed["token"], "iam-security-token-1");
+    let calls = iam.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].body["auth"]["identity"]["assume_role"]["agency_name"],
+        "worker-agency"
+    );
+    assert_eq!(
+        calls[0].body["auth"]["identity"]["assume_role"]["session_user"]["name"],
+        format!("cce-{CLUSTER}-worker-5d8f")
+    );
+    assert_eq!(api.reviews(), 1);
+}
+
+const SIGN_SCRIPT: &str = r#"
+import json, sys
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.sdk_request import SdkRequest
+i = json.loads(sys.argv[1])
+creds = BasicCredentials(i["ak"], i["sk"], i["project"])
+if i.get("token"):
+    creds = creds.with_security_token(i["token"])
+req = SdkRequest(method="POST", schema="https", host=i["host"], resource_path=i["path"],
+                 query_params=[tuple(q) for q in i["query"]],
+                 header_params={"Content-Type": "application/json", "X-Sdk-Date": i["date"]},
+                 body=i["body"])
+req = creds.sign_request(req)
+print(req.header_params["Authorization"])
+"#;
+
+#[test]
+fn signature_matches_the_sdk_signer() {
+    let cases = [
+        (
+            "AKEXAMPLE",
+            "sk-secret",
+            None,
+            "cce.example.com",
+            "/api/v3/projects/p1/clusters/c1/assume-agency-for-pod-identity",
+            vec![],
+            r#"{"token":"abc"}"#,
+        ),
+        (
+            "AK2",
+            "another/secret+key",
+            Some("temporary-security-token"),
+            "127.0.0.1:8443",
+            "/v3.0/OS-CREDENTIAL/securitytokens",
+            vec![("b", "2"), ("a", "x y")],
+            "{}",
+        ),
+    ];
+    for (ak, sk, token, host, path, query, body) in cases {
+        let date = "20261123T101500Z";
+        let input = serde_json::json!({"ak": ak, "sk": sk, "project": "p1", "token": token, "host": host, "path": path,
+            "query": query, "date": date, "body": body});
+        let out = std::process::Command::new(python::sdk_python())
+            .args(["-c", SIGN_SCRIPT, &input.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let expected = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let key = AccessKey {
+            ak: ak.into(),
+            sk: sk.into(),
+            security_token: token.map(str::to_owned),
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("Content-Type", "application/json".parse().unwrap());
+        headers.insert("X-Sdk-Date", date.parse().unwrap());
+        headers.insert("X-Project-Id", "p1".parse().unwrap());
+        let mut url = reqwest::Url::parse(&format!("https://{host}{path}")).unwrap();
+        for (k, v) in &query {
+            url.query_pairs_mut().append_pair(k, v);
+        }
+        signer::sign(&key, "POST", &url, &mut headers, body.as_bytes(), date);
+        let ours = headers["authorization"].to_str().unwrap();
+        assert_eq!(ours, expected, "for {ak}");
+    }
+}
+
+const VERIFY_SCRIPT: &str = r#"
+import json, sys
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.signer.signer import Signer
+from huaweicloudsdkcore.sdk_request import SdkRequest
+i = json.loads(sys.argv[1])
+req = SdkRequest(method="POST", schema="http", host=i["host"], resource_path=i["path"], query_params=[],
+                 header_params=i["headers"], body=i["body"])
+print(Signer(BasicCredentials(i["ak"], i["sk"])).sign(req).header_params["Authorization"])
+"#;
+
+/// Recomputes, with the SDK's own signer, the signature of a request a double received, over
+/// the headers it names as signed exactly as they arrived and the body byte for byte; the
+/// result must be the `Authorization` the request carried.
+fn assert_sdk_signature(call: &doubles::Call, ak: &str, sk: &str) {
+    let auth = call.header("Authorization").unwrap();
+    assert!(
+        auth.starts_with(&format!("SDK-HMAC-SHA256 Access={ak}, SignedHeaders=")),
+        "{auth}"
+    );
+    let signed = auth
+        .split("SignedHeaders=")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    let headers: serde_json::Map<String, Value> = signed
+        .split(';')
+        .map(|h| (h.to_owned(), Value::from(call.header(h).unwrap())))
+        .collect();
+    let input = serde_json::json!({"ak": ak, "sk": sk, "host": call.header("host").unwrap(),
+        "path": call.path, "headers": headers, "body": call.raw});
+    let out = std::process::Command::new(python::sdk_python())
+        .args(["-c", VERIFY_SCRIPT, &input.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), auth);
+}
+
+/// The agent's `cce` backend with AK/SK: the request the CCE double received carries a
+/// signature the SDK's signer reproduces from the same headers and body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_requests_signed_with_ak_sk_verify_with_the_sdk() {
+    use pod_identity_webhook::agent::backend::CceBackend;
+    use pod_identity_webhook::testing::{CloudAuth, http_client};
+    let cce = doubles::cce().await;
+    let key = AccessKey {
+        ak: "AKSIGNED".into(),
+        sk: "sk/with+chars".into(),
+        security_token: Some("temp-token".into()),
+    };
+    let client = http_client(None, Duration::from_secs(4)).unwrap();
+    let backend = CceBackend::new(client, &cce.url, PROJECT, CLUSTER, CloudAuth::AkSk(key)).unwrap();
+    let agent = start_agent(Provider::Cce, std::sync::Arc::new(backend), |_| {}).await;
+    let token = pod_token("pi-demo", "app", "a", "service.cce.pods");
+    direct(&agent.url, &token).await;
+    let call = &cce.calls()[0];
+    assert_eq!(call.header("X-Project-Id"), Some(PROJECT));
+    assert_eq!(call.header("X-Security-Token"), Some("temp-token"));
+    assert_sdk_signature(call, "AKSIGNED", "sk/with+chars");
+}
+
+/// The exchange's IAM call with AK/SK: IAM requires `Content-Type: application/json;charset=utf8`,
+/// and the signature must cover exactly that value (it once covered `application/json` while
+/// sending the other, which IAM refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_iam_requests_signed_with_ak_sk_verify_with_the_sdk() {
+    let api = StandIn::start(false).await;
+    let iam = doubles::iam().await;
+    let key = AccessKey {
+        ak: "AKOPERATOR".into(),
+        sk: "operator/secret+key".into(),
+        security_token: None,
+    };
+    let exchange = start_exchange_signed(&api, &iam.url, key).await;
+    let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v3/projects/{PROJECT}/clusters/{CLUSTER}/assume-agency-for-pod-identity",
+            exchange.url
+        ))
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let call = &iam.calls()[0];
+    assert_eq!(call.header("Content-Type"), Some("application/json;charset=utf8"));
+    assert!(call.header("X-Auth-Token").is_none());
+    assert_sdk_signature(call, "AKOPERATOR", "operator/secret+key");
+}

@@ -1,0 +1,206 @@
+//! The whole flow through the real binaries at debug level: no token, secret key or security
+//! token may appear in any log.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::agents::{CLUSTER, PROJECT, pod_token};
+use crate::common::standin::StandIn;
+use crate::common::{Reaped, doubles, until_ready};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+
+/// `N` distinct free ports: all held while they are picked, so none repeats.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Reaped {
+    let child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed if the test fails before it collects the logs.
+    Reaped::new(child)
+}
+
+/// Polls `url` (with `client`) for up to 30 s until it answers 200.
+async fn wait_ready(client: &reqwest::Client, url: &str) {
+    until_ready(client, url, Instant::now() + Duration::from_secs(30)).await;
+}
+
+/// Stops the process and returns everything it logged.
+fn logs(child: Reaped) -> String {
+    let mut child = child.into_inner();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let mut out = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs() {
+    crate::common::crypto();
+    let api = StandIn::start(false).await;
+    api.apply(crate::common::standin::association(
+        "pi-demo",
+        "app",
+        "demo-agency",
+    ));
+    let iam = doubles::iam().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A kubeconfig for the exchange's TokenReview and watch, pointing at the stand-in.
+    let kubeconfig = d.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {{server: 'http://{}'}}\nusers:\n- name: u\n  user: {{token: kube-bearer-secret}}\ncontexts:\n- name: c\n  context: {{cluster: s, user: u}}\ncurrent-context: c\n",
+            api.addr
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("operator-token"), "operator-iam-token-secret").unwrap();
+    std::fs::write(d.join("agent-token"), "agent-auth-token-secret").unwrap();
+
+    let [xport, aport, admin, wport] = free_ports::<4>();
+    let exchange = spawn(
+        &[
+            "exchange",
+            "--listen",
+            &format!("127.0.0.1:{xport}"),
+            "--project-id",
+            PROJECT,
+            "--cluster-id",
+            CLUSTER,
+            "--iam-endpoint",
+            &iam.url,
+            "--domain-id",
+            "domain-1",
+            "--source",
+            "kubernetes",
+            "--auth-token-file",
+            d.join("operator-token").to_str().unwrap(),
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let agent = spawn(
+        &[
+            "agent",
+            "--listen",
+            &format!("127.0.0.1:{aport}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--backend",
+            "cce",
+            "--cce-endpoint",
+            &format!("http://127.0.0.1:{xport}"),
+            "--project-id",
+            PROJECT,
+            "--cluster-id",
+            CLUSTER,
+            "--auth-token-file",
+            d.join("agent-token").to_str().unwrap(),
+        ],
+        &[],
+    );
+    // The webhook too, with a fixture admission, at debug level.
+    let certs = d.join("certs");
+    let webhook = spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{wport}"),
+            "--cert-dir",
+            certs.to_str().unwrap(),
+            "--associations",
+            "tests/fixtures/associations.yaml",
+        ],
+        &[],
+    );
+    wait_ready(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{xport}/readyz"),
+    )
+    .await;
+    wait_ready(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{admin}/readyz"),
+    )
+    .await;
+
+    let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{aport}/v1/credentials"))
+        .header("Authorization", &token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let creds = &body["credentials"];
+    // A refused token takes the error paths too.
+    let bad = pod_token("pi-other", "x", "p", "service.cce.pods");
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{aport}/v1/credentials"))
+        .header("Authorization", &bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let end = Instant::now() + Duration::from_secs(20);
+    while !certs.join("ca.crt").exists() {
+        assert!(Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = crate::common::client(
+        &[&std::fs::read(certs.join("ca.crt")).unwrap()],
+        crate::common::Http::H2,
+    );
+    wait_ready(&c, &format!("https://127.0.0.1:{wport}/readyz")).await;
+    let r = c
+        .post(format!("https://127.0.0.1:{wport}/mutate"))
+        .body(crate::common::fixture("01-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let all = [logs(agent), logs(exchange), logs(webhook)].join("\n");
+    assert!(all.contains("DEBUG"), "debug logging was on");
+    assert!(all.contains("agency credentials issued"), "the flow ran");
+    let secrets = [
+        token.as_str(),
+        bad.as_str(),
+        creds["secretAccessKey"].as_str().unwrap(),
+        creds["securityToken"].as_str().unwrap(),
+        "operator-iam-token-secret",
+        "agent-auth-token-secret",
+        "kube-bearer-secret",
+    ];
+    for s in secrets {
+        // The JWT payload alone would identify the token too.
+        let payload = s.split('.').nth(1).unwrap_or(s);
+        assert!(
+            !all.contains(s) && !all.contains(payload),
+            "a secret leaked into the logs: {}...",
+            &s[..12.min(s.len())]
+        );
+    }
+}
