@@ -16,6 +16,7 @@ pub mod certs;
 pub mod cli;
 pub(crate) mod cloud;
 pub(crate) mod cluster;
+pub mod error;
 pub mod exchange;
 pub(crate) mod http;
 pub(crate) mod metrics;

@@ -76,6 +76,39 @@ const BUCKETS: [f64; 12] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
+/// Answers counted by HTTP status: the statuses the programs answer with, and "other".
+#[derive(Debug, Default)]
+pub(crate) struct ByStatus([AtomicU64; STATUSES.len()]);
+
+/// Counted statuses in label order; 0 stands for any other.
+const STATUSES: [u16; 11] = [200, 400, 401, 403, 404, 429, 500, 502, 503, 504, 0];
+
+impl ByStatus {
+    pub(crate) fn record(&self, status: u16) {
+        let i = STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(STATUSES.len() - 1);
+        self.0[i].fetch_add(1, Relaxed);
+    }
+
+    /// Appends the counter family `name` with a `code` label per status.
+    pub(crate) fn render(&self, t: &mut Text, name: &str, help: &str) {
+        let rows: Vec<(String, u64)> = STATUSES
+            .iter()
+            .zip(&self.0)
+            .map(|(code, n)| {
+                let label = match code {
+                    0 => "other".to_owned(),
+                    c => c.to_string(),
+                };
+                (format!("{{code=\"{label}\"}}"), n.load(Relaxed))
+            })
+            .collect();
+        t.counter(name, help, &rows);
+    }
+}
+
 /// A reloadable input of a program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -178,12 +211,16 @@ mod tests {
         h.observe(Duration::from_micros(30));
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(5));
+        let statuses = ByStatus::default();
+        statuses.record(403);
+        statuses.record(418);
         let inputs = InputMetrics::default();
         inputs.reload(Source::Tls, false);
         inputs.set_associations(7);
         let mut t = Text::default();
         t.counter("c_total", "A counter.", &[("{a=\"b\"}", 2)]);
         t.histogram("lat_seconds", "Latency.", &h);
+        statuses.render(&mut t, "r_total", "By status.");
         inputs.render(&mut t);
         let text = t.finish();
         assert!(
@@ -194,6 +231,11 @@ mod tests {
         assert!(text.contains("lat_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("lat_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("podidentity_associations 7\n"));
+        assert!(
+            text.contains("r_total{code=\"403\"} 1\nr_total{code=\"404\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("r_total{code=\"other\"} 1\n"), "{text}");
         assert!(text.contains("podidentity_reload_failures_total{source=\"tls\"} 1\n"));
         assert!(text.contains("podidentity_source_connected 1\n"));
     }

@@ -4,10 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::metrics::{Histogram, InputMetrics, Text};
-
-/// Status codes the agent answers with, in the order they are counted.
-const STATUSES: [u16; 11] = [200, 400, 401, 403, 404, 429, 500, 502, 503, 504, 0];
+use crate::metrics::{ByStatus, Histogram, InputMetrics, Text};
 
 #[derive(Debug, Default)]
 pub struct AgentMetrics {
@@ -18,7 +15,7 @@ pub struct AgentMetrics {
     upstream_latency: Histogram,
     refresh_ok: AtomicU64,
     refresh_err: AtomicU64,
-    responses: [AtomicU64; STATUSES.len()],
+    responses: ByStatus,
     /// The association source (`local` backend).
     pub inputs: Arc<InputMetrics>,
 }
@@ -42,11 +39,7 @@ impl AgentMetrics {
     }
 
     pub(crate) fn response(&self, status: u16) {
-        let i = STATUSES
-            .iter()
-            .position(|s| *s == status)
-            .unwrap_or(STATUSES.len() - 1);
-        self.responses[i].fetch_add(1, Relaxed);
+        self.responses.record(status);
     }
 
     /// Upstream calls made (successful and failed).
@@ -86,22 +79,10 @@ impl AgentMetrics {
             "Background refreshes by result.",
             &by_result(&self.refresh_ok, &self.refresh_err),
         );
-        let rows: Vec<(String, u64)> = STATUSES
-            .iter()
-            .zip(&self.responses)
-            .map(|(code, n)| {
-                let label = if *code == 0 {
-                    "other".to_owned()
-                } else {
-                    code.to_string()
-                };
-                (format!("{{code=\"{label}\"}}"), n.load(Relaxed))
-            })
-            .collect();
-        t.counter(
+        self.responses.render(
+            &mut t,
             "podidentity_agent_responses_total",
             "Credential responses by HTTP status.",
-            &rows,
         );
         t.histogram(
             "podidentity_agent_upstream_duration_seconds",

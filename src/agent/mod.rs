@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::association::source::{self, SourceError};
+use crate::association::source;
 use crate::association::{Reader, store};
 use crate::cli::{AgentArgs, ArgError, BackendKind, seconds};
-use crate::cloud::client::ClientError;
-use crate::cluster::{self, ClusterError};
+use crate::cluster;
+use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::{self, BindError, Limits, Listener, Shutdown};
 use crate::profile::Provider;
@@ -63,24 +63,9 @@ impl AgentConfig {
     }
 }
 
-/// Why the agent could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Args(#[from] ArgError),
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    #[error(transparent)]
-    Associations(#[from] SourceError),
-    #[error(transparent)]
-    Bind(#[from] BindError),
-}
-
 /// `agent`: builds the backend the flags name (and, for `local`, its association source),
 /// then serves until SIGTERM or SIGINT.
-pub async fn run(args: AgentArgs) -> Result<(), Error> {
+pub async fn run(args: AgentArgs) -> Result<(), StartError> {
     let mut config = AgentConfig::new(args.listen, args.admin_listen, args.provider);
     config.allowed_hosts.extend(args.allowed_hosts);
     config.cache = CacheConfig {

@@ -3,14 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::metrics::{InputMetrics, Text};
-
-/// Statuses the exchange answers with, in the order they are counted (0: any other).
-const STATUSES: [u16; 9] = [200, 400, 401, 403, 404, 502, 503, 504, 0];
+use crate::metrics::{ByStatus, InputMetrics, Text};
 
 #[derive(Debug, Default)]
 pub struct ExchangeMetrics {
-    responses: [AtomicU64; STATUSES.len()],
+    responses: ByStatus,
     reviews: AtomicU64,
     iam_ok: AtomicU64,
     iam_err: AtomicU64,
@@ -20,11 +17,7 @@ pub struct ExchangeMetrics {
 
 impl ExchangeMetrics {
     pub(crate) fn response(&self, status: u16) {
-        let i = STATUSES
-            .iter()
-            .position(|s| *s == status)
-            .unwrap_or(STATUSES.len() - 1);
-        self.responses[i].fetch_add(1, Relaxed);
+        self.responses.record(status);
     }
 
     pub(crate) fn review(&self) {
@@ -37,22 +30,10 @@ impl ExchangeMetrics {
 
     pub(crate) fn render(&self) -> String {
         let mut t = Text::default();
-        let rows: Vec<(String, u64)> = STATUSES
-            .iter()
-            .zip(&self.responses)
-            .map(|(code, n)| {
-                let label = if *code == 0 {
-                    "other".to_owned()
-                } else {
-                    code.to_string()
-                };
-                (format!("{{code=\"{label}\"}}"), n.load(Relaxed))
-            })
-            .collect();
-        t.counter(
+        self.responses.render(
+            &mut t,
             "podidentity_exchange_responses_total",
             "Answers of the assume-agency API by HTTP status.",
-            &rows,
         );
         t.counter(
             "podidentity_exchange_token_reviews_total",

@@ -18,15 +18,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::post;
 
-use crate::association::source::{self, SourceError};
+use crate::association::source;
 use crate::association::{Reader, store};
 use crate::cli::{ArgError, ExchangeArgs};
-use crate::cloud::client::ClientError;
 use crate::cloud::seed000;
-use crate::cluster::{self, ClusterError};
+use crate::cluster;
+use crate::error::StartError;
 use crate::http::health::{self, Readiness};
-use crate::http::tls::{ReloadingCert, TlsError};
-use crate::http::{self, BindError, Limits, Listener};
+use crate::http::tls::ReloadingCert;
+use crate::http::{self, Limits, Listener};
 use iam::{Domain, Iam};
 use metrics::ExchangeMetrics;
 use review::{KubeReviewer, TokenReviewer};
@@ -41,26 +41,9 @@ pub struct ExchangeConfig {
     pub limits: Limits,
 }
 
-/// Why the exchange could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Args(#[from] ArgError),
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error(transparent)]
-    Associations(#[from] SourceError),
-    #[error(transparent)]
-    Bind(#[from] BindError),
-}
-
 /// `exchange`: TokenReview through the cluster's API server, associations from the flags'
 /// source, IAM with the operator's credentials; serves until SIGTERM or SIGINT.
-pub async fn run(args: ExchangeArgs) -> Result<(), Error> {
+pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
     let domain = match (args.domain_id, args.domain_name) {
         (Some(id), _) => Domain::Id(id),
         (None, Some(name)) => Domain::Name(name),
@@ -113,7 +96,7 @@ impl Exchange {
         associations: Reader,
         iam: Iam,
         metrics: Arc<ExchangeMetrics>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, StartError> {
         let cert = match &config.cert_dir {
             Some(dir) => Some(ReloadingCert::in_dir(
                 dir,

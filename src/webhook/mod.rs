@@ -22,14 +22,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
-use crate::association::source::{self, AssociationSource, SourceError};
+use crate::association::source::{self, AssociationSource};
 use crate::association::store;
-use crate::certs::{self, CertError};
+use crate::certs;
 use crate::cli::{ArgError, ServeArgs, seconds};
-use crate::cluster::{self, ClusterError};
+use crate::cluster;
+use crate::error::StartError;
 use crate::http::health::{self, Readiness};
-use crate::http::tls::{ReloadingCert, TlsError};
-use crate::http::{self, BindError, Limits, Listener};
+use crate::http::tls::ReloadingCert;
+use crate::http::{self, Limits, Listener};
 use metrics::{Outcome, WebhookMetrics};
 use mutation::Injection;
 use wire::Admission;
@@ -76,25 +77,8 @@ impl WebhookConfig {
     }
 }
 
-/// Why the webhook could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Args(#[from] ArgError),
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    #[error(transparent)]
-    Certs(#[from] CertError),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error(transparent)]
-    Associations(#[from] SourceError),
-    #[error(transparent)]
-    Bind(#[from] BindError),
-}
-
 /// `serve`: the webhook until SIGTERM or SIGINT.
-pub async fn run(args: ServeArgs) -> Result<(), Error> {
+pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let provider = args.injection.provider;
     let config = WebhookConfig::from_args(args)?;
     tracing::info!(
@@ -134,7 +118,7 @@ impl Webhook {
     /// Loads certificates and associations and binds the listener; `cluster` is the API
     /// server to watch associations in (for `AssociationSource::Kubernetes`). Everything that
     /// can be wrong with the configuration fails here, before any request is accepted.
-    pub async fn bind(config: WebhookConfig, cluster: Option<kube::Client>) -> Result<Self, Error> {
+    pub async fn bind(config: WebhookConfig, cluster: Option<kube::Client>) -> Result<Self, StartError> {
         let metrics = Arc::new(WebhookMetrics::default());
         if certs::ensure_local(&config.cert_dir)? {
             tracing::warn!(

@@ -1,0 +1,28 @@
+//! Why a program could not start: one error for the three composition roots, each variant
+//! carrying its context (which flag, address, file or cluster configuration).
+
+use crate::association::source::SourceError;
+use crate::certs::CertError;
+use crate::cli::ArgError;
+use crate::cloud::client::ClientError;
+use crate::cluster::ClusterError;
+use crate::http::BindError;
+use crate::http::tls::TlsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Args(#[from] ArgError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Associations(#[from] SourceError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
