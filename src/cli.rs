@@ -11,6 +11,7 @@ use crate::association::source::AssociationSource;
 use crate::cloud::auth::{CloudAuth, TokenFile};
 use crate::cloud::client::http_client;
 use crate::cloud::signer::AccessKey;
+use crate::http::Limits;
 use crate::profile::Provider;
 use crate::webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, MIN_TOKEN_EXPIRATION, Settings};
 
@@ -176,6 +177,8 @@ pub struct AgentArgs {
     /// Response shape: the SDKs of this provider.
     #[arg(long, env = "POD_IDENTITY_PROVIDER", value_enum, default_value_t = Provider::Cce)]
     pub(crate) provider: Provider,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
     /// Where credentials come from.
     #[arg(long, env = "POD_IDENTITY_BACKEND", value_enum)]
     pub(crate) backend: BackendKind,
@@ -219,6 +222,8 @@ pub struct ExchangeArgs {
     /// without it.
     #[arg(long, env = "POD_IDENTITY_CERT_DIR")]
     pub(crate) cert_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
     /// The project id in the API path this exchange answers for.
     #[arg(long, env = "POD_IDENTITY_PROJECT_ID")]
     pub(crate) project_id: String,
@@ -298,12 +303,48 @@ pub struct ServeArgs {
     /// Seconds between checks of the certificate and association files.
     #[arg(long, env = "POD_IDENTITY_RELOAD_INTERVAL", default_value_t = 2.0)]
     pub(crate) reload_interval: f64,
-    /// Seconds a client has to finish the TLS handshake and send its request headers.
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+}
+
+/// The bounds of a program's listeners (see `http::Limits`); each program sets its own body
+/// limit and budget.
+#[derive(clap::Args)]
+pub struct LimitArgs {
+    /// Seconds a client has to finish the TLS handshake, and then to send its request headers.
     #[arg(long, env = "POD_IDENTITY_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
     pub(crate) header_read_timeout: f64,
-    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    /// Seconds a whole request (its body and the answer) may take; beyond it, 408.
+    #[arg(long, env = "POD_IDENTITY_REQUEST_TIMEOUT", default_value_t = 10.0)]
+    pub(crate) request_timeout: f64,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, env = "POD_IDENTITY_IDLE_TIMEOUT", default_value_t = 60.0)]
+    pub(crate) idle_timeout: f64,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT; then the program exits.
     #[arg(long, env = "POD_IDENTITY_SHUTDOWN_TIMEOUT", default_value_t = 25.0)]
     pub(crate) shutdown_timeout: f64,
+    /// Connections open at once per listener; more are closed as they arrive.
+    #[arg(long, env = "POD_IDENTITY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub(crate) max_connections: usize,
+}
+
+impl LimitArgs {
+    /// These bounds over `base` (which holds the program's body limit and budget).
+    pub(crate) fn limits(&self, base: Limits) -> Result<Limits, ArgError> {
+        let header_read = seconds("header-read-timeout", self.header_read_timeout)?;
+        if self.max_connections == 0 {
+            return Err(ArgError("--max-connections must be at least 1".into()));
+        }
+        Ok(Limits {
+            handshake: header_read,
+            header_read,
+            request: seconds("request-timeout", self.request_timeout)?,
+            idle: seconds("idle-timeout", self.idle_timeout)?,
+            shutdown: seconds("shutdown-timeout", self.shutdown_timeout)?,
+            max_connections: self.max_connections,
+            ..base
+        })
+    }
 }
 
 #[derive(clap::Args)]

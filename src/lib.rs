@@ -40,8 +40,8 @@ pub mod testing {
     pub use crate::cloud::client::http_client;
     pub use crate::cloud::signer::{self, AccessKey};
     pub use crate::cloud::{Credentials, UpstreamError};
-    pub use crate::http::Limits;
     pub use crate::http::tls::install_crypto_provider;
+    pub use crate::http::{Limits, ServeMetrics};
     pub use crate::metrics::{InputMetrics, Source};
 
     /// Serves `router` exactly as the webhook serves `/mutate`: its reloading certificate from
@@ -55,7 +55,19 @@ pub mod testing {
         let cert = ReloadingCert::in_dir(cert_dir, Default::default(), std::time::Duration::from_secs(2))?;
         let listener = Listener::bind(listen, Some(cert.acceptor())).await?;
         eprintln!("listening on https://{}", listener.local_addr());
-        serve(listener, router, Limits::default(), std::future::pending(), || {}).await;
+        let limits = Limits {
+            max_body: crate::webhook::MAX_BODY,
+            ..Limits::default()
+        };
+        serve(
+            listener,
+            router,
+            limits,
+            Default::default(),
+            std::future::pending(),
+            || {},
+        )
+        .await;
         Ok(())
     }
 }

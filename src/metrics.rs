@@ -3,7 +3,7 @@
 //! association source). Recording costs a few atomic adds on the hot path.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// The content type of [`Text`].
@@ -135,9 +135,20 @@ pub struct InputMetrics {
     reload_failures: [AtomicU64; 2],
     source_disconnected: AtomicU64,
     source_errors: AtomicU64,
+    /// `notAfter` of the serving certificate, unix seconds (0: none served).
+    tls_not_after: AtomicI64,
 }
 
 impl InputMetrics {
+    pub(crate) fn set_tls_not_after(&self, unix_seconds: i64) {
+        self.tls_not_after.store(unix_seconds, Relaxed);
+    }
+
+    /// `notAfter` of the serving certificate (unix seconds), when one is served.
+    pub fn tls_not_after(&self) -> Option<i64> {
+        Some(self.tls_not_after.load(Relaxed)).filter(|t| *t != 0)
+    }
+
     pub(crate) fn set_associations(&self, n: usize) {
         self.associations.store(n as u64, Relaxed);
     }
@@ -198,6 +209,13 @@ impl InputMetrics {
             "Errors of the association watch.",
             &[("", self.source_errors())],
         );
+        if let Some(not_after) = self.tls_not_after() {
+            t.gauge(
+                "podidentity_tls_not_after_seconds",
+                "notAfter of the serving certificate, as unix seconds: alert well before it.",
+                &[("", u64::try_from(not_after).unwrap_or(0))],
+            );
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::http::ServeMetrics;
 use crate::metrics::{ByStatus, Histogram, InputMetrics, Text};
 
 #[derive(Debug, Default)]
@@ -18,6 +19,8 @@ pub struct AgentMetrics {
     responses: ByStatus,
     /// The association source (`local` backend).
     pub inputs: Arc<InputMetrics>,
+    /// What the two listeners refused or cut off.
+    pub serve: Arc<ServeMetrics>,
 }
 
 impl AgentMetrics {
@@ -95,6 +98,7 @@ impl AgentMetrics {
             &[("", cached as u64)],
         );
         self.inputs.render(&mut t);
+        self.serve.render(&mut t);
         t.finish()
     }
 }

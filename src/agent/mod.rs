@@ -29,6 +29,15 @@ use metrics::AgentMetrics;
 /// The link-local address the injected endpoint uses, in both address families.
 pub const LINK_LOCAL_HOSTS: [&str; 2] = ["169.254.170.23", "fd00:ec2::23"];
 
+/// The agent's listener bounds: requests carry no body worth the name (`{}` at most).
+fn default_limits() -> Limits {
+    Limits {
+        max_body: 16 * 1024,
+        body_budget: 4 * 1024 * 1024,
+        ..Limits::default()
+    }
+}
+
 /// How the agent is set up.
 pub struct AgentConfig {
     pub listen: SocketAddr,
@@ -58,7 +67,7 @@ impl AgentConfig {
             allowed_hosts,
             cache: CacheConfig::default(),
             refresh_interval: Duration::from_secs(1),
-            limits: Limits::default(),
+            limits: default_limits(),
         }
     }
 }
@@ -68,6 +77,7 @@ impl AgentConfig {
 pub async fn run(args: AgentArgs) -> Result<(), StartError> {
     let mut config = AgentConfig::new(args.listen, args.admin_listen, args.provider);
     config.allowed_hosts.extend(args.allowed_hosts);
+    config.limits = args.limits.limits(config.limits)?;
     config.cache = CacheConfig {
         capacity: args.cache_size,
         upstream_rate: args.upstream_rate,
@@ -146,7 +156,7 @@ impl Agent {
         let admin = Listener::bind(config.admin_listen, None).await?;
         let cache = Cache::new(config.cache, backend, metrics.clone());
         let readiness = match associations {
-            Some(a) => Readiness::default().require(a.synced(), "associations not synced"),
+            Some(a) => Readiness::default().require_flag(a.synced(), "associations not synced"),
             None => Readiness::default(),
         };
         let state = Arc::new(handlers::AgentState {
@@ -199,10 +209,18 @@ impl Agent {
                 self.listener,
                 handlers::routes(self.state.clone()),
                 self.limits,
+                self.state.metrics.serve.clone(),
                 stop.clone().wait(),
                 move || readiness.start_draining(),
             ),
-            http::serve(self.admin, admin, self.limits, stop.wait(), || {}),
+            http::serve(
+                self.admin,
+                admin,
+                self.limits,
+                self.state.metrics.serve.clone(),
+                stop.wait(),
+                || {}
+            ),
         );
         refresher.abort();
     }

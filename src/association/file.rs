@@ -17,8 +17,12 @@ use crate::watch::{Fingerprint, Watcher};
 pub enum FileError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is empty; write `associations: []` to remove every association")]
+    #[error("{path} is empty (or holds only null); write `associations: []` to remove every association")]
     Empty { path: PathBuf },
+    #[error("{path} is not a regular file; point --associations at a file")]
+    NotAFile { path: PathBuf },
+    #[error("{path} is larger than {limit_mib} MiB; split the set or store it as PodIdentityAssociation objects")]
+    TooLarge { path: PathBuf, limit_mib: u64 },
     #[error("{path} is not a valid association file: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path} has invalid associations:\n  {}", .problems.join("\n  "))]
@@ -76,11 +80,19 @@ impl<'de> Visitor<'de> for RecordsSeed {
         }
         Ok(out)
     }
+    // A null where the list belongs is what a half-written or truncated file reads as; taking
+    // it for "no associations" would revoke every one of them.
+    fn visit_unit<E: de::Error>(self) -> Result<Records, E> {
+        Err(E::custom(NULL_LIST))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Records, E> {
+        Err(E::custom(NULL_LIST))
+    }
     fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Records, M::Error> {
         let mut out = None;
         while let Some(key) = m.next_key::<String>()? {
             match key.as_str() {
-                "associations" => out = Some(m.next_value_seed(OptionalList(self))?),
+                "associations" => out = Some(m.next_value_seed(self)?),
                 other => return Err(de::Error::unknown_field(other, &["associations"])),
             }
         }
@@ -88,34 +100,11 @@ impl<'de> Visitor<'de> for RecordsSeed {
     }
 }
 
-/// `associations: null` reads as an empty list.
-struct OptionalList(RecordsSeed);
+const NULL_LIST: &str =
+    "null where the list of associations belongs; write `associations: []` to remove every association";
 
-impl<'de> DeserializeSeed<'de> for OptionalList {
-    type Value = Records;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Records, D::Error> {
-        struct V(RecordsSeed);
-        impl<'de> Visitor<'de> for V {
-            type Value = Records;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of associations")
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Records, E> {
-                Ok(Records::default())
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Records, E> {
-                Ok(Records::default())
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Records, D::Error> {
-                d.deserialize_seq(self.0)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Records, A::Error> {
-                self.0.visit_seq(seq)
-            }
-        }
-        d.deserialize_option(V(self.0))
-    }
-}
+/// Largest association file read (100 000 associations take about 30 MiB as JSON).
+pub(crate) const MAX_FILE: u64 = 64 * 1024 * 1024;
 
 /// Parses and validates the text of an association file.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Association>, FileError> {
@@ -153,16 +142,38 @@ fn parse_with(path: &Path, text: &str, seed: RecordsSeed) -> Result<Vec<Associat
 
 /// Reads, validates and indexes an association file.
 pub fn load(path: &Path) -> Result<Index, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
-        path: path.into(),
-        source,
-    })?;
+    let text = read_bounded(path)?;
     let list = parse_with(path, &text, RecordsSeed { indexed: true })?;
     drop(text);
     Index::build(list).map_err(|source| FileError::Duplicate {
         path: path.into(),
         source,
     })
+}
+
+/// The text of `path`: a regular file (a FIFO or device would block or never end) of at most
+/// [`MAX_FILE`] bytes.
+fn read_bounded(path: &Path) -> Result<String, FileError> {
+    use std::io::Read;
+    let read_err = |source| FileError::Read {
+        path: path.into(),
+        source,
+    };
+    if !std::fs::metadata(path).map_err(read_err)?.is_file() {
+        return Err(FileError::NotAFile { path: path.into() });
+    }
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut text = String::new();
+    file.take(MAX_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(FileError::TooLarge {
+            path: path.into(),
+            limit_mib: MAX_FILE >> 20,
+        });
+    }
+    Ok(text)
 }
 
 /// A loaded file kept in sync with the store until dropped.
@@ -264,12 +275,33 @@ mod tests {
         assert!(a.tags.is_empty() && a.created_at.is_none() && a.cluster_id.is_none());
         // parse() keeps the whole record.
         assert_eq!(parse(&p(), FIXTURE).unwrap()[0].tags.len(), 2);
-        assert!(parse(&p(), "associations: null").unwrap().is_empty());
+        for null in ["associations: null", "associations:\n", "~", "---\n", "null", "{\"associations\": null}"] {
+            let err = parse(&p(), null).unwrap_err().to_string();
+            assert!(err.contains("associations: []"), "{null:?}: {err}");
+        }
         assert!(matches!(parse(&p(), "[] trailing"), Err(FileError::Parse { .. })));
         assert!(matches!(
             parse(&p(), "{\"associations\": 5}"),
             Err(FileError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(matches!(err, FileError::NotAFile { .. }), "{err}");
+        let fifo = dir.path().join("fifo");
+        let ok = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(ok.success());
+        // Opening a FIFO with no writer would block for ever: it is refused before that.
+        let err = load(&fifo).unwrap_err();
+        assert!(err.to_string().contains("is not a regular file"), "{err}");
+        let big = dir.path().join("big.json");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_FILE + 1).unwrap();
+        let err = load(&big).unwrap_err();
+        assert!(err.to_string().contains("larger than 64 MiB"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::http::ServeMetrics;
 use crate::metrics::{ByStatus, InputMetrics, Text};
 
 #[derive(Debug, Default)]
@@ -13,6 +14,8 @@ pub struct ExchangeMetrics {
     iam_err: AtomicU64,
     /// The serving certificate and the association source.
     pub inputs: Arc<InputMetrics>,
+    /// What the listener refused or cut off.
+    pub serve: Arc<ServeMetrics>,
 }
 
 impl ExchangeMetrics {
@@ -49,6 +52,7 @@ impl ExchangeMetrics {
             ],
         );
         self.inputs.render(&mut t);
+        self.serve.render(&mut t);
         t.finish()
     }
 }

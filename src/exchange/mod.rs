@@ -31,6 +31,15 @@ use iam::{Domain, Iam};
 use metrics::ExchangeMetrics;
 use review::{KubeReviewer, TokenReviewer};
 
+/// The exchange's listener bounds: a request is a token, a few KiB at most.
+pub fn default_limits() -> Limits {
+    Limits {
+        max_body: 64 * 1024,
+        body_budget: 16 * 1024 * 1024,
+        ..Limits::default()
+    }
+}
+
 pub struct ExchangeConfig {
     pub listen: SocketAddr,
     pub project_id: String,
@@ -72,7 +81,7 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         project_id: args.project_id,
         cluster_id: args.cluster_id,
         cert_dir: args.cert_dir,
-        limits: Limits::default(),
+        limits: args.limits.limits(default_limits())?,
     };
     let reviewer = Arc::new(KubeReviewer(cluster));
     let exchange = Exchange::bind(config, reviewer, associations, iam, metrics).await?;
@@ -106,7 +115,11 @@ impl Exchange {
             None => None,
         };
         let listener = Listener::bind(config.listen, cert.as_ref().map(ReloadingCert::acceptor)).await?;
-        let readiness = Readiness::default().require(associations.synced(), "associations not synced");
+        let mut readiness =
+            Readiness::default().require_flag(associations.synced(), "associations not synced");
+        if let Some(cert) = &cert {
+            readiness = readiness.require(cert.valid_now(), "the serving certificate has expired");
+        }
         let state = Arc::new(assume::ExchangeState {
             project_id: config.project_id,
             cluster_id: config.cluster_id,
@@ -131,14 +144,20 @@ impl Exchange {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(addr = %self.listener.local_addr(), scheme = self.listener.scheme(), "exchange listening");
         let metrics = self.state.metrics.clone();
+        let serve_metrics = metrics.serve.clone();
         let app = Router::new()
             .route(seed000::ROUTE, post(assume::assume))
             .with_state(self.state)
             .merge(health::routes(self.readiness.clone(), move || metrics.render()));
         let readiness = self.readiness;
-        http::serve(self.listener, app, self.limits, shutdown, move || {
-            readiness.start_draining()
-        })
+        http::serve(
+            self.listener,
+            app,
+            self.limits,
+            serve_metrics,
+            shutdown,
+            move || readiness.start_draining(),
+        )
         .await;
     }
 }

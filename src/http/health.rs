@@ -9,19 +9,30 @@ use axum::routing::get;
 
 use crate::metrics::CONTENT_TYPE;
 
+type Condition = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// What `/readyz` reports: ready when every condition holds and the server is not draining.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Readiness {
     /// Each condition with the problem `/readyz` names while it is false.
-    conditions: Vec<(Arc<AtomicBool>, &'static str)>,
+    conditions: Vec<(Condition, &'static str)>,
     draining: AtomicBool,
 }
 
 impl Readiness {
-    /// Adds a condition; `problem` is what `/readyz` says while `flag` is false.
-    pub(crate) fn require(mut self, flag: Arc<AtomicBool>, problem: &'static str) -> Self {
-        self.conditions.push((flag, problem));
+    /// Adds a condition; `problem` is what `/readyz` says while `holds` returns false.
+    pub(crate) fn require(
+        mut self,
+        holds: impl Fn() -> bool + Send + Sync + 'static,
+        problem: &'static str,
+    ) -> Self {
+        self.conditions.push((Box::new(holds), problem));
         self
+    }
+
+    /// Adds a condition that holds once `flag` is set.
+    pub(crate) fn require_flag(self, flag: Arc<AtomicBool>, problem: &'static str) -> Self {
+        self.require(move || flag.load(Ordering::Relaxed), problem)
     }
 
     pub(crate) fn start_draining(&self) {
@@ -32,7 +43,7 @@ impl Readiness {
         let mut out: Vec<&'static str> = self
             .conditions
             .iter()
-            .filter(|(flag, _)| !flag.load(Ordering::Relaxed))
+            .filter(|(holds, _)| !holds())
             .map(|(_, problem)| *problem)
             .collect();
         if self.draining.load(Ordering::Relaxed) {
@@ -104,8 +115,8 @@ mod tests {
         let synced = Arc::new(AtomicBool::new(false));
         let readiness = Arc::new(
             Readiness::default()
-                .require(tls.clone(), "TLS material not loaded")
-                .require(synced.clone(), "associations not synced"),
+                .require_flag(tls.clone(), "TLS material not loaded")
+                .require_flag(synced.clone(), "associations not synced"),
         );
         let router = routes(readiness.clone(), || "m 1\n".to_owned());
         let (status, _, body) = get(&router, "/readyz").await;

@@ -1,12 +1,20 @@
 //! One way to serve, for all three programs: a bound listener (plain HTTP or TLS with a
 //! reloading certificate), hyper's HTTP/1.1 and HTTP/2 with timers, health and readiness, the
 //! metrics endpoint, JSON error bodies, and a graceful shutdown with a deadline.
+//!
+//! Every listener is bounded ([`Limits`]): a deadline for the TLS handshake, the request
+//! headers, the whole request (body and handler) and an idle connection; a cap on connections
+//! and on HTTP/2 streams per connection; a body limit; and a budget for the request bytes
+//! buffered at once across all connections. A client that breaks one gets a clear status and
+//! message where HTTP still allows one, and is cut off where it does not.
 
+mod guard;
 pub(crate) mod health;
 pub(crate) mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,11 +22,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+
+pub use guard::ServeMetrics;
+use guard::{Activity, Budget, Guarded};
 
 /// A listener could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -28,20 +39,42 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
-/// Deadlines of a listener.
+/// The bounds of a listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// For the TLS handshake and the request headers.
+    /// For the TLS handshake (and the first byte of a plain connection).
+    pub handshake: Duration,
+    /// For the request headers (HTTP/1.1; HTTP/2 headers arrive within the request deadline).
     pub header_read: Duration,
+    /// For the whole request: its body and the handler's answer. Beyond it: 408.
+    pub request: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle: Duration,
     /// For in-flight requests once shutdown starts; then the server returns anyway.
     pub shutdown: Duration,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams in flight per connection.
+    pub max_streams: u32,
+    /// Largest request body. Beyond it: 413.
+    pub max_body: usize,
+    /// Request body bytes buffered at once across all connections (a request is charged its
+    /// declared length, or `max_body` when it declares none). Beyond it: 503.
+    pub body_budget: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            handshake: Duration::from_secs(10),
             header_read: Duration::from_secs(10),
+            request: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
             shutdown: Duration::from_secs(25),
+            max_connections: 1024,
+            max_streams: 128,
+            max_body: 64 * 1024,
+            body_budget: 16 * 1024 * 1024,
         }
     }
 }
@@ -72,29 +105,35 @@ impl Listener {
     }
 }
 
-/// Serves `router` on `listener` (h2 and http/1.1) until `shutdown` completes; then calls
-/// `on_drain`, stops accepting, and lets in-flight requests finish within the shutdown limit.
+/// Serves `router` on `listener` (h2 and http/1.1) within `limits` until `shutdown`
+/// completes; then calls `on_drain`, stops accepting, asks every connection to finish its
+/// requests, and returns when they have or the shutdown deadline has passed.
 pub(crate) async fn serve(
     listener: Listener,
     router: Router,
     limits: Limits,
+    metrics: Arc<ServeMetrics>,
     shutdown: impl Future<Output = ()>,
     on_drain: impl FnOnce(),
 ) {
     let Listener { tcp, tls } = listener;
-    let service = TowerToHyperService::new(router);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read)
+        .max_buf_size(64 * 1024)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(1024);
-    let graceful = GracefulShutdown::new();
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(limits.max_streams);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let budget = Budget::new(limits.body_budget);
+    let (stop, stopping) = watch::channel(false);
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -109,44 +148,106 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
+        while connections.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.connection_refused();
+            tracing::debug!(%peer, max = limits.max_connections, "connection refused: at the connection cap");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            builder: builder.clone(),
+            service: Guarded::new(router.clone(), limits, budget.clone(), metrics.clone(), peer),
+            limits,
+            stopping: stopping.clone(),
+            metrics: metrics.clone(),
+        };
         let tls = tls.clone();
-        let builder = builder.clone();
-        let service = service.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            async fn run<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-                io: IO,
-                builder: &auto::Builder<TokioExecutor>,
-                service: TowerToHyperService<Router>,
-                watcher: hyper_util::server::graceful::Watcher,
-                peer: SocketAddr,
-            ) {
-                let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            }
+        let metrics = metrics.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let _open = metrics.open();
             match tls {
                 Some(acceptor) => {
-                    if let Some(tls) = accept_tls(stream, peer, &acceptor, limits.header_read).await {
-                        run(tls, &builder, service, watcher, peer).await;
+                    if let Some(tls) = accept_tls(stream, peer, &acceptor, limits.handshake).await {
+                        conn.run(tls).await;
                     }
                 }
-                None => run(stream, &builder, service, watcher, peer).await,
+                None => conn.run(stream).await,
             }
         });
     }
     on_drain();
     drop(tcp);
     tracing::info!("shutting down: no new connections; draining in-flight requests");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(limits.shutdown) => {
-            tracing::warn!(timeout = ?limits.shutdown, "shutdown timeout reached with requests still in flight");
+    let _ = stop.send(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    match tokio::time::timeout(limits.shutdown, drained).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => {
+            tracing::warn!(timeout = ?limits.shutdown, open = connections.len(), "shutdown deadline reached; closing the connections still open");
+            connections.abort_all();
         }
     }
 }
+
+/// One accepted connection and what bounds it.
+struct Conn {
+    builder: auto::Builder<TokioExecutor>,
+    service: Guarded,
+    limits: Limits,
+    stopping: watch::Receiver<bool>,
+    metrics: Arc<ServeMetrics>,
+}
+
+impl Conn {
+    /// Serves requests until the client leaves, the connection idles past its limit, or the
+    /// server shuts down. A connection asked to close that does not (an HTTP/2 client that
+    /// never sent its preface, say) is dropped after a short grace.
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, io: IO) {
+        let activity: Arc<Activity> = self.service.activity();
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), self.service)
+            .into_owned();
+        tokio::pin!(conn);
+        let tick = self.limits.idle.min(Duration::from_secs(1));
+        let mut closing: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = self.stopping.changed(), if closing.is_none() => {
+                    // An error means the server is gone: stop as well.
+                    let _ = changed;
+                    conn.as_mut().graceful_shutdown();
+                    // The serve loop's own deadline bounds a drain on shutdown.
+                    closing = Some(tokio::time::Instant::now() + self.limits.shutdown);
+                }
+                () = tokio::time::sleep(tick) => match closing {
+                    Some(deadline) if tokio::time::Instant::now() >= deadline => {
+                        self.metrics.idle_closed();
+                        return;
+                    }
+                    Some(_) => {}
+                    None if activity.idle_for() >= self.limits.idle => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now() + GRACE);
+                    }
+                    None => {}
+                },
+            }
+        }
+    }
+}
+
+/// How long a connection asked to close may take before it is dropped.
+const GRACE: Duration = Duration::from_secs(1);
 
 /// Completes the TLS handshake, answering a plain-HTTP request on the TLS port with a
 /// readable error instead of a TLS alert the client cannot show.
@@ -156,8 +257,9 @@ async fn accept_tls(
     acceptor: &TlsAcceptor,
     timeout: Duration,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut first = [0u8; 1];
-    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1..)) => {}
         _ => return None,
     }
@@ -165,15 +267,17 @@ async fn accept_tls(
     if first[0] != 0x16 {
         tracing::debug!(%peer, "plain-text request on the TLS port");
         let mut stream = stream;
-        let _ = stream
-            .write_all(
+        let _ = tokio::time::timeout_at(
+            deadline,
+            stream.write_all(
                 b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 62\r\n\r\nThis port speaks HTTPS only: client sent a plain HTTP request\n",
-            )
-            .await;
+            ),
+        )
+        .await;
         let _ = stream.shutdown().await;
         return None;
     }
-    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -188,12 +292,12 @@ async fn accept_tls(
 
 /// A shutdown signal several listeners wait on.
 #[derive(Clone)]
-pub(crate) struct Shutdown(tokio::sync::watch::Receiver<bool>);
+pub(crate) struct Shutdown(watch::Receiver<bool>);
 
 impl Shutdown {
     /// A signal that fires when `trigger` completes.
     pub(crate) fn on(trigger: impl Future<Output = ()> + Send + 'static) -> Self {
-        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
             trigger.await;
             let _ = tx.send(true);

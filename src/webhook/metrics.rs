@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::http::ServeMetrics;
 use crate::metrics::{Histogram, InputMetrics, Text};
 
 /// What an admission ended as.
@@ -43,6 +44,8 @@ pub struct WebhookMetrics {
     latency: Histogram,
     /// The serving certificate and the association source.
     pub inputs: Arc<InputMetrics>,
+    /// What the listener refused or cut off.
+    pub serve: Arc<ServeMetrics>,
 }
 
 impl WebhookMetrics {
@@ -69,6 +72,7 @@ impl WebhookMetrics {
             &self.latency,
         );
         self.inputs.render(&mut t);
+        self.serve.render(&mut t);
         t.finish()
     }
 }

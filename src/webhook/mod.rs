@@ -35,9 +35,20 @@ use metrics::{Outcome, WebhookMetrics};
 use mutation::Injection;
 use wire::Admission;
 
-/// Largest accepted request body: the API server never sends more (objects are capped by
-/// etcd well below this), and it bounds what a misbehaving client can make us buffer.
-pub const MAX_BODY: usize = 7 * 1024 * 1024;
+/// Largest accepted request body: the API server never sends more (etcd caps an object at
+/// 1.5 MiB, and a review carries the object plus, for updates, the old one).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// The webhook's listener bounds: bodies up to [`MAX_BODY`], at most 32 MiB of them buffered at
+/// once (a few large pods, or thousands of typical 3–20 KB ones), under the Deployment's
+/// 128 MiB memory limit.
+fn default_limits() -> Limits {
+    Limits {
+        max_body: MAX_BODY,
+        body_budget: 32 * 1024 * 1024,
+        ..Limits::default()
+    }
+}
 
 /// How the webhook is set up.
 #[derive(Debug, Clone)]
@@ -61,7 +72,7 @@ impl WebhookConfig {
             source: AssociationSource::None,
             injection,
             reload_interval: Duration::from_secs(2),
-            limits: Limits::default(),
+            limits: default_limits(),
         }
     }
 
@@ -69,10 +80,7 @@ impl WebhookConfig {
         let mut config = WebhookConfig::new(args.listen, args.cert_dir, args.injection.injection());
         config.source = args.source.source(args.cluster_id)?;
         config.reload_interval = seconds("reload-interval", args.reload_interval)?;
-        config.limits = Limits {
-            header_read: seconds("header-read-timeout", args.header_read_timeout)?,
-            shutdown: seconds("shutdown-timeout", args.shutdown_timeout)?,
-        };
+        config.limits = args.limits.limits(config.limits)?;
         Ok(config)
     }
 }
@@ -130,8 +138,8 @@ impl Webhook {
         let (associations, writer) = store();
         let readiness = Arc::new(
             Readiness::default()
-                .require(Arc::new(true.into()), "TLS material not loaded")
-                .require(associations.synced(), "associations not synced"),
+                .require(cert.valid_now(), "the serving certificate has expired")
+                .require_flag(associations.synced(), "associations not synced"),
         );
         let running = source::start(
             &config.source,
@@ -178,19 +186,25 @@ impl Webhook {
         } = self;
         tracing::info!(addr = %listener.local_addr(), "webhook listening (https; h2, http/1.1)");
         let readiness = state.readiness.clone();
-        http::serve(listener, router(state), limits, shutdown, move || {
-            readiness.start_draining()
-        })
+        let serve_metrics = state.metrics.serve.clone();
+        http::serve(
+            listener,
+            router(state, limits.max_body),
+            limits,
+            serve_metrics,
+            shutdown,
+            move || readiness.start_draining(),
+        )
         .await;
     }
 }
 
 /// The webhook's routes.
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, max_body: usize) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .route("/mutate", post(mutate))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state.clone())
         .merge(health::routes(state.readiness.clone(), move || metrics.render()))
         .fallback(|| async {
@@ -248,7 +262,7 @@ mod tests {
         let associations = Reader::fixed(crate::association::Index::default());
         Arc::new(AppState {
             readiness: Arc::new(
-                Readiness::default().require(associations.synced(), "associations not synced"),
+                Readiness::default().require_flag(associations.synced(), "associations not synced"),
             ),
             admission: Admission {
                 associations,
@@ -259,7 +273,7 @@ mod tests {
     }
 
     async fn call(req: Request<Body>) -> (StatusCode, String, String) {
-        let resp = router(state()).oneshot(req).await.unwrap();
+        let resp = router(state(), MAX_BODY).oneshot(req).await.unwrap();
         let status = resp.status();
         let ct = resp.headers()[header::CONTENT_TYPE].to_str().unwrap().to_owned();
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
@@ -288,6 +302,6 @@ mod tests {
         let big = vec![b' '; MAX_BODY + 1];
         let (status, _, body) = call(Request::post("/mutate").body(Body::from(big)).unwrap()).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(body.contains("7 MiB"), "{body}");
+        assert!(body.contains("3 MiB"), "{body}");
     }
 }

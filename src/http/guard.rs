@@ -1,0 +1,356 @@
+//! What stands between a connection and the router: the body limit and budget, the request
+//! deadline, the connection's activity for its idle deadline, and the peer's address for the
+//! handlers (`axum::extract::ConnectInfo`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use hyper::body::{Body as _, Incoming};
+use tower::ServiceExt;
+
+use super::Limits;
+use crate::metrics::Text;
+
+/// What the listeners of a program refused or cut off.
+#[derive(Debug, Default)]
+pub struct ServeMetrics {
+    open: AtomicU64,
+    refused: AtomicU64,
+    idle_closed: AtomicU64,
+    timed_out: AtomicU64,
+    too_large: AtomicU64,
+    over_budget: AtomicU64,
+}
+
+/// Counts an open connection until dropped.
+pub(super) struct Open<'a>(&'a ServeMetrics);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+impl ServeMetrics {
+    pub(super) fn open(&self) -> Open<'_> {
+        self.open.fetch_add(1, Relaxed);
+        Open(self)
+    }
+
+    pub(super) fn connection_refused(&self) {
+        self.refused.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn idle_closed(&self) {
+        self.idle_closed.fetch_add(1, Relaxed);
+    }
+
+    /// Requests refused or cut off, by reason: `timeout`, `too_large`, `over_budget`.
+    pub fn refused(&self, reason: &str) -> u64 {
+        match reason {
+            "timeout" => &self.timed_out,
+            "too_large" => &self.too_large,
+            "over_budget" => &self.over_budget,
+            "connection" => &self.refused,
+            _ => return 0,
+        }
+        .load(Relaxed)
+    }
+
+    pub(crate) fn render(&self, t: &mut Text) {
+        t.gauge(
+            "podidentity_http_connections",
+            "Connections open.",
+            &[("", self.open.load(Relaxed))],
+        );
+        t.counter(
+            "podidentity_http_connections_refused_total",
+            "Connections closed at once: the connection cap was reached.",
+            &[("", self.refused.load(Relaxed))],
+        );
+        t.counter(
+            "podidentity_http_connections_closed_total",
+            "Connections closed for idling past the idle deadline, or not closing when asked.",
+            &[("", self.idle_closed.load(Relaxed))],
+        );
+        t.counter(
+            "podidentity_http_requests_refused_total",
+            "Requests answered with an error by the listener itself, by reason.",
+            &[
+                ("{reason=\"timeout\"}", self.timed_out.load(Relaxed)),
+                ("{reason=\"too_large\"}", self.too_large.load(Relaxed)),
+                ("{reason=\"over_budget\"}", self.over_budget.load(Relaxed)),
+            ],
+        );
+    }
+}
+
+/// A connection's requests in flight and when it last had one.
+#[derive(Debug)]
+pub(super) struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` when the last request ended (or the connection opened).
+    last_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// How long the connection has had no request in flight (zero while it has one).
+    pub(super) fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// Marks a request in flight until dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Relaxed);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last_ms.store(a.epoch.elapsed().as_millis() as u64, Relaxed);
+        a.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The request bytes a listener may buffer at once.
+#[derive(Debug, Clone)]
+pub(super) struct Budget(Arc<BudgetInner>);
+
+#[derive(Debug)]
+struct BudgetInner {
+    total: usize,
+    used: AtomicUsize,
+}
+
+/// Bytes held from the budget until dropped.
+struct Reserved(Budget, usize);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.0.0.used.fetch_sub(self.1, Relaxed);
+    }
+}
+
+impl Budget {
+    pub(super) fn new(total: usize) -> Self {
+        Budget(Arc::new(BudgetInner {
+            total,
+            used: AtomicUsize::new(0),
+        }))
+    }
+
+    fn reserve(&self, n: usize) -> Option<Reserved> {
+        let inner = &self.0;
+        let mut used = inner.used.load(Relaxed);
+        loop {
+            let next = used.checked_add(n).filter(|next| *next <= inner.total)?;
+            match inner.used.compare_exchange_weak(used, next, Relaxed, Relaxed) {
+                Ok(_) => return Some(Reserved(self.clone(), n)),
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+/// The router behind a connection's limits.
+#[derive(Clone)]
+pub(super) struct Guarded {
+    router: Router,
+    limits: Limits,
+    budget: Budget,
+    metrics: Arc<ServeMetrics>,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+}
+
+impl Guarded {
+    pub(super) fn new(
+        router: Router,
+        limits: Limits,
+        budget: Budget,
+        metrics: Arc<ServeMetrics>,
+        peer: SocketAddr,
+    ) -> Self {
+        Guarded {
+            router,
+            limits,
+            budget,
+            metrics,
+            activity: Arc::new(Activity::new()),
+            peer,
+        }
+    }
+
+    pub(super) fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
+    }
+}
+
+/// A plain-text refusal; `retry` adds `Retry-After` (seconds).
+fn refuse(status: StatusCode, message: String, retry: Option<u64>) -> Response {
+    let mut resp = (status, message).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(s) = retry {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
+}
+
+impl hyper::service::Service<Request<Incoming>> for Guarded {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let in_flight = InFlight::new(self.activity.clone());
+        let limits = self.limits;
+        // The declared length, when there is one; a body that declares none is charged the
+        // limit, the most it can grow to.
+        let declared = req.body().size_hint().exact();
+        if let Some(n) = declared
+            && n > limits.max_body as u64
+        {
+            self.metrics.too_large.fetch_add(1, Relaxed);
+            let message = format!(
+                "request body of {n} bytes exceeds the {} limit\n",
+                size(limits.max_body)
+            );
+            let http1 = req.version() < axum::http::Version::HTTP_2;
+            return Box::pin(async move {
+                // An HTTP/1.1 client still writing its body would see the connection close
+                // instead of this answer: read and discard what it sends (never buffered),
+                // within the request deadline and up to a bound, then answer.
+                if http1 {
+                    let mut body = req.into_body();
+                    let mut left = 4 * limits.max_body as u64;
+                    let drain = async {
+                        while let Some(Ok(frame)) =
+                            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+                        {
+                            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                            left = left.saturating_sub(n);
+                            if left == 0 {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(limits.request, drain).await;
+                }
+                drop(in_flight);
+                Ok(refuse(StatusCode::PAYLOAD_TOO_LARGE, message, None))
+            });
+        }
+        let charge = declared.map_or(limits.max_body, |n| n as usize);
+        let Some(reserved) = self.budget.reserve(charge) else {
+            self.metrics.over_budget.fetch_add(1, Relaxed);
+            let message = format!(
+                "server busy: {} of request bodies are being received; retry shortly\n",
+                size(self.budget.0.total)
+            );
+            return Box::pin(async move {
+                drop(in_flight);
+                Ok(refuse(StatusCode::SERVICE_UNAVAILABLE, message, Some(1)))
+            });
+        };
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let router = self.router.clone();
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let answer = tokio::time::timeout(limits.request, router.oneshot(req.map(Body::new))).await;
+            drop(reserved);
+            drop(in_flight);
+            Ok(match answer {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    metrics.timed_out.fetch_add(1, Relaxed);
+                    refuse(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "request not completed within {} s (body not received in time, or the answer took too long)\n",
+                            limits.request.as_secs_f64()
+                        ),
+                        None,
+                    )
+                }
+            })
+        })
+    }
+}
+
+/// `n` bytes for a message: `3 MiB`, `64 KiB`.
+fn size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_never_hands_out_more_than_it_has() {
+        let b = Budget::new(10);
+        let a = b.reserve(6).unwrap();
+        assert!(b.reserve(5).is_none());
+        let c = b.reserve(4).unwrap();
+        assert!(b.reserve(1).is_none());
+        drop(a);
+        assert!(b.reserve(6).is_some());
+        drop(c);
+        assert!(b.reserve(11).is_none());
+    }
+
+    #[test]
+    fn activity_is_idle_only_without_requests_in_flight() {
+        let a = Arc::new(Activity::new());
+        let r = InFlight::new(a.clone());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(a.idle_for(), Duration::ZERO);
+        drop(r);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(a.idle_for() >= Duration::from_millis(15));
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size(3 << 20), "3 MiB");
+        assert_eq!(size(64 << 10), "64 KiB");
+        assert_eq!(size(1000), "1000 bytes");
+    }
+}
