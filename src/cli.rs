@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::association::source::AssociationSource;
 use crate::cloud::auth::{CloudAuth, TokenFile};
-use crate::cloud::client::http_client;
+use crate::cloud::client::{Upstream, http_client};
 use crate::cloud::signer::AccessKey;
 use crate::http::Limits;
 use crate::profile::Provider;
@@ -126,9 +126,10 @@ pub struct CloudAuthArgs {
     /// Extra CA bundle (PEM) to trust for upstream HTTPS, besides the public roots.
     #[arg(long, env = "POD_IDENTITY_CA_FILE")]
     pub(crate) ca_file: Option<PathBuf>,
-    /// Seconds an upstream call may take.
-    #[arg(long, default_value_t = 4.0)]
-    pub(crate) upstream_timeout: f64,
+    /// Seconds an upstream call may take, its one retry included (default: the agent 4, the
+    /// exchange 2.5, so that the exchange answers within the agent's deadline).
+    #[arg(long)]
+    pub(crate) upstream_timeout: Option<f64>,
 }
 
 impl CloudAuthArgs {
@@ -143,8 +144,12 @@ impl CloudAuthArgs {
         }
     }
 
-    pub(crate) fn client(&self) -> Result<reqwest::Client, ArgError> {
-        let timeout = seconds("upstream-timeout", self.upstream_timeout)?;
+    /// The upstream client; `default_timeout` seconds per call unless the flag says otherwise.
+    pub(crate) fn client(&self, default_timeout: f64) -> Result<Upstream, ArgError> {
+        let timeout = seconds(
+            "upstream-timeout",
+            self.upstream_timeout.unwrap_or(default_timeout),
+        )?;
         http_client(self.ca_file.as_deref(), timeout).map_err(|e| ArgError(e.to_string()))
     }
 }
@@ -200,12 +205,28 @@ pub struct AgentArgs {
     /// Most tokens with cached credentials.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) cache_size: usize,
-    /// Upstream calls per second (misses and refreshes); beyond it, 429.
+    /// Upstream calls per second for cache misses, all pods of the node together; beyond it, 429.
     #[arg(long, default_value_t = 50.0)]
     pub(crate) upstream_rate: f64,
-    /// Upstream calls allowed in a burst.
+    /// Cache-miss calls allowed in a burst, all pods together.
     #[arg(long, default_value_t = 100.0)]
     pub(crate) upstream_burst: f64,
+    /// Cache-miss calls per second for one pod (one source address); beyond it, 429.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) client_rate: f64,
+    /// Cache-miss calls in a burst for one pod.
+    #[arg(long, default_value_t = 20.0)]
+    pub(crate) client_burst: f64,
+    /// Refreshes of cached credentials per second: a budget of their own, so misses never
+    /// starve them.
+    #[arg(long, default_value_t = 20.0)]
+    pub(crate) refresh_rate: f64,
+    /// Refreshes in a burst.
+    #[arg(long, default_value_t = 50.0)]
+    pub(crate) refresh_burst: f64,
+    /// Seconds a token the upstream refused is answered from memory, without a new call.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) negative_ttl: f64,
     /// Seconds before expiry to refresh cached credentials (at most half their lifetime).
     #[arg(long, default_value_t = 300.0)]
     pub(crate) refresh_before: f64,
@@ -244,6 +265,10 @@ pub struct ExchangeArgs {
     /// ... or name.
     #[arg(long, env = "POD_IDENTITY_DOMAIN_NAME")]
     pub(crate) domain_name: Option<String>,
+    /// Seconds a TokenReview may take, its one retry included; an API server that does not
+    /// answer in time gets the caller a 503 with Retry-After.
+    #[arg(long, env = "POD_IDENTITY_REVIEW_TIMEOUT", default_value_t = 1.0)]
+    pub(crate) review_timeout: f64,
     /// Lifetime of the issued credentials in seconds (900 to 86400).
     #[arg(long, default_value_t = 3600)]
     pub(crate) duration: u32,

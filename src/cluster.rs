@@ -1,11 +1,39 @@
-//! The Kubernetes API client the programs share (the association watch, TokenReview).
+//! The Kubernetes API clients the programs share: one for the association watch, one for
+//! requests that must answer within a deadline (TokenReview).
+
+use std::time::Duration;
 
 /// No usable cluster configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("no usable cluster configuration (in-cluster or KUBECONFIG): {0}")]
 pub struct ClusterError(#[from] kube::Error);
 
-/// A client from the in-cluster configuration, or else `KUBECONFIG`.
-pub(crate) async fn client() -> Result<kube::Client, ClusterError> {
-    Ok(kube::Client::try_default().await?)
+/// The in-cluster configuration, or else `KUBECONFIG`.
+pub(crate) async fn config() -> Result<kube::Config, ClusterError> {
+    kube::Config::infer()
+        .await
+        .map_err(|e| ClusterError(kube::Error::InferConfig(e)))
+}
+
+/// A client for the association watch. kube's own retry layer is off (the watcher backs off
+/// by itself, and a retry layer would multiply requests to an API server that is already
+/// saying it is overloaded).
+pub(crate) fn watch_client(mut config: kube::Config) -> Result<kube::Client, ClusterError> {
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A client for requests that must end within `deadline`: connect, write and read timeouts
+/// inside it, and no retry layer (the caller retries at most once, within its deadline).
+pub(crate) fn request_client(
+    mut config: kube::Config,
+    deadline: Duration,
+) -> Result<kube::Client, ClusterError> {
+    config.default_retry = false;
+    config.connect_timeout = Some(deadline.min(Duration::from_secs(1)));
+    config.write_timeout = Some(deadline);
+    config.read_timeout = Some(deadline);
+    // The read timeout counts from the request, not from when a pooled connection went idle.
+    config.reset_reader_on_write = true;
+    Ok(kube::Client::try_from(config)?)
 }

@@ -21,6 +21,7 @@ pub mod exchange;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub mod profile;
+pub(crate) mod sampled;
 pub(crate) mod watch;
 pub mod webhook;
 

@@ -1,7 +1,14 @@
 //! The credential cache: keyed by (a hash of) the token, bounded LRU, one upstream call per
-//! token at a time, refreshed ahead of expiry in the background at a bounded rate.
+//! token at a time, refreshed ahead of expiry in the background.
+//!
+//! Upstream calls are budgeted so that no pod can starve the others: a cache miss needs a
+//! slot from its client's own bucket (pods are told apart by source address) and from the
+//! node's; refreshes of cached credentials draw on a budget of their own, so a flood of misses
+//! never lets cached credentials run out; and a refused token is remembered for a short while,
+//! so repeating it costs no upstream call.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,10 +31,20 @@ pub struct CacheConfig {
     pub min_remaining: Duration,
     /// Refresh this long before expiry (at most half the credentials' lifetime).
     pub refresh_before: Duration,
-    /// Upstream calls per second (cache misses and refreshes together).
+    /// Upstream calls per second for cache misses, all clients together.
     pub upstream_rate: f64,
-    /// Upstream calls allowed in a burst.
+    /// Cache-miss calls allowed in a burst, all clients together.
     pub upstream_burst: f64,
+    /// Cache-miss calls per second for one client address.
+    pub client_rate: f64,
+    /// Cache-miss calls in a burst for one client address.
+    pub client_burst: f64,
+    /// Refresh calls per second (a budget of their own).
+    pub refresh_rate: f64,
+    /// Refresh calls in a burst.
+    pub refresh_burst: f64,
+    /// How long a token the upstream refused (400, 401, 403, 404) is answered from memory.
+    pub negative_ttl: Duration,
     /// Wait between a failed refresh and the next, before jitter (0–100 % added).
     pub retry_after: Duration,
 }
@@ -40,6 +57,11 @@ impl Default for CacheConfig {
             refresh_before: Duration::from_secs(300),
             upstream_rate: 50.0,
             upstream_burst: 100.0,
+            client_rate: 5.0,
+            client_burst: 20.0,
+            refresh_rate: 20.0,
+            refresh_burst: 50.0,
+            negative_ttl: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
         }
     }
@@ -50,8 +72,10 @@ impl Default for CacheConfig {
 pub enum CacheError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("too many credential requests to the upstream; retry shortly")]
+    #[error("too many credential requests to the upstream from this node; retry shortly")]
     RateLimited,
+    #[error("too many credential requests from this pod's address; retry shortly")]
+    ClientRateLimited,
     #[error("the upstream returned credentials that expire in under {0} s")]
     ExpiringTooSoon(u64),
 }
@@ -72,6 +96,36 @@ struct Bucket {
     last: Instant,
 }
 
+impl Bucket {
+    fn full(burst: f64) -> Self {
+        Bucket {
+            tokens: burst.max(1.0),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one, after refilling at `rate` up to `burst`.
+    fn take(&mut self, rate: f64, burst: f64) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * rate;
+        self.tokens = (self.tokens + refill).min(burst.max(1.0));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Client buckets remembered at once; the least recently seen client is forgotten first (it
+/// then starts again with a full bucket, which is what a new pod gets anyway).
+const CLIENTS: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+
+/// Refused tokens remembered at once.
+const REFUSED: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+
 /// Shared by every request of the agent.
 pub struct Cache {
     config: CacheConfig,
@@ -79,7 +133,14 @@ pub struct Cache {
     metrics: Arc<AgentMetrics>,
     entries: Mutex<lru::LruCache<Key, Entry>>,
     inflight: Mutex<HashMap<Key, Flight>>,
+    /// Misses, all clients.
     bucket: Mutex<Bucket>,
+    /// Misses, per client address.
+    clients: Mutex<lru::LruCache<IpAddr, Bucket>>,
+    /// Refreshes.
+    refresh_bucket: Mutex<Bucket>,
+    /// Tokens the upstream refused, with the refusal and when it stops being repeated.
+    refused: Mutex<lru::LruCache<Key, (UpstreamError, Instant)>>,
 }
 
 fn key(token: &str) -> Key {
@@ -96,23 +157,27 @@ impl Cache {
         metrics: Arc<AgentMetrics>,
     ) -> Arc<Self> {
         let capacity = NonZeroUsize::new(config.capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        let bucket = Bucket {
-            tokens: config.upstream_burst.max(1.0),
-            last: Instant::now(),
-        };
         Arc::new(Cache {
+            bucket: Mutex::new(Bucket::full(config.upstream_burst)),
+            refresh_bucket: Mutex::new(Bucket::full(config.refresh_burst)),
+            clients: Mutex::new(lru::LruCache::new(CLIENTS)),
+            refused: Mutex::new(lru::LruCache::new(REFUSED)),
             config,
             backend,
             metrics,
             entries: Mutex::new(lru::LruCache::new(capacity)),
             inflight: Mutex::new(HashMap::new()),
-            bucket: Mutex::new(bucket),
         })
     }
 
-    /// Credentials for `token`: cached if they have enough life left, else from upstream
-    /// (shared with every concurrent request for the same token).
-    pub(crate) async fn get(self: &Arc<Self>, token: &str) -> Result<Credentials, CacheError> {
+    /// Credentials for `token`, asked for by `client`: cached if they have enough life left,
+    /// else from upstream (shared with every concurrent request for the same token) within the
+    /// client's and the node's budgets.
+    pub(crate) async fn get(
+        self: &Arc<Self>,
+        token: &str,
+        client: IpAddr,
+    ) -> Result<Credentials, CacheError> {
         let k = key(token);
         let now = jiff::Timestamp::now();
         let min = self.config.min_remaining.as_secs_f64();
@@ -126,12 +191,19 @@ impl Cache {
                 entries.pop(&k);
             }
         }
+        if let Some(refusal) = self.refusal(&k) {
+            self.metrics.refusal_repeated();
+            return Err(CacheError::Upstream(refusal));
+        }
         self.metrics.cache_miss();
         let flight = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&k) {
                 Some(f) => f.clone(),
                 None => {
+                    if !self.take_client_slot(client) {
+                        return Err(CacheError::ClientRateLimited);
+                    }
                     if !self.take_upstream_slot() {
                         return Err(CacheError::RateLimited);
                     }
@@ -169,13 +241,31 @@ impl Cache {
                     .unwrap_or_else(|e| e.into_inner())
                     .put(k, entry);
             }
-            Err(e) if e.is_auth() => {
+            Err(e) if e.is_auth() || e.status() == 400 => {
                 self.entries.lock().unwrap_or_else(|e| e.into_inner()).pop(&k);
+                let until = Instant::now() + self.config.negative_ttl;
+                self.refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .put(k, (e.clone(), until));
             }
             Err(_) => {}
         }
         self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
         result
+    }
+
+    /// The upstream's recent refusal of this token, if it is still remembered.
+    fn refusal(&self, k: &Key) -> Option<UpstreamError> {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        match refused.get(k) {
+            Some((e, until)) if Instant::now() < *until => Some(e.clone()),
+            Some(_) => {
+                refused.pop(k);
+                None
+            }
+            None => None,
+        }
     }
 
     async fn call_upstream(&self, token: &str) -> Result<Credentials, UpstreamError> {
@@ -199,17 +289,27 @@ impl Cache {
     }
 
     fn take_upstream_slot(&self) -> bool {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let refill = now.duration_since(b.last).as_secs_f64() * self.config.upstream_rate;
-        b.tokens = (b.tokens + refill).min(self.config.upstream_burst.max(1.0));
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let c = &self.config;
+        self.bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(c.upstream_rate, c.upstream_burst)
+    }
+
+    fn take_client_slot(&self, client: IpAddr) -> bool {
+        let c = &self.config;
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .get_or_insert_mut(client, || Bucket::full(c.client_burst))
+            .take(c.client_rate, c.client_burst)
+    }
+
+    fn take_refresh_slot(&self) -> bool {
+        let c = &self.config;
+        self.refresh_bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(c.refresh_rate, c.refresh_burst)
     }
 
     /// Refreshes the entries that are due, as many as the rate allows; returns how many it
@@ -235,7 +335,7 @@ impl Cache {
             {
                 continue;
             }
-            if !self.take_upstream_slot() {
+            if !self.take_refresh_slot() {
                 break;
             }
             // Not retried before the jittered wait, whatever this attempt does.
@@ -353,6 +453,8 @@ mod tests {
         )
     }
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn fast() -> CacheConfig {
         CacheConfig {
             min_remaining: Duration::from_millis(100),
@@ -365,27 +467,31 @@ mod tests {
     #[tokio::test]
     async fn never_hands_out_credentials_with_under_15_seconds_left() {
         let (cache, backend) = setup(10_000, CacheConfig::default());
-        assert_eq!(cache.get("t").await, Err(CacheError::ExpiringTooSoon(15)));
+        assert_eq!(cache.get("t", LOCAL).await, Err(CacheError::ExpiringTooSoon(15)));
         // And does not serve them from the cache either: the next request asks again.
-        assert!(cache.get("t").await.is_err());
+        assert!(cache.get("t", LOCAL).await.is_err());
         assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
         let (cache, _) = setup(60_000, CacheConfig::default());
-        assert_eq!(cache.get("t").await.unwrap().access_key_id, "AK1");
-        assert_eq!(cache.get("t").await.unwrap().access_key_id, "AK1", "cached");
+        assert_eq!(cache.get("t", LOCAL).await.unwrap().access_key_id, "AK1");
+        assert_eq!(
+            cache.get("t", LOCAL).await.unwrap().access_key_id,
+            "AK1",
+            "cached"
+        );
     }
 
     #[tokio::test]
     async fn refreshes_ahead_of_expiry_in_the_background() {
         // 1 s lifetime: refresh due after half of it.
         let (cache, backend) = setup(1_000, fast());
-        assert_eq!(cache.get("t").await.unwrap().access_key_id, "AK1");
+        assert_eq!(cache.get("t", LOCAL).await.unwrap().access_key_id, "AK1");
         assert_eq!(cache.refresh_due(), 0, "not due yet");
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(cache.refresh_due(), 1);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
         assert_eq!(
-            cache.get("t").await.unwrap().access_key_id,
+            cache.get("t", LOCAL).await.unwrap().access_key_id,
             "AK2",
             "the refreshed credentials are served"
         );
@@ -394,13 +500,13 @@ mod tests {
     #[tokio::test]
     async fn a_transient_refresh_failure_keeps_serving_and_retries_later() {
         let (cache, backend) = setup(1_000, fast());
-        cache.get("t").await.unwrap();
+        cache.get("t", LOCAL).await.unwrap();
         *backend.fail.lock().unwrap() = Some(UpstreamError::Unreachable("down".into()));
         tokio::time::sleep(Duration::from_millis(550)).await;
         assert_eq!(cache.refresh_due(), 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
-            cache.get("t").await.unwrap().access_key_id,
+            cache.get("t", LOCAL).await.unwrap().access_key_id,
             "AK1",
             "still-valid credentials keep serving"
         );
@@ -409,13 +515,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(420)).await;
         assert_eq!(cache.refresh_due(), 1, "retried after the wait");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(cache.get("t").await.unwrap().access_key_id, "AK3");
+        assert_eq!(cache.get("t", LOCAL).await.unwrap().access_key_id, "AK3");
     }
 
     #[tokio::test]
     async fn an_auth_failure_evicts() {
         let (cache, backend) = setup(1_000, fast());
-        cache.get("t").await.unwrap();
+        cache.get("t", LOCAL).await.unwrap();
         *backend.fail.lock().unwrap() = Some(UpstreamError::Refused {
             status: 403,
             message: "association deleted".into(),
@@ -424,7 +530,7 @@ mod tests {
         cache.refresh_due();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(cache.is_empty());
-        let e = cache.get("t").await.unwrap_err();
+        let e = cache.get("t", LOCAL).await.unwrap_err();
         assert_eq!(
             e,
             CacheError::Upstream(UpstreamError::Refused {
@@ -444,7 +550,7 @@ mod tests {
             },
         );
         for t in ["a", "b", "c", "d"] {
-            cache.get(t).await.unwrap();
+            cache.get(t, LOCAL).await.unwrap();
         }
         assert_eq!(cache.len(), 3);
         assert!(cache.fetched_at("a").is_none(), "least recently used went first");

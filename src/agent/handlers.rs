@@ -3,17 +3,20 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use serde::Serialize;
 
 use super::cache::{Cache, CacheError};
-use super::metrics::AgentMetrics;
-use super::token;
+use super::metrics::{AgentMetrics, Refusal};
+use super::token::{self, TokenError};
 use crate::http;
 use crate::profile::Provider;
+use crate::sampled::Sampled;
 
 /// What every request of the credential endpoint shares.
 pub(super) struct AgentState {
@@ -21,6 +24,8 @@ pub(super) struct AgentState {
     pub(super) allowed_hosts: Vec<String>,
     pub(super) cache: Arc<Cache>,
     pub(super) metrics: Arc<AgentMetrics>,
+    /// For the log lines any client can cause.
+    pub(super) log_budget: Sampled,
 }
 
 /// The agent's error body.
@@ -48,18 +53,26 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
     http::json(status, body)
 }
 
-async fn credentials(State(s): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
-    let resp = answer(&s, &headers).await;
+async fn credentials(
+    State(s): State<Arc<AgentState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let resp = answer(&s, peer, &headers).await;
     s.metrics.response(resp.status().as_u16());
     resp
 }
 
-async fn answer(s: &AgentState, headers: &HeaderMap) -> Response {
+/// Longer than any service-account token the API server issues (a few KiB).
+const MAX_TOKEN: usize = 16 * 1024;
+
+async fn answer(s: &AgentState, peer: SocketAddr, headers: &HeaderMap) -> Response {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     if !s.allowed_hosts.iter().any(|h| *h == host_name(host)) {
+        s.metrics.refused_locally(Refusal::Host);
         return error(
             StatusCode::FORBIDDEN,
             "ForbiddenHost",
@@ -69,26 +82,54 @@ async fn answer(s: &AgentState, headers: &HeaderMap) -> Response {
             ),
         );
     }
+    let refuse = |reason, status, message: String| {
+        s.metrics.refused_locally(reason);
+        tracing::debug!(client = %peer.ip(), ?reason, %message, "credential request refused");
+        error(status, "InvalidToken", message)
+    };
     let token = match token::from_header(headers.get(header::AUTHORIZATION).map(|h| h.as_bytes())) {
         Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidToken", e.to_string()),
+        Err(e) => return refuse(Refusal::Malformed, StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if token.len() > MAX_TOKEN {
+        let message = format!("the token is longer than {MAX_TOKEN} bytes: not a service account token");
+        return refuse(Refusal::TooLong, StatusCode::BAD_REQUEST, message);
+    }
     let claims = match token::claims(token, jiff::Timestamp::now().as_second()) {
         Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidToken", e.to_string()),
+        Err(e @ TokenError::Expired(_)) => {
+            return refuse(Refusal::Expired, StatusCode::BAD_REQUEST, e.to_string());
+        }
+        Err(e) => return refuse(Refusal::Malformed, StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match s.cache.get(token).await {
+    // A token for another audience (the pod's API server token, say) must not leave the node.
+    let audience = s.provider.profile().audience;
+    if !claims.audiences.iter().any(|a| a == audience) {
+        let message = format!(
+            "the token's audience {:?} does not include {audience}: send the token from the file the injected token-file variable names",
+            claims.audiences
+        );
+        return refuse(Refusal::Audience, StatusCode::UNAUTHORIZED, message);
+    }
+    match s.cache.get(token, peer.ip()).await {
         Ok(creds) => {
             tracing::debug!(
-                namespace = claims.namespace,
-                service_account = claims.service_account,
+                unverified_namespace = claims.namespace,
+                unverified_service_account = claims.service_account,
                 "credentials served"
             );
             http::json(StatusCode::OK, creds.to_body(s.provider))
         }
         Err(e) => {
             let (status, code) = match &e {
-                CacheError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "RateLimited"),
+                CacheError::RateLimited => {
+                    s.metrics.refused_locally(Refusal::Rate);
+                    (StatusCode::TOO_MANY_REQUESTS, "RateLimited")
+                }
+                CacheError::ClientRateLimited => {
+                    s.metrics.refused_locally(Refusal::ClientRate);
+                    (StatusCode::TOO_MANY_REQUESTS, "RateLimited")
+                }
                 CacheError::ExpiringTooSoon(_) => (StatusCode::BAD_GATEWAY, "ExpiringCredentials"),
                 CacheError::Upstream(u) => {
                     let status = StatusCode::from_u16(u.status()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -102,7 +143,18 @@ async fn answer(s: &AgentState, headers: &HeaderMap) -> Response {
                     )
                 }
             };
-            tracing::info!(namespace = claims.namespace, service_account = claims.service_account, status = status.as_u16(), error = %e, "no credentials");
+            // Any client can cause these at will: logged on a budget, claims marked unverified.
+            if let Some(held_back) = s.log_budget.admit() {
+                tracing::info!(
+                    client = %peer.ip(),
+                    unverified_namespace = claims.namespace,
+                    unverified_service_account = claims.service_account,
+                    status = status.as_u16(),
+                    error = %e,
+                    held_back,
+                    "no credentials"
+                );
+            }
             error(status, code, e.to_string())
         }
     }

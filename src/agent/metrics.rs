@@ -7,9 +7,53 @@ use std::time::Duration;
 use crate::http::ServeMetrics;
 use crate::metrics::{ByStatus, Histogram, InputMetrics, Text};
 
+/// Why a request was refused without asking the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The Host header is not one of the agent's addresses.
+    Host,
+    /// No token, or not a service-account JWT.
+    Malformed,
+    /// Longer than any service-account token.
+    TooLong,
+    Expired,
+    /// The token's audience lacks the profile's.
+    Audience,
+    /// Over the client's share of the upstream budget.
+    ClientRate,
+    /// Over the node's upstream budget.
+    Rate,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 7] = [
+        Refusal::Host,
+        Refusal::Malformed,
+        Refusal::TooLong,
+        Refusal::Expired,
+        Refusal::Audience,
+        Refusal::ClientRate,
+        Refusal::Rate,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Host => "host",
+            Refusal::Malformed => "malformed",
+            Refusal::TooLong => "too_long",
+            Refusal::Expired => "expired",
+            Refusal::Audience => "audience",
+            Refusal::ClientRate => "client_rate",
+            Refusal::Rate => "rate",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct AgentMetrics {
     hits: AtomicU64,
+    refusals_repeated: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
     misses: AtomicU64,
     upstream_ok: AtomicU64,
     upstream_err: AtomicU64,
@@ -26,6 +70,19 @@ pub struct AgentMetrics {
 impl AgentMetrics {
     pub(crate) fn cache_hit(&self) {
         self.hits.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn refusal_repeated(&self) {
+        self.refusals_repeated.fetch_add(1, Relaxed);
+    }
+
+    /// A request refused before any upstream call, by `reason`.
+    pub(crate) fn refused_locally(&self, reason: Refusal) {
+        self.refused[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.refused[reason as usize].load(Relaxed)
     }
 
     pub(crate) fn cache_miss(&self) {
@@ -60,6 +117,17 @@ impl AgentMetrics {
             "podidentity_agent_cache_hits_total",
             "Requests answered from the cache.",
             &[("", self.hits.load(Relaxed))],
+        );
+        let refused = Refusal::ALL.map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), self.refused(r)));
+        t.counter(
+            "podidentity_agent_refused_total",
+            "Requests refused without an upstream call, by reason.",
+            &refused,
+        );
+        t.counter(
+            "podidentity_agent_refusals_repeated_total",
+            "Requests answered with the upstream's recent refusal of the same token.",
+            &[("", self.refusals_repeated.load(Relaxed))],
         );
         t.counter(
             "podidentity_agent_cache_misses_total",

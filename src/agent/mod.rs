@@ -22,6 +22,7 @@ use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::{self, BindError, Limits, Listener, Shutdown};
 use crate::profile::Provider;
+use crate::sampled::Sampled;
 use backend::{Backend, CceBackend, LocalBackend};
 use cache::{Cache, CacheConfig};
 use metrics::AgentMetrics;
@@ -82,6 +83,11 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
         capacity: args.cache_size,
         upstream_rate: args.upstream_rate,
         upstream_burst: args.upstream_burst,
+        client_rate: args.client_rate,
+        client_burst: args.client_burst,
+        refresh_rate: args.refresh_rate,
+        refresh_burst: args.refresh_burst,
+        negative_ttl: seconds("negative-ttl", args.negative_ttl)?,
         refresh_before: seconds("refresh-before", args.refresh_before)?,
         ..CacheConfig::default()
     };
@@ -93,7 +99,7 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
             );
             let source = args.source.source(args.cluster_id.clone())?;
             let cluster = match source.needs_cluster() {
-                true => Some(cluster::client().await?),
+                true => Some(cluster::watch_client(cluster::config().await?)?),
                 false => None,
             };
             let (associations, writer) = store();
@@ -119,7 +125,7 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
             let project = need(args.project_id, "--project-id")?;
             let cluster = need(args.cluster_id, "--cluster-id")?;
             let backend = CceBackend::new(
-                args.auth.client()?,
+                args.auth.client(4.0)?,
                 &endpoint,
                 &project,
                 &cluster,
@@ -164,6 +170,7 @@ impl Agent {
             allowed_hosts: config.allowed_hosts,
             cache,
             metrics,
+            log_budget: Sampled::new(10, Duration::from_secs(1)),
         });
         Ok(Agent {
             listener,

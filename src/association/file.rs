@@ -21,7 +21,9 @@ pub enum FileError {
     Empty { path: PathBuf },
     #[error("{path} is not a regular file; point --associations at a file")]
     NotAFile { path: PathBuf },
-    #[error("{path} is larger than {limit_mib} MiB; split the set or store it as PodIdentityAssociation objects")]
+    #[error(
+        "{path} is larger than {limit_mib} MiB; split the set or store it as PodIdentityAssociation objects"
+    )]
     TooLarge { path: PathBuf, limit_mib: u64 },
     #[error("{path} is not a valid association file: {message}")]
     Parse { path: PathBuf, message: String },
@@ -275,7 +277,14 @@ mod tests {
         assert!(a.tags.is_empty() && a.created_at.is_none() && a.cluster_id.is_none());
         // parse() keeps the whole record.
         assert_eq!(parse(&p(), FIXTURE).unwrap()[0].tags.len(), 2);
-        for null in ["associations: null", "associations:\n", "~", "---\n", "null", "{\"associations\": null}"] {
+        for null in [
+            "associations: null",
+            "associations:\n",
+            "~",
+            "---\n",
+            "null",
+            "{\"associations\": null}",
+        ] {
             let err = parse(&p(), null).unwrap_err().to_string();
             assert!(err.contains("associations: []"), "{null:?}: {err}");
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::iam::{self, Iam};
@@ -73,7 +73,17 @@ async fn answer(s: &ExchangeState, project_id: &str, cluster_id: &str, body: &[u
     s.metrics.review();
     let review = match s.reviewer.review(token, CCE.audience).await {
         Ok(r) => r,
-        Err(e) => return fail(StatusCode::SERVICE_UNAVAILABLE, "CCE.01503001", e.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "TokenReview unavailable");
+            let mut resp = fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CCE.01503001",
+                "the token could not be verified now (the Kubernetes API server is unavailable); retry shortly",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
     };
     let status = review.status.unwrap_or_default();
     if status.authenticated != Some(true) {

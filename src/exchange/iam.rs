@@ -3,7 +3,7 @@
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use crate::cloud::auth::CloudAuth;
-use crate::cloud::client::{self, ClientError, endpoint_url};
+use crate::cloud::client::{ClientError, Upstream, endpoint_url};
 use crate::cloud::seed003::{self, AssumeRole, AssumeRoleRequest, SessionUser};
 use crate::cloud::{Credentials, UpstreamError};
 
@@ -15,7 +15,7 @@ pub enum Domain {
 }
 
 pub struct Iam {
-    client: reqwest::Client,
+    client: Upstream,
     url: reqwest::Url,
     auth: CloudAuth,
     domain: Domain,
@@ -25,7 +25,7 @@ pub struct Iam {
 
 impl Iam {
     pub fn new(
-        client: reqwest::Client,
+        client: Upstream,
         endpoint: &str,
         auth: CloudAuth,
         domain: Domain,
@@ -65,7 +65,10 @@ impl Iam {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(seed003::CONTENT_TYPE));
         self.auth.apply("POST", &self.url, &mut headers, &body)?;
-        let answer = client::post(&self.client, &self.url, headers, body, seed003::CREATED).await?;
+        let answer = self
+            .client
+            .post(&self.url, headers, body, seed003::CREATED)
+            .await?;
         Credentials::from_seed_003(&answer)
     }
 }

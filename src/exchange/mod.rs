@@ -20,7 +20,7 @@ use axum::routing::post;
 
 use crate::association::source;
 use crate::association::{Reader, store};
-use crate::cli::{ArgError, ExchangeArgs};
+use crate::cli::{ArgError, ExchangeArgs, seconds};
 use crate::cloud::seed000;
 use crate::cluster;
 use crate::error::StartError;
@@ -59,14 +59,15 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         (None, None) => return Err(ArgError("set --domain-id or --domain-name".into()).into()),
     };
     let iam = Iam::new(
-        args.auth.client()?,
+        args.auth.client(2.5)?,
         &args.iam_endpoint,
         args.auth.auth()?,
         domain,
         args.duration,
     )?;
     let source = args.source.source(Some(args.cluster_id.clone()))?;
-    let cluster = cluster::client().await?;
+    let kube_config = cluster::config().await?;
+    let cluster = cluster::watch_client(kube_config.clone())?;
     let metrics = Arc::new(ExchangeMetrics::default());
     let (associations, writer) = store();
     let _source = source::start(
@@ -83,7 +84,8 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         cert_dir: args.cert_dir,
         limits: args.limits.limits(default_limits())?,
     };
-    let reviewer = Arc::new(KubeReviewer(cluster));
+    let review_deadline = seconds("review-timeout", args.review_timeout)?;
+    let reviewer = Arc::new(KubeReviewer::new(kube_config, review_deadline)?);
     let exchange = Exchange::bind(config, reviewer, associations, iam, metrics).await?;
     exchange.run(http::termination()).await;
     Ok(())

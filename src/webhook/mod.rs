@@ -96,7 +96,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         "starting pod identity webhook"
     );
     let cluster = match config.source.needs_cluster() {
-        true => Some(cluster::client().await?),
+        true => Some(cluster::watch_client(cluster::config().await?)?),
         false => None,
     };
     Webhook::bind(config, cluster)

@@ -6,12 +6,12 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::Backend;
 use crate::cloud::auth::CloudAuth;
-use crate::cloud::client::{self, ClientError, endpoint_url};
+use crate::cloud::client::{ClientError, Upstream, endpoint_url};
 use crate::cloud::seed000::{self, AssumeAgencyRequest};
 use crate::cloud::{Credentials, UpstreamError};
 
 pub struct CceBackend {
-    client: reqwest::Client,
+    client: Upstream,
     url: reqwest::Url,
     project_id: String,
     auth: CloudAuth,
@@ -19,7 +19,7 @@ pub struct CceBackend {
 
 impl CceBackend {
     pub fn new(
-        client: reqwest::Client,
+        client: Upstream,
         endpoint: &str,
         project_id: &str,
         cluster_id: &str,
@@ -51,7 +51,8 @@ impl Backend for CceBackend {
                 headers.insert("x-project-id", project);
             }
             self.auth.apply("POST", &self.url, &mut headers, &body)?;
-            client::post(&self.client, &self.url, headers, body, 200)
+            self.client
+                .post(&self.url, headers, body, 200)
                 .await
                 .and_then(|b| Credentials::from_seed_000(&b))
         }

@@ -150,7 +150,7 @@ async fn exchange(api: &StandIn, iam_url: &str, auth: CloudAuth, cert_dir: Optio
         cert_dir: cert_dir.map(Path::to_path_buf),
         limits: Limits::default(),
     };
-    let reviewer = Arc::new(KubeReviewer(api.client().await));
+    let reviewer = Arc::new(KubeReviewer::new(api.config(), Duration::from_secs(1)).unwrap());
     let exchange = Exchange::bind(
         config,
         reviewer,

@@ -85,8 +85,12 @@ impl StandIn {
     }
 
     pub async fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
-        kube::Client::try_from(config).unwrap()
+        kube::Client::try_from(self.config()).unwrap()
+    }
+
+    /// A client configuration for this API server.
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(format!("http://{}", self.addr).parse().unwrap())
     }
 
     pub fn release_lists(&self) {
