@@ -49,13 +49,23 @@ impl Material {
 
 /// Generates a fresh CA and a serving certificate (serverAuth) for the given names.
 pub fn generate(dns: &[String], ips: &[IpAddr], days: u32) -> Result<Material, CertError> {
-    if dns.is_empty() && ips.is_empty() {
-        return Err(CertError::NoNames);
-    }
     let now = time::OffsetDateTime::now_utc();
     // Backdated an hour so a node whose clock lags slightly still accepts it.
     let not_before = now - time::Duration::hours(1);
     let not_after = now + time::Duration::days(i64::from(days.max(1)));
+    generate_valid(dns, ips, not_before, not_after)
+}
+
+/// The same, valid from `not_before` to `not_after` (both certificates).
+pub fn generate_valid(
+    dns: &[String],
+    ips: &[IpAddr],
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> Result<Material, CertError> {
+    if dns.is_empty() && ips.is_empty() {
+        return Err(CertError::NoNames);
+    }
 
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

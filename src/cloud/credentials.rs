@@ -181,6 +181,8 @@ impl UpstreamError {
     /// The status the agent answers with.
     pub(crate) fn status(&self) -> u16 {
         match self {
+            // A redirect is not followed, and not passed on: the caller could not use it.
+            UpstreamError::Refused { status, .. } if *status < 400 => 502,
             UpstreamError::Refused { status, .. } => *status,
             UpstreamError::Unreachable(_) | UpstreamError::Invalid(_) => 502,
             UpstreamError::Local(_) => 500,

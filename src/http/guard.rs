@@ -2,10 +2,12 @@
 //! deadline, the connection's activity for its idle deadline, and the peer's address for the
 //! handlers (`axum::extract::ConnectInfo`).
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -140,22 +142,32 @@ impl Drop for InFlight {
     }
 }
 
-/// The request bytes a listener may buffer at once.
+/// The request bytes a listener may buffer at once, and what one client address may hold of
+/// them: half, so that clients stalling their bodies from one address (a pod) cannot take
+/// what the API server's requests need.
 #[derive(Debug, Clone)]
 pub(super) struct Budget(Arc<BudgetInner>);
 
 #[derive(Debug)]
 struct BudgetInner {
     total: usize,
-    used: AtomicUsize,
+    /// Bytes held in all, and by each address holding any.
+    used: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
 /// Bytes held from the budget until dropped.
-struct Reserved(Budget, usize);
+struct Reserved(Budget, IpAddr, usize);
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        self.0.0.used.fetch_sub(self.1, Relaxed);
+        let mut used = self.0.0.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.0 -= self.2;
+        if let Entry::Occupied(mut e) = used.1.entry(self.1) {
+            *e.get_mut() -= self.2;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 }
 
@@ -163,20 +175,20 @@ impl Budget {
     pub(super) fn new(total: usize) -> Self {
         Budget(Arc::new(BudgetInner {
             total,
-            used: AtomicUsize::new(0),
+            used: Mutex::new((0, HashMap::new())),
         }))
     }
 
-    fn reserve(&self, n: usize) -> Option<Reserved> {
+    fn reserve(&self, client: IpAddr, n: usize) -> Option<Reserved> {
         let inner = &self.0;
-        let mut used = inner.used.load(Relaxed);
-        loop {
-            let next = used.checked_add(n).filter(|next| *next <= inner.total)?;
-            match inner.used.compare_exchange_weak(used, next, Relaxed, Relaxed) {
-                Ok(_) => return Some(Reserved(self.clone(), n)),
-                Err(now) => used = now,
-            }
+        let mut used = inner.used.lock().unwrap_or_else(|e| e.into_inner());
+        let by_client = used.1.get(&client).copied().unwrap_or(0);
+        if used.0 + n > inner.total || by_client + n > inner.total / 2 {
+            return None;
         }
+        used.0 += n;
+        *used.1.entry(client).or_default() += n;
+        Some(Reserved(self.clone(), client, n))
     }
 }
 
@@ -247,42 +259,26 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
                 "request body of {n} bytes exceeds the {} limit\n",
                 size(limits.max_body)
             );
-            let http1 = req.version() < axum::http::Version::HTTP_2;
-            return Box::pin(async move {
-                // An HTTP/1.1 client still writing its body would see the connection close
-                // instead of this answer: read and discard what it sends (never buffered),
-                // within the request deadline and up to a bound, then answer.
-                if http1 {
-                    let mut body = req.into_body();
-                    let mut left = 4 * limits.max_body as u64;
-                    let drain = async {
-                        while let Some(Ok(frame)) =
-                            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
-                        {
-                            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-                            left = left.saturating_sub(n);
-                            if left == 0 {
-                                break;
-                            }
-                        }
-                    };
-                    let _ = tokio::time::timeout(limits.request, drain).await;
-                }
-                drop(in_flight);
-                Ok(refuse(StatusCode::PAYLOAD_TOO_LARGE, message, None))
-            });
+            return refuse_unread(
+                req,
+                limits,
+                in_flight,
+                refuse(StatusCode::PAYLOAD_TOO_LARGE, message, None),
+            );
         }
         let charge = declared.map_or(limits.max_body, |n| n as usize);
-        let Some(reserved) = self.budget.reserve(charge) else {
+        let Some(reserved) = self.budget.reserve(self.peer.ip(), charge) else {
             self.metrics.over_budget.fetch_add(1, Relaxed);
             let message = format!(
                 "server busy: {} of request bodies are being received; retry shortly\n",
                 size(self.budget.0.total)
             );
-            return Box::pin(async move {
-                drop(in_flight);
-                Ok(refuse(StatusCode::SERVICE_UNAVAILABLE, message, Some(1)))
-            });
+            return refuse_unread(
+                req,
+                limits,
+                in_flight,
+                refuse(StatusCode::SERVICE_UNAVAILABLE, message, Some(1)),
+            );
         };
         req.extensions_mut().insert(ConnectInfo(self.peer));
         let router = self.router.clone();
@@ -310,6 +306,37 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
     }
 }
 
+/// Answers `resp` to a request whose body is not wanted. An HTTP/1.1 client still writing its
+/// body would see the connection close instead of the answer, so what it sends is read and
+/// discarded (never buffered) within the request deadline and up to a bound, then answered.
+fn refuse_unread(
+    req: Request<Incoming>,
+    limits: Limits,
+    in_flight: InFlight,
+    resp: Response,
+) -> BoxFuture<'static, Result<Response, Infallible>> {
+    let http1 = req.version() < axum::http::Version::HTTP_2;
+    Box::pin(async move {
+        if http1 {
+            let mut body = req.into_body();
+            let mut left = 4 * limits.max_body as u64;
+            let drain = async {
+                while let Some(Ok(frame)) =
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+                {
+                    left = left.saturating_sub(frame.data_ref().map_or(0, |d| d.len() as u64));
+                    if left == 0 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(limits.request, drain).await;
+        }
+        drop(in_flight);
+        Ok(resp)
+    })
+}
+
 /// `n` bytes for a message: `3 MiB`, `64 KiB`.
 fn size(n: usize) -> String {
     match n {
@@ -324,16 +351,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_budget_never_hands_out_more_than_it_has() {
-        let b = Budget::new(10);
-        let a = b.reserve(6).unwrap();
-        assert!(b.reserve(5).is_none());
-        let c = b.reserve(4).unwrap();
-        assert!(b.reserve(1).is_none());
+    fn the_budget_never_hands_out_more_than_it_has_nor_half_to_one_client() {
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        let b = Budget::new(20);
+        let a = b.reserve(ip(1), 6).unwrap();
+        assert!(b.reserve(ip(1), 5).is_none(), "over half for one client");
+        let c = b.reserve(ip(1), 4).unwrap();
+        let d = b.reserve(ip(2), 10).unwrap();
+        assert!(b.reserve(ip(3), 1).is_none(), "over the total");
         drop(a);
-        assert!(b.reserve(6).is_some());
-        drop(c);
-        assert!(b.reserve(11).is_none());
+        assert!(b.reserve(ip(3), 6).is_some());
+        drop((c, d));
+        assert!(b.reserve(ip(1), 11).is_none());
+        assert!(
+            b.0.used.lock().unwrap().1.is_empty(),
+            "released clients are forgotten"
+        );
     }
 
     #[test]

@@ -39,13 +39,13 @@ use wire::Admission;
 /// 1.5 MiB, and a review carries the object plus, for updates, the old one).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-/// The webhook's listener bounds: bodies up to [`MAX_BODY`], at most 32 MiB of them buffered at
-/// once (a few large pods, or thousands of typical 3–20 KB ones), under the Deployment's
-/// 128 MiB memory limit.
+/// The webhook's listener bounds: bodies up to [`MAX_BODY`], at most 24 MiB of them buffered at
+/// once (eight of the largest, or a thousand typical 3–20 KB pods), so that the process stays
+/// under 64 MiB whatever clients do (the Deployment's limit is 128 MiB).
 fn default_limits() -> Limits {
     Limits {
         max_body: MAX_BODY,
-        body_budget: 32 * 1024 * 1024,
+        body_budget: 24 * 1024 * 1024,
         ..Limits::default()
     }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod abuse;
 mod agent;
 mod bad_input;
 mod cli;

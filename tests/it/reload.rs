@@ -93,6 +93,31 @@ async fn certificate_rotates_through_a_data_symlink_swap_under_load() {
     })
     .await;
     assert_eq!(served_cert(&client(&cas, Http::H2), &url).await, der(&b.cert_pem));
+
+    // A pair outside its validity window (expired an hour ago) is refused the same way, and
+    // the notAfter gauge keeps naming the certificate still served.
+    let now = time::OffsetDateTime::now_utc();
+    let expired = certs::generate_valid(
+        &["localhost".into()],
+        &[],
+        now - time::Duration::days(30),
+        now - time::Duration::hours(1),
+    )
+    .unwrap();
+    let b_not_after = metrics.inputs.tls_not_after().unwrap();
+    project_secret(pre.path(), "v4", &expired);
+    wait_for("the refused expired pair", async || {
+        metrics.inputs.reloads(Source::Tls, false) == 2
+    })
+    .await;
+    assert_eq!(served_cert(&client(&cas, Http::H2), &url).await, der(&b.cert_pem));
+    assert_eq!(metrics.inputs.tls_not_after(), Some(b_not_after));
+    assert!(b_not_after > now.unix_timestamp());
+    assert!(
+        metrics
+            .render()
+            .contains(&format!("podidentity_tls_not_after_seconds {b_not_after}\n"))
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     stop.store(true, Ordering::Relaxed);
@@ -122,6 +147,10 @@ async fn a_bad_association_edit_keeps_the_last_good_set() {
         good.clone()
             + "- namespace: pi-demo\n  serviceAccount: default\n  agencyName: x\n  tags: [{key: _sys_bad}]\n",
         String::new(),
+        // Truncated or half-written files that still parse: a null where the list belongs.
+        "associations:\n".to_owned(),
+        "associations: null\n".to_owned(),
+        "~\n".to_owned(),
     ];
     for (i, edit) in broken_edits.iter().enumerate() {
         std::fs::write(&path, edit).unwrap();
@@ -140,6 +169,20 @@ async fn a_bad_association_edit_keeps_the_last_good_set() {
         );
     }
     assert_eq!(m.inputs.reloads(Source::Associations, true), 0);
+
+    // A FIFO in the file's place is refused without blocking the reloader (it would wait for
+    // a writer for ever), and later edits still load.
+    let fifo = path.with_extension("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    std::fs::rename(&fifo, &path).unwrap();
+    let refused = broken_edits.len() as u64 + 1;
+    wait_for("the refused FIFO", async || {
+        m.inputs.reloads(Source::Associations, false) == refused
+    })
+    .await;
+    assert!(server.review(&c, fixture("01-")).await.get("patch").is_some());
+    std::fs::remove_file(&path).unwrap();
 
     // A good edit (through rename, as editors and ConfigMap updates do) takes effect.
     let tmp = path.with_extension("tmp");

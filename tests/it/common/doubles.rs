@@ -141,6 +141,10 @@ pub async fn iam() -> Double {
     Double::start(Router::new().route("/v3.0/OS-CREDENTIAL/securitytokens", post(handler))).await
 }
 
+/// The signature part of the tokens the tests mint as genuine (`common::unsigned`); the CCE
+/// double refuses any other, as the real API refuses a forged token.
+const GENUINE: &str = "c2lnbmF0dXJl";
+
 /// CCE: `POST /api/v3/projects/{p}/clusters/{c}/assume-agency-for-pod-identity` → seed 000.
 pub async fn cce() -> Double {
     async fn handler(
@@ -153,6 +157,14 @@ pub async fn cce() -> Double {
             Ok(n) => n,
             Err(r) => return r,
         };
+        let token = serde_json::from_slice::<Value>(&body).unwrap_or_default()["token"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if !token.ends_with(&format!(".{GENUINE}")) {
+            let body = json!({"error_code": "CCE.01401001", "error_msg": "invalid service account token"});
+            return (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
+        }
         let body = json!({
             "assumedAgency": {"urn": "sts::acct::assumed-agency:demo-agency/cce-c-p-1", "id": "agencyid:cce-c-p-1"},
             "audience": "service.cce.pods",

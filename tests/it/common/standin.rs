@@ -18,6 +18,18 @@ use tokio::sync::{mpsc, watch};
 
 const PATH: &str = "/apis/podidentity.io/v1alpha1/podidentityassociations";
 
+/// How the stand-in answers TokenReviews.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum ReviewAnswer {
+    /// As the API server does.
+    #[default]
+    Normal,
+    /// Never: the request is held open.
+    Hang,
+    /// This error status, with a `Status` body, as an overloaded API server answers.
+    Status(u16),
+}
+
 #[derive(Default)]
 struct Inner {
     objects: BTreeMap<String, Value>,
@@ -29,6 +41,7 @@ struct Inner {
     down: bool,
     lists: u64,
     reviews: u64,
+    review_answer: ReviewAnswer,
     /// Open connections, cut when the stand-in goes down.
     conns: Vec<tokio::task::AbortHandle>,
 }
@@ -147,6 +160,10 @@ impl StandIn {
     }
 
     /// While down, open connections are cut and new ones dropped on arrival.
+    pub fn set_review_answer(&self, answer: ReviewAnswer) {
+        self.inner.lock().unwrap().review_answer = answer;
+    }
+
     pub fn set_down(&self, down: bool) {
         let mut g = self.inner.lock().unwrap();
         g.down = down;
@@ -279,7 +296,25 @@ impl Claims {
 /// TokenReview as the API server answers it for projected service-account tokens (the
 /// stand-in trusts the claims; a real API server verifies the signature too).
 async fn token_review(State(s): State<StandIn>, body: Bytes) -> Response {
-    s.inner.lock().unwrap().reviews += 1;
+    let answer = {
+        let mut g = s.inner.lock().unwrap();
+        g.reviews += 1;
+        g.review_answer
+    };
+    match answer {
+        ReviewAnswer::Normal => {}
+        ReviewAnswer::Hang => std::future::pending::<()>().await,
+        ReviewAnswer::Status(code) => {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "the server is currently unable to handle the request", "reason": "ServiceUnavailable", "code": code});
+            return (
+                StatusCode::from_u16(code).unwrap(),
+                [("content-type", "application/json")],
+                status.to_string(),
+            )
+                .into_response();
+        }
+    }
     let review: Value = serde_json::from_slice(&body).unwrap_or_default();
     let token = review["spec"]["token"].as_str().unwrap_or("");
     let wanted: Vec<String> = serde_json::from_value(review["spec"]["audiences"].clone()).unwrap_or_default();
