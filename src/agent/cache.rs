@@ -11,9 +11,10 @@ use futures::future::{BoxFuture, Shared};
 
 use super::backend::Backend;
 use super::metrics::AgentMetrics;
+use crate::budget::{TokenBucket, TokenHash};
 use crate::cloud::{Credentials, UpstreamError};
 
-type Key = [u8; 32];
+type Key = TokenHash;
 
 /// Cache policy.
 #[derive(Debug, Clone)]
@@ -66,12 +67,6 @@ struct Entry {
 
 type Flight = Shared<BoxFuture<'static, Result<Credentials, UpstreamError>>>;
 
-/// A token bucket.
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
 /// Shared by every request of the agent.
 pub struct Cache {
     config: CacheConfig,
@@ -79,14 +74,7 @@ pub struct Cache {
     metrics: Arc<AgentMetrics>,
     entries: Mutex<lru::LruCache<Key, Entry>>,
     inflight: Mutex<HashMap<Key, Flight>>,
-    bucket: Mutex<Bucket>,
-}
-
-fn key(token: &str) -> Key {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let mut k = [0u8; 32];
-    k.copy_from_slice(d.as_ref());
-    k
+    upstream_budget: TokenBucket,
 }
 
 impl Cache {
@@ -96,24 +84,21 @@ impl Cache {
         metrics: Arc<AgentMetrics>,
     ) -> Arc<Self> {
         let capacity = NonZeroUsize::new(config.capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        let bucket = Bucket {
-            tokens: config.upstream_burst.max(1.0),
-            last: Instant::now(),
-        };
+        let upstream_budget = TokenBucket::new(config.upstream_rate, config.upstream_burst);
         Arc::new(Cache {
             config,
             backend,
             metrics,
             entries: Mutex::new(lru::LruCache::new(capacity)),
             inflight: Mutex::new(HashMap::new()),
-            bucket: Mutex::new(bucket),
+            upstream_budget,
         })
     }
 
     /// Credentials for `token`: cached if they have enough life left, else from upstream
     /// (shared with every concurrent request for the same token).
     pub(crate) async fn get(self: &Arc<Self>, token: &str) -> Result<Credentials, CacheError> {
-        let k = key(token);
+        let k = TokenHash::of(token);
         let now = jiff::Timestamp::now();
         let min = self.config.min_remaining.as_secs_f64();
         {
@@ -199,17 +184,7 @@ impl Cache {
     }
 
     fn take_upstream_slot(&self) -> bool {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let refill = now.duration_since(b.last).as_secs_f64() * self.config.upstream_rate;
-        b.tokens = (b.tokens + refill).min(self.config.upstream_burst.max(1.0));
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.upstream_budget.take().is_ok()
     }
 
     /// Refreshes the entries that are due, as many as the rate allows; returns how many it
@@ -303,7 +278,7 @@ impl Cache {
         self.entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .peek(&key(token))
+            .peek(&TokenHash::of(token))
             .map(|e| e.fetched)
     }
 }

@@ -1,12 +1,17 @@
-//! The cluster-side server (`exchange`): seed 000 (assume-agency-for-pod-identity) served by
-//! the cluster, for clusters where no cloud provides it. It verifies the pod's token with the
-//! Kubernetes TokenReview API, finds the association (the same index as the other programs),
-//! obtains temporary credentials for its agency from IAM (seed 003) and answers exactly seed
-//! 000's response. This module is its composition root; the handler is in [`assume`].
+//! The cluster-side server (`exchange`): the CCE assume-agency-for-pod-identity API served by
+//! the cluster, for clusters where no cloud provides it. Only the node agents may call it: their
+//! own token (`X-Auth-Token`) is reviewed first. It verifies the pod's token with the Kubernetes
+//! TokenReview API, redeems it only for the agent on the pod's node, finds the association (the
+//! same index as the other programs), obtains temporary credentials for its agency from IAM
+//! (temporary credentials through an agency) within a per-service-account budget, and answers
+//! exactly the API's response. This module is its composition root; the handler is in
+//! [`assume`].
 
 mod assume;
 pub mod iam;
 pub mod metrics;
+mod recent;
+mod refusal;
 pub mod review;
 
 use std::future::Future;
@@ -20,7 +25,8 @@ use axum::routing::post;
 
 use crate::association::source;
 use crate::association::{Reader, store};
-use crate::cli::{ArgError, ExchangeArgs};
+use crate::budget::KeyedBuckets;
+use crate::cli::{ArgError, ExchangeArgs, seconds};
 use crate::cloud::seed000;
 use crate::cluster;
 use crate::error::StartError;
@@ -29,6 +35,8 @@ use crate::http::tls::ReloadingCert;
 use crate::http::{self, Limits, Listener};
 use iam::{Domain, Iam};
 use metrics::ExchangeMetrics;
+use recent::Recent;
+use refusal::SampledLog;
 use review::{KubeReviewer, TokenReviewer};
 
 pub struct ExchangeConfig {
@@ -39,7 +47,44 @@ pub struct ExchangeConfig {
     /// without it.
     pub cert_dir: Option<PathBuf>,
     pub limits: Limits,
+    /// The audience the callers' `X-Auth-Token` is reviewed for.
+    pub caller_audience: String,
+    /// The only username allowed to call (the agents' service account).
+    pub agent: String,
+    /// IAM calls per second for one pod service account, and the burst it may save up.
+    pub rate_per_service_account: f64,
+    pub burst_per_service_account: f64,
+    /// How long a reviewed caller and an issued answer are remembered (zero: not at all).
+    pub cache_ttl: Duration,
 }
+
+/// The audience of the agents' tokens (the DaemonSet's projected token) by default.
+pub const CALLER_AUDIENCE: &str = "pod-identity-exchange";
+/// The agents' service account by default (`manifests/agent`).
+pub const AGENT: &str = "system:serviceaccount:pod-identity-agent:pod-identity-agent";
+
+impl ExchangeConfig {
+    /// The defaults of the `exchange` command for the rest.
+    pub fn new(listen: SocketAddr, project_id: &str, cluster_id: &str) -> Self {
+        ExchangeConfig {
+            listen,
+            project_id: project_id.to_owned(),
+            cluster_id: cluster_id.to_owned(),
+            cert_dir: None,
+            limits: Limits::default(),
+            caller_audience: CALLER_AUDIENCE.to_owned(),
+            agent: AGENT.to_owned(),
+            rate_per_service_account: 5.0,
+            burst_per_service_account: 50.0,
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Tokens remembered at most, per cache.
+const RECENT_CAPACITY: usize = 10_000;
+/// Refusals logged per minute; the rest are counted (and the count logged).
+const REFUSALS_LOGGED_PER_MINUTE: u32 = 20;
 
 /// `exchange`: TokenReview through the cluster's API server, associations from the flags'
 /// source, IAM with the operator's credentials; serves until SIGTERM or SIGINT.
@@ -68,11 +113,13 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         Duration::from_secs(2),
     )?;
     let config = ExchangeConfig {
-        listen: args.listen,
-        project_id: args.project_id,
-        cluster_id: args.cluster_id,
         cert_dir: args.cert_dir,
-        limits: Limits::default(),
+        caller_audience: args.caller_audience,
+        agent: args.agent_service_account,
+        rate_per_service_account: args.rate_per_service_account,
+        burst_per_service_account: args.burst_per_service_account,
+        cache_ttl: seconds("cache-ttl", args.cache_ttl)?,
+        ..ExchangeConfig::new(args.listen, &args.project_id, &args.cluster_id)
     };
     let reviewer = Arc::new(KubeReviewer(cluster));
     let exchange = Exchange::bind(config, reviewer, associations, iam, metrics).await?;
@@ -110,10 +157,16 @@ impl Exchange {
         let state = Arc::new(assume::ExchangeState {
             project_id: config.project_id,
             cluster_id: config.cluster_id,
+            caller_audience: config.caller_audience,
+            agent: config.agent,
             reviewer,
             associations,
             iam,
             metrics,
+            budgets: KeyedBuckets::new(config.rate_per_service_account, config.burst_per_service_account),
+            callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
+            issued: Recent::new(config.cache_ttl, RECENT_CAPACITY),
+            refusals: SampledLog::new(Duration::from_secs(60), REFUSALS_LOGGED_PER_MINUTE),
         });
         Ok(Exchange {
             listener,

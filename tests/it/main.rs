@@ -7,6 +7,7 @@ mod common;
 mod agent;
 mod bad_input;
 mod cli;
+mod exchange;
 mod kubernetes;
 mod manifests;
 mod operations;
