@@ -6,6 +6,10 @@ COPY . .
 RUN cargo build --release --locked --bin pod-identity-webhook
 
 FROM debian:bookworm-slim
+# `ip`, for the agent's one-shot set-up step (manifests/agent: the link-local address).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iproute2 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/pod-identity-webhook /usr/local/bin/pod-identity-webhook
 # The same non-root uid the manifests run as; the root filesystem can be read-only.
 USER 65532:65532

@@ -11,6 +11,7 @@ mod exchange;
 mod kubernetes;
 mod manifests;
 mod operations;
+mod pod_security;
 mod proptest;
 mod reload;
 mod sdk;
