@@ -39,17 +39,16 @@ pub(super) struct ExchangeState {
     pub(super) metrics: Arc<ExchangeMetrics>,
     /// IAM calls per pod service account.
     pub(super) budgets: KeyedBuckets<(String, String)>,
-    /// Accepted callers' tokens, and who they are.
-    pub(super) callers: Recent<Caller>,
+    /// Callers' tokens and what their review said (refusals too, so a replayed bad token
+    /// costs one review per TTL).
+    pub(super) callers: Recent<Result<Holder, String>>,
     /// Answers issued for pod tokens.
     pub(super) issued: Recent<Issued>,
     pub(super) refusals: SampledLog,
 }
 
 /// An accepted caller: the agent on `node`.
-#[derive(Debug, Clone)]
-pub(super) struct Caller {
-    username: String,
+struct Caller {
     node: String,
 }
 
@@ -266,19 +265,25 @@ async fn authenticate(s: &ExchangeState, seen: &mut Seen, headers: &HeaderMap) -
         })?;
     let hash = TokenHash::of(token);
     seen.caller_token = Some(hash);
-    if let Some(caller) = s.callers.get(&hash) {
-        s.metrics.cache_hit(Token::Caller);
-        seen.caller = Some(caller.username.clone());
-        seen.caller_node = Some(caller.node.clone());
-        return Ok(caller);
-    }
-    s.metrics.review(Token::Caller);
-    let review = s
-        .reviewer
-        .review(token, &s.caller_audience)
-        .await
-        .map_err(unavailable)?;
-    let holder: Holder = review::holder(review, &s.caller_audience).map_err(|why| {
+    let reviewed = match s.callers.get(&hash) {
+        Some(reviewed) => {
+            s.metrics.cache_hit(Token::Caller);
+            reviewed
+        }
+        None => {
+            s.metrics.review(Token::Caller);
+            // A failure to ask is not remembered: only what the API server said.
+            let review = s
+                .reviewer
+                .review(token, &s.caller_audience)
+                .await
+                .map_err(unavailable)?;
+            let reviewed = review::holder(review, &s.caller_audience);
+            s.callers.put(hash, reviewed.clone());
+            reviewed
+        }
+    };
+    let holder = reviewed.map_err(|why| {
         Refusal::new(
             StatusCode::UNAUTHORIZED,
             "CCE.01401011",
@@ -304,12 +309,7 @@ async fn authenticate(s: &ExchangeState, seen: &mut Seen, headers: &HeaderMap) -
         ));
     }
     let node = holder.node.ok_or_else(|| no_node_binding("the agent's token"))?;
-    let caller = Caller {
-        username: holder.username,
-        node,
-    };
-    s.callers.put(hash, caller.clone());
-    Ok(caller)
+    Ok(Caller { node })
 }
 
 /// The body's `token`.

@@ -188,6 +188,7 @@ async fn callers_that_are_not_the_agent_and_pod_tokens_of_another_node_are_refus
     let intruder = pod_token("pi-demo", "app", "app-1", CALLER_AUD);
     let (status, body) = redeem(&exchange, &intruder, &pod).await;
     assert_eq!(status, 403, "{body}");
+    assert_eq!(api.reviews_for(CALLER_AUD), 1);
     assert!(
         body["error_msg"]
             .as_str()
@@ -281,6 +282,29 @@ async fn callers_that_are_not_the_agent_and_pod_tokens_of_another_node_are_refus
         3,
         "the pod tokens of the last three requests"
     );
+
+    // A pod calling the exchange directly with its own token, 300 times: every call refused,
+    // its token reviewed once, IAM never asked, and the log keeps to 20 refusals a minute.
+    let reviews = api.reviews_for(CALLER_AUD);
+    for _ in 0..300 {
+        let (status, body) = redeem(&exchange, &pod, &pod).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    assert_eq!(
+        api.reviews_for(CALLER_AUD),
+        reviews,
+        "remembered from the first refusal"
+    );
+    assert_eq!(iam.calls().len(), 1, "only the agent's request reached IAM");
+    assert_eq!(
+        metric(
+            &exchange,
+            "podidentity_exchange_refusals_total{reason=\"caller_invalid\"}"
+        )
+        .await,
+        301
+    );
+    assert_eq!(logs.lines_with(&["exchange refused"]).len(), 20);
 
     // No token reached the log, only their hashes.
     let text = logs.text();
