@@ -13,6 +13,7 @@ mod manifests;
 mod operations;
 mod pod_security;
 mod proptest;
+mod readme;
 mod reload;
 mod sdk;
 mod secrets;
