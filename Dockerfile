@@ -1,4 +1,5 @@
-# Multi-stage build of the one binary; the runtime image holds nothing else.
+# Multi-stage build of the one binary; the runtime image holds it and `ip` (for the agent's
+# set-up step), nothing else of ours.
 #   docker build -t pod-identity-webhook:0.1.0 .
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

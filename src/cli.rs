@@ -270,14 +270,14 @@ pub struct ExchangeArgs {
     #[arg(long, env = "POD_IDENTITY_AGENT_SERVICE_ACCOUNT", default_value = crate::exchange::AGENT)]
     pub(crate) agent_service_account: String,
     /// IAM calls per second for one pod service account; beyond it (and the burst), 429.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = crate::exchange::RATE_PER_SERVICE_ACCOUNT)]
     pub(crate) rate_per_service_account: f64,
     /// IAM calls one pod service account may make in a burst.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = crate::exchange::BURST_PER_SERVICE_ACCOUNT)]
     pub(crate) burst_per_service_account: f64,
-    /// Seconds a reviewed caller and the credentials issued for a pod token are remembered
-    /// (keyed by the token's SHA-256); 0 remembers nothing.
-    #[arg(long, default_value_t = 60.0)]
+    /// Seconds a caller token's review and the credentials issued for a pod token are
+    /// remembered (keyed by the token's SHA-256), at most 300; 0 remembers nothing.
+    #[arg(long, default_value_t = crate::exchange::CACHE_TTL)]
     pub(crate) cache_ttl: f64,
     #[command(flatten)]
     pub(crate) source: SourceArgs,

@@ -120,17 +120,19 @@ async fn answer(
     let hash = TokenHash::of(&token);
     seen.pod_token = Some(hash);
     if let Some(issued) = s.issued.get(&hash) {
-        // Given again only to an agent on the same node, while the association stands.
+        // Given again only while the association stands, and only to an agent on the same
+        // node: another node's agent goes on to be refused below, without evicting the entry.
         let current = s
             .associations
             .load()
             .get(&issued.namespace, &issued.service_account)
             .map(|a| a.uid.clone());
-        if issued.node == caller.node && current.as_deref() == Some(issued.association_uid.as_str()) {
+        if current.as_deref() != Some(issued.association_uid.as_str()) {
+            s.issued.forget(&hash);
+        } else if issued.node == caller.node {
             s.metrics.cache_hit(Token::Pod);
             return Ok(issued.body);
         }
-        s.issued.forget(&hash);
     }
     s.metrics.review(Token::Pod);
     let review = s

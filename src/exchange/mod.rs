@@ -62,6 +62,12 @@ pub struct ExchangeConfig {
 pub const CALLER_AUDIENCE: &str = "pod-identity-exchange";
 /// The agents' service account by default (`manifests/agent`).
 pub const AGENT: &str = "system:serviceaccount:pod-identity-agent:pod-identity-agent";
+/// IAM calls per second and burst per pod service account by default: far above what pods
+/// starting and refreshing need, far below what IAM's account-wide throttling tolerates.
+pub const RATE_PER_SERVICE_ACCOUNT: f64 = 5.0;
+pub const BURST_PER_SERVICE_ACCOUNT: f64 = 50.0;
+/// Seconds a review or an answer is remembered by default.
+pub const CACHE_TTL: f64 = 60.0;
 
 impl ExchangeConfig {
     /// The defaults of the `exchange` command for the rest.
@@ -74,12 +80,28 @@ impl ExchangeConfig {
             limits: Limits::default(),
             caller_audience: CALLER_AUDIENCE.to_owned(),
             agent: AGENT.to_owned(),
-            rate_per_service_account: 5.0,
-            burst_per_service_account: 50.0,
-            cache_ttl: Duration::from_secs(60),
+            rate_per_service_account: RATE_PER_SERVICE_ACCOUNT,
+            burst_per_service_account: BURST_PER_SERVICE_ACCOUNT,
+            cache_ttl: Duration::from_secs_f64(CACHE_TTL),
         }
     }
 }
+
+/// `--cache-ttl` as a duration: at most [`MAX_CACHE_TTL`], so an answer given again from the
+/// cache still leaves the agent its margin to refresh before the credentials expire (they
+/// live at least 900 s).
+fn cache_ttl(s: f64) -> Result<Duration, ArgError> {
+    let ttl = seconds("cache-ttl", s)?;
+    if ttl > MAX_CACHE_TTL {
+        return Err(ArgError(format!(
+            "--cache-ttl must be at most {} s, got {s}",
+            MAX_CACHE_TTL.as_secs()
+        )));
+    }
+    Ok(ttl)
+}
+
+const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
 
 /// Tokens remembered at most, per cache.
 const RECENT_CAPACITY: usize = 10_000;
@@ -89,6 +111,7 @@ const REFUSALS_LOGGED_PER_MINUTE: u32 = 20;
 /// `exchange`: TokenReview through the cluster's API server, associations from the flags'
 /// source, IAM with the operator's credentials; serves until SIGTERM or SIGINT.
 pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
+    let cache_ttl = cache_ttl(args.cache_ttl)?;
     let domain = match (args.domain_id, args.domain_name) {
         (Some(id), _) => Domain::Id(id),
         (None, Some(name)) => Domain::Name(name),
@@ -118,7 +141,7 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         agent: args.agent_service_account,
         rate_per_service_account: args.rate_per_service_account,
         burst_per_service_account: args.burst_per_service_account,
-        cache_ttl: seconds("cache-ttl", args.cache_ttl)?,
+        cache_ttl,
         ..ExchangeConfig::new(args.listen, &args.project_id, &args.cluster_id)
     };
     let reviewer = Arc::new(KubeReviewer(cluster));
@@ -193,5 +216,19 @@ impl Exchange {
             readiness.start_draining()
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_ttl_leaves_the_agent_its_refresh_margin() {
+        assert_eq!(cache_ttl(0.0).unwrap(), Duration::ZERO);
+        assert_eq!(cache_ttl(300.0).unwrap(), MAX_CACHE_TTL);
+        let e = cache_ttl(301.0).unwrap_err().to_string();
+        assert!(e.contains("--cache-ttl must be at most 300 s"), "{e}");
+        assert!(cache_ttl(-1.0).is_err());
     }
 }

@@ -402,7 +402,7 @@ async fn a_service_accounts_budget_bounds_its_iam_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_pod_token_is_answered_from_the_cache_on_its_node_only() {
-    let (api, iam, exchange, _dir) = setup(|c| c.cache_ttl = Duration::from_millis(500)).await;
+    let (api, iam, exchange, _dir) = setup(|c| c.cache_ttl = Duration::from_secs(3)).await;
     let agent = agent_token(NODE);
     let pod = pod_token("pi-demo", "app", "app-1", AUD);
     let mut keys = Vec::new();
@@ -418,12 +418,18 @@ async fn a_repeated_pod_token_is_answered_from_the_cache_on_its_node_only() {
         metric(&exchange, "podidentity_exchange_cache_hits_total{token=\"pod\"}").await,
         2
     );
-    // Another node's agent presenting the same (stolen) token gets no cached answer.
+    // Another node's agent presenting the same (stolen) token gets no cached answer, and
+    // cannot evict it either.
     let (status, body) = redeem(&exchange, &agent_token("node-b"), &pod).await;
     assert_eq!(status, 403, "{body}");
+    assert_eq!(redeem(&exchange, &agent, &pod).await.0, 200);
     assert_eq!(iam.calls().len(), 1);
+    assert_eq!(
+        metric(&exchange, "podidentity_exchange_cache_hits_total{token=\"pod\"}").await,
+        3
+    );
     // After the TTL the token is verified and redeemed again.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let (status, _) = redeem(&exchange, &agent, &pod).await;
     assert_eq!(status, 200);
     assert_eq!(iam.calls().len(), 2);
