@@ -1,4 +1,5 @@
-# Multi-stage build of the one binary; the runtime image holds nothing else.
+# Multi-stage build of the one binary; the runtime image holds it and `ip` (for the agent's
+# set-up step), nothing else of ours.
 #   docker build -t pod-identity-webhook:0.1.0 .
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -6,6 +7,10 @@ COPY . .
 RUN cargo build --release --locked --bin pod-identity-webhook
 
 FROM debian:bookworm-slim
+# `ip`, for the agent's one-shot set-up step (manifests/agent: the link-local address).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iproute2 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/pod-identity-webhook /usr/local/bin/pod-identity-webhook
 # The same non-root uid the manifests run as; the root filesystem can be read-only.
 USER 65532:65532

@@ -115,14 +115,26 @@ impl SourceArgs {
     }
 }
 
-/// Authentication to the cloud APIs: a token file, or AK/SK from the environment.
+/// Authentication to the cloud APIs: a token file, an access key from files, or (for
+/// development) from the environment.
 #[derive(clap::Args)]
 pub struct CloudAuthArgs {
-    /// File holding an IAM token sent as X-Auth-Token (re-read when it changes). Without it,
-    /// requests are signed with HUAWEICLOUD_SDK_AK / HUAWEICLOUD_SDK_SK (and
-    /// HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary keys) from the environment.
-    #[arg(long, env = "POD_IDENTITY_AUTH_TOKEN_FILE")]
+    /// File holding a token sent as X-Auth-Token (re-read when it changes). Without it,
+    /// requests are signed with the access key from --access-key-file/--secret-key-file, else
+    /// from HUAWEICLOUD_SDK_AK / HUAWEICLOUD_SDK_SK (and HUAWEICLOUD_SDK_SECURITY_TOKEN for
+    /// temporary keys) in the environment.
+    #[arg(
+        long,
+        env = "POD_IDENTITY_AUTH_TOKEN_FILE",
+        conflicts_with = "access_key_file"
+    )]
     pub(crate) auth_token_file: Option<PathBuf>,
+    /// File holding the access key id (AK), e.g. a mounted Secret; re-read when it changes.
+    #[arg(long, env = "POD_IDENTITY_ACCESS_KEY_FILE", requires = "secret_key_file")]
+    pub(crate) access_key_file: Option<PathBuf>,
+    /// File holding the secret access key (SK); re-read when it changes.
+    #[arg(long, env = "POD_IDENTITY_SECRET_KEY_FILE", requires = "access_key_file")]
+    pub(crate) secret_key_file: Option<PathBuf>,
     /// Extra CA bundle (PEM) to trust for upstream HTTPS, besides the public roots.
     #[arg(long, env = "POD_IDENTITY_CA_FILE")]
     pub(crate) ca_file: Option<PathBuf>,
@@ -133,15 +145,24 @@ pub struct CloudAuthArgs {
 }
 
 impl CloudAuthArgs {
-    /// The token file, else the access key from the environment.
+    /// The token file, else the key files, else the access key from the environment.
     pub(crate) fn auth(&self) -> Result<CloudAuth, ArgError> {
-        match (&self.auth_token_file, AccessKey::from_env()) {
-            (Some(path), _) => Ok(CloudAuth::TokenFile(TokenFile::new(path.clone()))),
-            (None, Some(key)) => Ok(CloudAuth::AkSk(key)),
-            (None, None) => Err(ArgError(
-                "set --auth-token-file, or HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK".into(),
-            )),
+        if let Some(path) = &self.auth_token_file {
+            return Ok(CloudAuth::TokenFile(TokenFile::new(path.clone())));
         }
+        if let (Some(ak), Some(sk)) = (&self.access_key_file, &self.secret_key_file) {
+            return Ok(CloudAuth::AkSkFiles {
+                ak: TokenFile::holding(ak.clone(), "access key file"),
+                sk: TokenFile::holding(sk.clone(), "secret key file"),
+            });
+        }
+        AccessKey::from_env().map(CloudAuth::AkSk).ok_or_else(|| {
+            ArgError(
+                "set --auth-token-file, or --access-key-file and --secret-key-file, or (for \
+                 development) HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK"
+                    .into(),
+            )
+        })
     }
 
     /// The upstream client; `default_timeout` seconds per call unless the flag says otherwise.
@@ -272,6 +293,22 @@ pub struct ExchangeArgs {
     /// Lifetime of the issued credentials in seconds (900 to 86400).
     #[arg(long, default_value_t = 3600)]
     pub(crate) duration: u32,
+    /// The audience the callers' X-Auth-Token is reviewed for (the agents' projected token).
+    #[arg(long, env = "POD_IDENTITY_CALLER_AUDIENCE", default_value = crate::exchange::CALLER_AUDIENCE)]
+    pub(crate) caller_audience: String,
+    /// The only identity allowed to call: the agents' service account.
+    #[arg(long, env = "POD_IDENTITY_AGENT_SERVICE_ACCOUNT", default_value = crate::exchange::AGENT)]
+    pub(crate) agent_service_account: String,
+    /// IAM calls per second for one pod service account; beyond it (and the burst), 429.
+    #[arg(long, default_value_t = crate::exchange::RATE_PER_SERVICE_ACCOUNT)]
+    pub(crate) rate_per_service_account: f64,
+    /// IAM calls one pod service account may make in a burst.
+    #[arg(long, default_value_t = crate::exchange::BURST_PER_SERVICE_ACCOUNT)]
+    pub(crate) burst_per_service_account: f64,
+    /// Seconds a caller token's review and the credentials issued for a pod token are
+    /// remembered (keyed by the token's SHA-256), at most 300; 0 remembers nothing.
+    #[arg(long, default_value_t = crate::exchange::CACHE_TTL)]
+    pub(crate) cache_ttl: f64,
     #[command(flatten)]
     pub(crate) source: SourceArgs,
     #[command(flatten)]

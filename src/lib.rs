@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub(crate) mod association;
+pub(crate) mod budget;
 pub mod certs;
 pub mod cli;
 pub(crate) mod cloud;

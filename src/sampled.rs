@@ -23,10 +23,15 @@ impl Sampled {
     /// `Some(suppressed)` when a line may be written now (with how many were held back since
     /// the last one), `None` when it is over budget.
     pub(crate) fn admit(&self) -> Option<u64> {
+        self.admit_at(Instant::now())
+    }
+
+    /// [`admit`](Self::admit) at `now`.
+    pub(crate) fn admit_at(&self, now: Instant) -> Option<u64> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (start, written, held) = &mut *s;
-        if start.elapsed() >= self.window {
-            *start = Instant::now();
+        if now.saturating_duration_since(*start) >= self.window {
+            *start = now;
             *written = 0;
         }
         if *written < self.per_window {
@@ -42,6 +47,19 @@ impl Sampled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_the_first_n_per_window_and_reports_the_rest() {
+        let s = Sampled::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(s.admit_at(t0), Some(0));
+        assert_eq!(s.admit_at(t0), Some(0));
+        assert_eq!(s.admit_at(t0), None);
+        assert_eq!(s.admit_at(t0 + Duration::from_secs(59)), None);
+        // The next window logs again and reports what the last one left out.
+        assert_eq!(s.admit_at(t0 + Duration::from_secs(60)), Some(2));
+        assert_eq!(s.admit_at(t0 + Duration::from_secs(200)), Some(0));
+    }
 
     #[test]
     fn a_burst_is_cut_to_the_budget_and_the_rest_counted() {

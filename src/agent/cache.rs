@@ -18,9 +18,10 @@ use futures::future::{BoxFuture, Shared};
 
 use super::backend::Backend;
 use super::metrics::AgentMetrics;
+use crate::budget::{KeyedBuckets, TokenBucket, TokenHash};
 use crate::cloud::{Credentials, UpstreamError};
 
-type Key = [u8; 32];
+type Key = TokenHash;
 
 /// Cache policy.
 #[derive(Debug, Clone)]
@@ -90,39 +91,6 @@ struct Entry {
 
 type Flight = Shared<BoxFuture<'static, Result<Credentials, UpstreamError>>>;
 
-/// A token bucket.
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn full(burst: f64) -> Self {
-        Bucket {
-            tokens: burst.max(1.0),
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one token if there is one, after refilling at `rate` up to `burst`.
-    fn take(&mut self, rate: f64, burst: f64) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * rate;
-        self.tokens = (self.tokens + refill).min(burst.max(1.0));
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Client buckets remembered at once; the least recently seen client is forgotten first (it
-/// then starts again with a full bucket, which is what a new pod gets anyway).
-const CLIENTS: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
-
 /// Refused tokens remembered at once.
 const REFUSED: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
@@ -134,20 +102,17 @@ pub struct Cache {
     entries: Mutex<lru::LruCache<Key, Entry>>,
     inflight: Mutex<HashMap<Key, Flight>>,
     /// Misses, all clients.
-    bucket: Mutex<Bucket>,
+    bucket: TokenBucket,
     /// Misses, per client address.
-    clients: Mutex<lru::LruCache<IpAddr, Bucket>>,
+    clients: KeyedBuckets<IpAddr>,
     /// Refreshes.
-    refresh_bucket: Mutex<Bucket>,
+    refresh_bucket: TokenBucket,
     /// Tokens the upstream refused, with the refusal and when it stops being repeated.
     refused: Mutex<lru::LruCache<Key, (UpstreamError, Instant)>>,
 }
 
 fn key(token: &str) -> Key {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let mut k = [0u8; 32];
-    k.copy_from_slice(d.as_ref());
-    k
+    TokenHash::of(token)
 }
 
 impl Cache {
@@ -158,9 +123,9 @@ impl Cache {
     ) -> Arc<Self> {
         let capacity = NonZeroUsize::new(config.capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Arc::new(Cache {
-            bucket: Mutex::new(Bucket::full(config.upstream_burst)),
-            refresh_bucket: Mutex::new(Bucket::full(config.refresh_burst)),
-            clients: Mutex::new(lru::LruCache::new(CLIENTS)),
+            bucket: TokenBucket::new(config.upstream_rate, config.upstream_burst),
+            refresh_bucket: TokenBucket::new(config.refresh_rate, config.refresh_burst),
+            clients: KeyedBuckets::new(config.client_rate, config.client_burst),
             refused: Mutex::new(lru::LruCache::new(REFUSED)),
             config,
             backend,
@@ -289,27 +254,15 @@ impl Cache {
     }
 
     fn take_upstream_slot(&self) -> bool {
-        let c = &self.config;
-        self.bucket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(c.upstream_rate, c.upstream_burst)
+        self.bucket.take().is_ok()
     }
 
     fn take_client_slot(&self, client: IpAddr) -> bool {
-        let c = &self.config;
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
-            .get_or_insert_mut(client, || Bucket::full(c.client_burst))
-            .take(c.client_rate, c.client_burst)
+        self.clients.take(client).is_ok()
     }
 
     fn take_refresh_slot(&self) -> bool {
-        let c = &self.config;
-        self.refresh_bucket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(c.refresh_rate, c.refresh_burst)
+        self.refresh_bucket.take().is_ok()
     }
 
     /// Refreshes the entries that are due, as many as the rate allows; returns how many it

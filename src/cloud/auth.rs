@@ -1,5 +1,6 @@
 //! How this project authenticates to the cloud's APIs (CCE, IAM): an `X-Auth-Token` read
-//! from a file, or an SDK-HMAC-SHA256 signature with an access key.
+//! from a file, or an SDK-HMAC-SHA256 signature with an access key (from mounted files, or the
+//! environment for development).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -17,11 +18,14 @@ pub enum CloudAuth {
     TokenFile(TokenFile),
     /// SDK-HMAC-SHA256 signature with an access key.
     AkSk(AccessKey),
+    /// The same with the key pair read from files (e.g. a mounted Secret), re-read when they
+    /// change, so a rotated Secret needs no restart.
+    AkSkFiles { ak: TokenFile, sk: TokenFile },
 }
 
 impl CloudAuth {
     pub(crate) fn is_signed(&self) -> bool {
-        matches!(self, CloudAuth::AkSk(_))
+        matches!(self, CloudAuth::AkSk(_) | CloudAuth::AkSkFiles { .. })
     }
 
     /// Authenticates a `method` request to `url` with `body`. `headers` must already hold
@@ -38,31 +42,53 @@ impl CloudAuth {
                 let token = file.read().map_err(UpstreamError::Local)?;
                 let value = HeaderValue::from_str(&token).map_err(|_| {
                     UpstreamError::Local(format!(
-                        "the auth token file {} holds characters a header cannot carry",
+                        "the {} {} holds characters a header cannot carry",
+                        file.what,
                         file.path.display()
                     ))
                 })?;
                 headers.insert("x-auth-token", value);
             }
-            CloudAuth::AkSk(key) => {
-                let date = jiff::Timestamp::now().strftime(signer::DATE_FORMAT).to_string();
-                signer::sign(key, method, url, headers, body, &date);
+            CloudAuth::AkSk(key) => sign(key, method, url, headers, body),
+            CloudAuth::AkSkFiles { ak, sk } => {
+                let key = AccessKey {
+                    ak: ak.read().map_err(UpstreamError::Local)?,
+                    sk: sk.read().map_err(UpstreamError::Local)?,
+                    security_token: None,
+                };
+                sign(&key, method, url, headers, body);
             }
         }
         Ok(())
     }
 }
 
-/// A token kept in a file (e.g. a projected Secret), re-read when it changes.
+/// Signs now.
+fn sign(key: &AccessKey, method: &str, url: &Url, headers: &mut HeaderMap, body: &[u8]) {
+    let date = jiff::Timestamp::now().strftime(signer::DATE_FORMAT).to_string();
+    signer::sign(key, method, url, headers, body, &date);
+}
+
+/// A secret kept in a file (e.g. a projected token or a mounted Secret), re-read when it
+/// changes.
 pub struct TokenFile {
     path: PathBuf,
+    /// What the file holds, for errors.
+    what: &'static str,
     cached: Mutex<Option<(Fingerprint, String)>>,
 }
 
 impl TokenFile {
+    /// The file of an auth token.
     pub fn new(path: PathBuf) -> Self {
+        Self::holding(path, "auth token file")
+    }
+
+    /// A file holding `what`.
+    pub(crate) fn holding(path: PathBuf, what: &'static str) -> Self {
         TokenFile {
             path,
+            what,
             cached: Mutex::new(None),
         }
     }
@@ -76,11 +102,11 @@ impl TokenFile {
             return Ok(token.clone());
         }
         let token = std::fs::read_to_string(&self.path)
-            .map_err(|e| format!("cannot read the auth token file {}: {e}", self.path.display()))?
+            .map_err(|e| format!("cannot read the {} {}: {e}", self.what, self.path.display()))?
             .trim()
             .to_owned();
         if token.is_empty() {
-            return Err(format!("the auth token file {} is empty", self.path.display()));
+            return Err(format!("the {} {} is empty", self.what, self.path.display()));
         }
         *cached = Some((fp, token.clone()));
         Ok(token)
@@ -108,5 +134,36 @@ mod tests {
         assert_eq!(h["x-auth-token"], "tok-22");
         std::fs::write(&path, " \n").unwrap();
         assert!(auth.apply("POST", &url, &mut h, b"").is_err());
+    }
+
+    #[test]
+    fn key_files_sign_like_the_same_key_and_are_re_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ak, sk) = (dir.path().join("ak"), dir.path().join("sk"));
+        let files = CloudAuth::AkSkFiles {
+            ak: TokenFile::holding(ak.clone(), "access key file"),
+            sk: TokenFile::holding(sk.clone(), "secret key file"),
+        };
+        assert!(files.is_signed());
+        let url = Url::parse("https://iam.example/v3").unwrap();
+        let e = files.apply("POST", &url, &mut HeaderMap::new(), b"").unwrap_err();
+        assert!(e.to_string().contains("cannot read the access key file"), "{e}");
+        let signed = |auth: &CloudAuth| {
+            let mut h = HeaderMap::new();
+            h.insert("x-sdk-date", HeaderValue::from_static("20261123T150000Z"));
+            auth.apply("POST", &url, &mut h, b"{}").unwrap();
+            h["authorization"].to_str().unwrap().to_owned()
+        };
+        for (a, s) in [("AK1", "sk-one"), ("AK22", "sk-two-2")] {
+            std::fs::write(&ak, format!("{a}\n")).unwrap();
+            std::fs::write(&sk, s).unwrap();
+            let fixed = CloudAuth::AkSk(AccessKey {
+                ak: a.into(),
+                sk: s.into(),
+                security_token: None,
+            });
+            assert_eq!(signed(&files), signed(&fixed));
+            assert!(signed(&files).contains(&format!("Access={a}")));
+        }
     }
 }

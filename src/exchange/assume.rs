@@ -1,16 +1,25 @@
-//! Seed 000 served: `POST .../assume-agency-for-pod-identity` with a pod's token.
+//! The CCE assume-agency-for-pod-identity API served: `POST .../assume-agency-for-pod-identity`
+//! with a pod's token, called by a node's agent with its own token as `X-Auth-Token`.
+//!
+//! The order of the checks is the order of their cost: the caller first (a cached review, else
+//! one TokenReview), then the pod token (a cached issue, else a TokenReview), then the node both
+//! tokens are bound to, the association, the service account's budget, and IAM last.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::iam::{self, Iam};
-use super::metrics::ExchangeMetrics;
-use super::review::TokenReviewer;
+use super::metrics::{ExchangeMetrics, Token};
+use super::recent::Recent;
+use super::refusal::{Reason, Refusal, SampledLog, Seen};
+use super::review::{self, Holder, TokenReviewer};
 use crate::association::Reader;
+use crate::budget::{KeyedBuckets, TokenHash};
 use crate::cloud::error::CloudError;
 use crate::cloud::seed000::{AssumeAgencyRequest, AssumedAgency, Subject};
 use crate::cloud::{Credentials, UpstreamError};
@@ -20,151 +29,192 @@ use crate::profile::{CCE, Provider};
 pub(super) struct ExchangeState {
     pub(super) project_id: String,
     pub(super) cluster_id: String,
+    /// The audience the callers' tokens are reviewed for.
+    pub(super) caller_audience: String,
+    /// The only username allowed to call: the agents' service account.
+    pub(super) agent: String,
     pub(super) reviewer: Arc<dyn TokenReviewer>,
     pub(super) associations: Reader,
     pub(super) iam: Iam,
     pub(super) metrics: Arc<ExchangeMetrics>,
+    /// IAM calls per pod service account.
+    pub(super) budgets: KeyedBuckets<(String, String)>,
+    /// Callers' tokens and what their review said (refusals too, so a replayed bad token
+    /// costs one review per TTL).
+    pub(super) callers: Recent<Result<Holder, String>>,
+    /// Answers issued for pod tokens.
+    pub(super) issued: Recent<Issued>,
+    pub(super) refusals: SampledLog,
 }
 
-/// An error in the cloud API's shape.
-fn fail(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = CloudError {
-        error_code: code.to_owned(),
-        error_msg: message.into(),
-    };
-    http::json(status, serde_json::to_vec(&body).unwrap_or_default())
+/// An accepted caller: the agent on `node`.
+struct Caller {
+    node: String,
 }
+
+/// An answer given for a pod token, and what it may be given again for.
+#[derive(Clone)]
+pub(super) struct Issued {
+    node: String,
+    namespace: String,
+    service_account: String,
+    association_uid: String,
+    body: Bytes,
+}
+
+/// The `X-Auth-Token` header (the cloud API's name for the caller's token).
+const AUTH_TOKEN: &str = "x-auth-token";
 
 pub(super) async fn assume(
     State(s): State<Arc<ExchangeState>>,
     Path((project_id, cluster_id)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let resp = answer(&s, &project_id, &cluster_id, &body).await;
+    let mut seen = Seen::default();
+    let resp = match answer(&s, &mut seen, &project_id, &cluster_id, &headers, &body).await {
+        Ok(body) => http::json(StatusCode::OK, body.to_vec()),
+        Err(refusal) => {
+            s.metrics.refusal(refusal.reason);
+            s.refusals.log(&refusal, &seen);
+            refuse(&refusal)
+        }
+    };
     s.metrics.response(resp.status().as_u16());
     resp
 }
 
-async fn answer(s: &ExchangeState, project_id: &str, cluster_id: &str, body: &[u8]) -> Response {
+/// The refusal in the cloud API's error shape; a 429 says when to retry.
+fn refuse(r: &Refusal) -> Response {
+    let body = CloudError {
+        error_code: r.code.to_owned(),
+        error_msg: r.message.clone(),
+    };
+    let mut resp = http::json(r.status, serde_json::to_vec(&body).unwrap_or_default());
+    if let Some(wait) = r.retry_after {
+        let secs = wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64;
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+async fn answer(
+    s: &ExchangeState,
+    seen: &mut Seen,
+    project_id: &str,
+    cluster_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Bytes, Refusal> {
     if project_id != s.project_id || cluster_id != s.cluster_id {
-        return fail(
+        return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             "CCE.01404001",
+            Reason::UnknownCluster,
             format!("cluster {cluster_id} of project {project_id} is not served here"),
-        );
+        ));
     }
-    let token = match serde_json::from_slice::<AssumeAgencyRequest>(body) {
-        Ok(AssumeAgencyRequest { token: Some(t) }) if !t.trim().is_empty() => t.trim().to_owned(),
-        Ok(_) => {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "CCE.01400001",
-                "the request body needs a non-empty \"token\"",
-            );
+    let caller = authenticate(s, seen, headers).await?;
+    let token = pod_token(body)?;
+    let hash = TokenHash::of(&token);
+    seen.pod_token = Some(hash);
+    if let Some(issued) = s.issued.get(&hash) {
+        // Given again only while the association stands, and only to an agent on the same
+        // node: another node's agent goes on to be refused below, without evicting the entry.
+        let current = s
+            .associations
+            .load()
+            .get(&issued.namespace, &issued.service_account)
+            .map(|a| a.uid.clone());
+        if current.as_deref() != Some(issued.association_uid.as_str()) {
+            s.issued.forget(&hash);
+        } else if issued.node == caller.node {
+            s.metrics.cache_hit(Token::Pod);
+            return Ok(issued.body);
         }
-        Err(e) => {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "CCE.01400001",
-                format!("the request body is not a JSON object with a \"token\" string: {e}"),
-            );
-        }
-    };
-    s.metrics.review();
-    let review = match s.reviewer.review(token, CCE.audience).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "TokenReview unavailable");
-            let mut resp = fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "CCE.01503001",
-                "the token could not be verified now (the Kubernetes API server is unavailable); retry shortly",
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
-        }
-    };
-    let status = review.status.unwrap_or_default();
-    if status.authenticated != Some(true) {
-        let why = status.error.unwrap_or_else(|| "token not authenticated".into());
-        return fail(
+    }
+    s.metrics.review(Token::Pod);
+    let review = s
+        .reviewer
+        .review(&token, CCE.audience)
+        .await
+        .map_err(unavailable)?;
+    let pod = review::holder(review, CCE.audience).map_err(|why| {
+        Refusal::new(
             StatusCode::UNAUTHORIZED,
             "CCE.01401001",
-            format!("invalid service account token: {why}"),
-        );
-    }
-    if !status
-        .audiences
-        .unwrap_or_default()
-        .iter()
-        .any(|a| a == CCE.audience)
-    {
-        return fail(
-            StatusCode::UNAUTHORIZED,
-            "CCE.01401002",
-            format!("the token's audience is not {}", CCE.audience),
-        );
-    }
-    let user = status.user.unwrap_or_default();
-    let username = user.username.unwrap_or_default();
-    let Some((namespace, service_account)) = username
-        .strip_prefix("system:serviceaccount:")
-        .and_then(|r| r.split_once(':'))
-    else {
-        return fail(
+            Reason::PodTokenInvalid,
+            format!(
+                "invalid service account token: not a valid, unexpired token for audience {}",
+                CCE.audience
+            ),
+        )
+        .detail(why)
+    })?;
+    seen.subject = Some(pod.username.clone());
+    let Some((namespace, service_account)) = pod.service_account() else {
+        return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "CCE.01401003",
+            Reason::PodTokenInvalid,
             "not a service account token",
-        );
+        ));
     };
-    let extra = user.extra.unwrap_or_default();
-    let Some(pod) = extra
-        .get("authentication.kubernetes.io/pod-name")
-        .and_then(|v| v.first())
-        .cloned()
-    else {
-        return fail(
+    let Some(pod_name) = pod.pod.as_deref() else {
+        return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "CCE.01401004",
+            Reason::NotPodBound,
             "the token is not bound to a pod (use a projected token)",
-        );
+        ));
     };
-    let association = match s.associations.load().get(namespace, service_account) {
-        Some(a) => a.clone(),
-        None => {
-            return fail(
+    let Some(node) = pod.node.as_deref() else {
+        return Err(no_node_binding("the pod's token"));
+    };
+    if node != caller.node {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "CCE.01403002",
+            Reason::OtherNode,
+            "the pod's token was issued for a pod on another node than the calling agent's; \
+             each node's agent redeems only its own pods' tokens",
+        )
+        .detail(format!("pod on {node}, agent on {}", caller.node)));
+    }
+    let association = s
+        .associations
+        .load()
+        .get(namespace, service_account)
+        .cloned()
+        .ok_or_else(|| {
+            Refusal::new(
                 StatusCode::NOT_FOUND,
                 "CCE.01404002",
+                Reason::NoAssociation,
                 format!("no pod identity association for {namespace}/{service_account}"),
-            );
-        }
-    };
+            )
+        })?;
     let Some(agency) = association.agency_name.as_deref() else {
-        return fail(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "CCE.01400002",
+            Reason::NoAgency,
             "the association names a roleArn; this API needs an agencyName",
-        );
+        ));
     };
-    let session = iam::session_name(&s.cluster_id, &pod);
+    s.budgets
+        .take((namespace.to_owned(), service_account.to_owned()))
+        .map_err(|wait| rate_limited(namespace, service_account, wait))?;
+    let session = iam::session_name(&s.cluster_id, pod_name);
     let result = s.iam.assume(agency, &session).await;
     s.metrics.iam(result.is_ok());
-    let creds = match result {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(namespace, service_account, error = %e, "IAM refused or failed");
-            let status = match &e {
-                UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            return fail(status, "CCE.01502001", format!("IAM: {e}"));
-        }
-    };
+    let creds = result.map_err(|e| iam_failed(agency, e))?;
     tracing::info!(
         namespace,
         service_account,
-        pod,
+        pod = pod_name,
+        node,
         agency,
         "agency credentials issued"
     );
@@ -181,5 +231,163 @@ async fn answer(s: &ExchangeState, project_id: &str, cluster_id: &str, body: &[u
         }),
         ..creds
     };
-    http::json(StatusCode::OK, issued.to_body(Provider::Cce))
+    let body = Bytes::from(issued.to_body(Provider::Cce));
+    s.issued.put(
+        hash,
+        Issued {
+            node: caller.node,
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            association_uid: association.uid.clone(),
+            body: body.clone(),
+        },
+    );
+    Ok(body)
+}
+
+/// The caller's `X-Auth-Token`, reviewed for the exchange's audience: it must be the agents'
+/// service account, bound to a node.
+async fn authenticate(s: &ExchangeState, seen: &mut Seen, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    let token = headers
+        .get(AUTH_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "CCE.01401010",
+                Reason::NoCallerToken,
+                format!(
+                    "X-Auth-Token is missing: this API serves the node agents, which send their \
+                     service-account token (audience {})",
+                    s.caller_audience
+                ),
+            )
+        })?;
+    let hash = TokenHash::of(token);
+    seen.caller_token = Some(hash);
+    let reviewed = match s.callers.get(&hash) {
+        Some(reviewed) => {
+            s.metrics.cache_hit(Token::Caller);
+            reviewed
+        }
+        None => {
+            s.metrics.review(Token::Caller);
+            // A failure to ask is not remembered: only what the API server said.
+            let review = s
+                .reviewer
+                .review(token, &s.caller_audience)
+                .await
+                .map_err(unavailable)?;
+            let reviewed = review::holder(review, &s.caller_audience);
+            s.callers.put(hash, reviewed.clone());
+            reviewed
+        }
+    };
+    let holder = reviewed.map_err(|why| {
+        Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "CCE.01401011",
+            Reason::CallerInvalid,
+            format!(
+                "X-Auth-Token is not a valid, unexpired service-account token for audience {}",
+                s.caller_audience
+            ),
+        )
+        .detail(why)
+    })?;
+    seen.caller = Some(holder.username.clone());
+    seen.caller_node = holder.node.clone();
+    if holder.username != s.agent {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "CCE.01403001",
+            Reason::CallerNotAgent,
+            format!(
+                "X-Auth-Token belongs to {}; only the node agents ({}) may call this API",
+                holder.username, s.agent
+            ),
+        ));
+    }
+    let node = holder.node.ok_or_else(|| no_node_binding("the agent's token"))?;
+    Ok(Caller { node })
+}
+
+/// The body's `token`.
+fn pod_token(body: &[u8]) -> Result<String, Refusal> {
+    let bad = |message: String| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "CCE.01400001",
+            Reason::BadRequest,
+            message,
+        )
+    };
+    match serde_json::from_slice::<AssumeAgencyRequest>(body) {
+        Ok(AssumeAgencyRequest { token: Some(t) }) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        Ok(_) => Err(bad("the request body needs a non-empty \"token\"".into())),
+        Err(e) => Err(bad(format!(
+            "the request body is not a JSON object with a \"token\" string: {e}"
+        ))),
+    }
+}
+
+fn no_node_binding(whose: &str) -> Refusal {
+    Refusal::new(
+        StatusCode::FORBIDDEN,
+        "CCE.01403003",
+        Reason::NoNodeBinding,
+        format!(
+            "{whose} names no node: the exchange redeems only node-bound projected tokens \
+             (Kubernetes 1.30 or later puts the node into them)"
+        ),
+    )
+}
+
+fn unavailable(e: review::ReviewError) -> Refusal {
+    let mut r = Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "CCE.01503001",
+        Reason::ReviewUnavailable,
+        "the exchange cannot verify tokens right now (the Kubernetes API did not answer); retry shortly",
+    )
+    .detail(e);
+    r.retry_after = Some(Duration::from_secs(1));
+    r
+}
+
+fn rate_limited(namespace: &str, service_account: &str, wait: Duration) -> Refusal {
+    let mut r = Refusal::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "CCE.01429001",
+        Reason::RateLimited,
+        format!(
+            "too many credential requests for {namespace}/{service_account}; retry in {} s",
+            wait.as_secs_f64().ceil().max(1.0)
+        ),
+    );
+    r.retry_after = Some(wait);
+    r
+}
+
+fn iam_failed(agency: &str, e: UpstreamError) -> Refusal {
+    let (status, message) = match &e {
+        UpstreamError::Timeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "IAM did not answer in time; retry shortly".to_owned(),
+        ),
+        UpstreamError::Refused { status, .. } if *status < 500 => (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "IAM refused credentials for agency {agency}: check that the agency exists and \
+                 trusts the exchange's operator (the exchange's log has IAM's answer)"
+            ),
+        ),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            "IAM could not be reached or failed; retry shortly (the exchange's log has the cause)".to_owned(),
+        ),
+    };
+    Refusal::new(status, "CCE.01502001", Reason::Iam, message).detail(e)
 }

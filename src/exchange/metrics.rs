@@ -1,15 +1,28 @@
-//! The exchange's metrics: answers by status, upstream calls, and its inputs'.
+//! The exchange's metrics: answers by status, refusals by reason, TokenReviews and cache hits
+//! by token, upstream calls, and its inputs'.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::refusal::Reason;
 use crate::http::ServeMetrics;
 use crate::metrics::{ByStatus, InputMetrics, Text};
+
+/// Which token a review or cache hit was for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Token {
+    /// The agent's `X-Auth-Token`.
+    Caller,
+    /// The pod's token in the body.
+    Pod,
+}
 
 #[derive(Debug, Default)]
 pub struct ExchangeMetrics {
     responses: ByStatus,
-    reviews: AtomicU64,
+    refusals: [AtomicU64; Reason::ALL.len()],
+    reviews: [AtomicU64; 2],
+    cache_hits: [AtomicU64; 2],
     iam_ok: AtomicU64,
     iam_err: AtomicU64,
     /// The serving certificate and the association source.
@@ -23,8 +36,16 @@ impl ExchangeMetrics {
         self.responses.record(status);
     }
 
-    pub(crate) fn review(&self) {
-        self.reviews.fetch_add(1, Relaxed);
+    pub(crate) fn refusal(&self, reason: Reason) {
+        self.refusals[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn review(&self, token: Token) {
+        self.reviews[token as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn cache_hit(&self, token: Token) {
+        self.cache_hits[token as usize].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn iam(&self, ok: bool) {
@@ -38,10 +59,35 @@ impl ExchangeMetrics {
             "podidentity_exchange_responses_total",
             "Answers of the assume-agency API by HTTP status.",
         );
+        let refusals: Vec<(String, u64)> = Reason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.label()),
+                    self.refusals[r.index()].load(Relaxed),
+                )
+            })
+            .collect();
+        t.counter(
+            "podidentity_exchange_refusals_total",
+            "Requests answered without credentials, by reason.",
+            &refusals,
+        );
+        let by_token = |a: &[AtomicU64; 2]| {
+            [
+                ("{token=\"caller\"}", a[Token::Caller as usize].load(Relaxed)),
+                ("{token=\"pod\"}", a[Token::Pod as usize].load(Relaxed)),
+            ]
+        };
         t.counter(
             "podidentity_exchange_token_reviews_total",
-            "TokenReviews asked of the API server.",
-            &[("", self.reviews.load(Relaxed))],
+            "TokenReviews asked of the API server, by token.",
+            &by_token(&self.reviews),
+        );
+        t.counter(
+            "podidentity_exchange_cache_hits_total",
+            "Requests answered from the short cache (caller: its review; pod: the credentials issued).",
+            &by_token(&self.cache_hits),
         );
         t.counter(
             "podidentity_exchange_iam_calls_total",

@@ -1,12 +1,17 @@
-//! The cluster-side server (`exchange`): seed 000 (assume-agency-for-pod-identity) served by
-//! the cluster, for clusters where no cloud provides it. It verifies the pod's token with the
-//! Kubernetes TokenReview API, finds the association (the same index as the other programs),
-//! obtains temporary credentials for its agency from IAM (seed 003) and answers exactly seed
-//! 000's response. This module is its composition root; the handler is in [`assume`].
+//! The cluster-side server (`exchange`): the CCE assume-agency-for-pod-identity API served by
+//! the cluster, for clusters where no cloud provides it. Only the node agents may call it: their
+//! own token (`X-Auth-Token`) is reviewed first. It verifies the pod's token with the Kubernetes
+//! TokenReview API, redeems it only for the agent on the pod's node, finds the association (the
+//! same index as the other programs), obtains temporary credentials for its agency from IAM
+//! (temporary credentials through an agency) within a per-service-account budget, and answers
+//! exactly the API's response. This module is its composition root; the handler is in
+//! [`assume`].
 
 mod assume;
 pub mod iam;
 pub mod metrics;
+mod recent;
+mod refusal;
 pub mod review;
 
 use std::future::Future;
@@ -20,6 +25,7 @@ use axum::routing::post;
 
 use crate::association::source;
 use crate::association::{Reader, store};
+use crate::budget::KeyedBuckets;
 use crate::cli::{ArgError, ExchangeArgs, seconds};
 use crate::cloud::seed000;
 use crate::cluster;
@@ -29,6 +35,8 @@ use crate::http::tls::ReloadingCert;
 use crate::http::{self, Limits, Listener};
 use iam::{Domain, Iam};
 use metrics::ExchangeMetrics;
+use recent::Recent;
+use refusal::SampledLog;
 use review::{KubeReviewer, TokenReviewer};
 
 /// The exchange's listener bounds: a request is a token, a few KiB at most.
@@ -48,11 +56,71 @@ pub struct ExchangeConfig {
     /// without it.
     pub cert_dir: Option<PathBuf>,
     pub limits: Limits,
+    /// The audience the callers' `X-Auth-Token` is reviewed for.
+    pub caller_audience: String,
+    /// The only username allowed to call (the agents' service account).
+    pub agent: String,
+    /// IAM calls per second for one pod service account, and the burst it may save up.
+    pub rate_per_service_account: f64,
+    pub burst_per_service_account: f64,
+    /// How long a reviewed caller and an issued answer are remembered (zero: not at all).
+    pub cache_ttl: Duration,
 }
+
+/// The audience of the agents' tokens (the DaemonSet's projected token) by default.
+pub const CALLER_AUDIENCE: &str = "pod-identity-exchange";
+/// The agents' service account by default (`manifests/agent`).
+pub const AGENT: &str = "system:serviceaccount:pod-identity-agent:pod-identity-agent";
+/// IAM calls per second and burst per pod service account by default: far above what pods
+/// starting and refreshing need, far below what IAM's account-wide throttling tolerates.
+pub const RATE_PER_SERVICE_ACCOUNT: f64 = 5.0;
+pub const BURST_PER_SERVICE_ACCOUNT: f64 = 50.0;
+/// Seconds a review or an answer is remembered by default.
+pub const CACHE_TTL: f64 = 60.0;
+
+impl ExchangeConfig {
+    /// The defaults of the `exchange` command for the rest.
+    pub fn new(listen: SocketAddr, project_id: &str, cluster_id: &str) -> Self {
+        ExchangeConfig {
+            listen,
+            project_id: project_id.to_owned(),
+            cluster_id: cluster_id.to_owned(),
+            cert_dir: None,
+            limits: default_limits(),
+            caller_audience: CALLER_AUDIENCE.to_owned(),
+            agent: AGENT.to_owned(),
+            rate_per_service_account: RATE_PER_SERVICE_ACCOUNT,
+            burst_per_service_account: BURST_PER_SERVICE_ACCOUNT,
+            cache_ttl: Duration::from_secs_f64(CACHE_TTL),
+        }
+    }
+}
+
+/// `--cache-ttl` as a duration: at most [`MAX_CACHE_TTL`], so an answer given again from the
+/// cache still leaves the agent its margin to refresh before the credentials expire (they
+/// live at least 900 s).
+fn cache_ttl(s: f64) -> Result<Duration, ArgError> {
+    let ttl = seconds("cache-ttl", s)?;
+    if ttl > MAX_CACHE_TTL {
+        return Err(ArgError(format!(
+            "--cache-ttl must be at most {} s, got {s}",
+            MAX_CACHE_TTL.as_secs()
+        )));
+    }
+    Ok(ttl)
+}
+
+const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// Tokens remembered at most, per cache.
+const RECENT_CAPACITY: usize = 10_000;
+/// Refusals logged per minute; the rest are counted (and the count logged).
+const REFUSALS_LOGGED_PER_MINUTE: u32 = 20;
 
 /// `exchange`: TokenReview through the cluster's API server, associations from the flags'
 /// source, IAM with the operator's credentials; serves until SIGTERM or SIGINT.
 pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
+    let cache_ttl = cache_ttl(args.cache_ttl)?;
     let domain = match (args.domain_id, args.domain_name) {
         (Some(id), _) => Domain::Id(id),
         (None, Some(name)) => Domain::Name(name),
@@ -78,11 +146,14 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         Duration::from_secs(2),
     )?;
     let config = ExchangeConfig {
-        listen: args.listen,
-        project_id: args.project_id,
-        cluster_id: args.cluster_id,
         cert_dir: args.cert_dir,
         limits: args.limits.limits(default_limits())?,
+        caller_audience: args.caller_audience,
+        agent: args.agent_service_account,
+        rate_per_service_account: args.rate_per_service_account,
+        burst_per_service_account: args.burst_per_service_account,
+        cache_ttl,
+        ..ExchangeConfig::new(args.listen, &args.project_id, &args.cluster_id)
     };
     let review_deadline = seconds("review-timeout", args.review_timeout)?;
     let reviewer = Arc::new(KubeReviewer::new(kube_config, review_deadline)?);
@@ -125,10 +196,16 @@ impl Exchange {
         let state = Arc::new(assume::ExchangeState {
             project_id: config.project_id,
             cluster_id: config.cluster_id,
+            caller_audience: config.caller_audience,
+            agent: config.agent,
             reviewer,
             associations,
             iam,
             metrics,
+            budgets: KeyedBuckets::new(config.rate_per_service_account, config.burst_per_service_account),
+            callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
+            issued: Recent::new(config.cache_ttl, RECENT_CAPACITY),
+            refusals: SampledLog::new(Duration::from_secs(60), REFUSALS_LOGGED_PER_MINUTE),
         });
         Ok(Exchange {
             listener,
@@ -161,5 +238,19 @@ impl Exchange {
             move || readiness.start_draining(),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_ttl_leaves_the_agent_its_refresh_margin() {
+        assert_eq!(cache_ttl(0.0).unwrap(), Duration::ZERO);
+        assert_eq!(cache_ttl(300.0).unwrap(), MAX_CACHE_TTL);
+        let e = cache_ttl(301.0).unwrap_err().to_string();
+        assert!(e.contains("--cache-ttl must be at most 300 s"), "{e}");
+        assert!(cache_ttl(-1.0).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Verifying a service-account token with the Kubernetes TokenReview API, within a deadline.
+//! Verifying service-account tokens with the Kubernetes TokenReview API within a deadline,
+//! and what a review says about the token's holder.
 
 use std::time::Duration;
 
@@ -17,13 +18,14 @@ pub enum ReviewError {
     Timeout(Duration),
 }
 
-/// Verifies service-account tokens for an audience.
+/// Verifies service-account tokens for an audience. Every review the exchange makes goes
+/// through this trait.
 pub trait TokenReviewer: Send + Sync {
-    fn review(
-        &self,
-        token: String,
-        audience: &'static str,
-    ) -> BoxFuture<'_, Result<TokenReview, ReviewError>>;
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<TokenReview, ReviewError>>;
 }
 
 /// TokenReview through the Kubernetes API: every review ends within `deadline`, with at most
@@ -58,15 +60,15 @@ fn retryable(e: &kube::Error) -> bool {
 }
 
 impl TokenReviewer for KubeReviewer {
-    fn review(
-        &self,
-        token: String,
-        audience: &'static str,
-    ) -> BoxFuture<'_, Result<TokenReview, ReviewError>> {
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<TokenReview, ReviewError>> {
         Box::pin(async move {
             let review = TokenReview {
                 spec: TokenReviewSpec {
-                    token: Some(token),
+                    token: Some(token.to_owned()),
                     audiences: Some(vec![audience.to_owned()]),
                 },
                 ..Default::default()
@@ -86,5 +88,85 @@ impl TokenReviewer for KubeReviewer {
                 Err(_) => Err(ReviewError::Timeout(self.deadline)),
             }
         })
+    }
+}
+
+/// The `user.extra` key naming the pod a projected token is bound to.
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+/// The `user.extra` key naming the node of that pod (Kubernetes 1.30+, where the API server
+/// puts the node into projected tokens).
+const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+
+/// Who holds an authenticated token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// `system:serviceaccount:<namespace>:<name>` for a service account.
+    pub(crate) username: String,
+    pub(crate) pod: Option<String>,
+    pub(crate) node: Option<String>,
+}
+
+impl Holder {
+    /// Namespace and name, when the holder is a service account.
+    pub(crate) fn service_account(&self) -> Option<(&str, &str)> {
+        self.username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|r| r.split_once(':'))
+    }
+}
+
+/// The holder of a token the API server authenticated for `audience`, or the API server's
+/// reason for refusing it (for the log: it is the API server's wording, not ours).
+pub(crate) fn holder(review: TokenReview, audience: &str) -> Result<Holder, String> {
+    let status = review.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(status.error.unwrap_or_else(|| "not authenticated".into()));
+    }
+    if !status.audiences.unwrap_or_default().iter().any(|a| a == audience) {
+        return Err(format!("authenticated, but not for audience {audience}"));
+    }
+    let user = status.user.unwrap_or_default();
+    let mut extra = user.extra.unwrap_or_default();
+    let mut first = |key: &str| extra.remove(key).and_then(|v| v.into_iter().next());
+    Ok(Holder {
+        pod: first(POD_NAME),
+        node: first(NODE_NAME),
+        username: user.username.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review(v: serde_json::Value) -> TokenReview {
+        serde_json::from_value(serde_json::json!({"spec": {}, "status": v})).unwrap()
+    }
+
+    #[test]
+    fn reads_the_holder_of_an_authenticated_token() {
+        let r = review(serde_json::json!({
+            "authenticated": true, "audiences": ["a"],
+            "user": {"username": "system:serviceaccount:ns:sa", "extra": {
+                "authentication.kubernetes.io/pod-name": ["p"],
+                "authentication.kubernetes.io/node-name": ["n"]}}}));
+        let h = holder(r, "a").unwrap();
+        assert_eq!(h.service_account(), Some(("ns", "sa")));
+        assert_eq!((h.pod.as_deref(), h.node.as_deref()), (Some("p"), Some("n")));
+        let plain = review(
+            serde_json::json!({"authenticated": true, "audiences": ["a"], "user": {"username": "alice"}}),
+        );
+        let h = holder(plain, "a").unwrap();
+        assert_eq!(h.service_account(), None);
+        assert_eq!((h.pod, h.node), (None, None));
+    }
+
+    #[test]
+    fn refuses_what_the_api_server_refused_or_another_audience() {
+        let r = review(serde_json::json!({"authenticated": false, "error": "token expired"}));
+        assert_eq!(holder(r, "a").unwrap_err(), "token expired");
+        let r =
+            review(serde_json::json!({"authenticated": true, "audiences": ["b"], "user": {"username": "x"}}));
+        assert!(holder(r, "a").unwrap_err().contains("not for audience a"));
     }
 }

@@ -122,6 +122,7 @@ fn client_from(ca: &[u8], http: Http, source: [u8; 4]) -> reqwest::Client {
 fn keep_asking(
     c: reqwest::Client,
     url: String,
+    caller: Option<String>,
     body: Vec<u8>,
     stop: Arc<AtomicBool>,
     good: fn(u16, &[u8]) -> bool,
@@ -129,7 +130,11 @@ fn keep_asking(
     tokio::spawn(async move {
         let (mut ok, mut failed) = (0, 0);
         while !stop.load(Ordering::Relaxed) {
-            let answered = match c.post(&url).body(body.clone()).send().await {
+            let mut req = c.post(&url).body(body.clone());
+            if let Some(caller) = &caller {
+                req = req.header("X-Auth-Token", caller);
+            }
+            let answered = match req.send().await {
                 Ok(r) => {
                     let status = r.status().as_u16();
                     r.bytes().await.is_ok_and(|b| good(status, &b))
@@ -196,6 +201,7 @@ async fn the_webhook_bounds_stalled_bodies_and_idle_connections() {
     let legit = keep_asking(
         client_from(&ca, Http::H2, [127, 0, 0, 2]),
         url("/mutate"),
+        None,
         fixture("01-"),
         stop.clone(),
         admitted,
@@ -501,6 +507,7 @@ async fn the_exchange_bounds_stalled_bodies_and_idle_connections() {
     let legit = keep_asking(
         client_from(&ca, Http::H2, [127, 0, 0, 2]),
         assume.clone(),
+        Some(agent_token(NODE)),
         serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap(),
         stop.clone(),
         |status, body| status == 200 && String::from_utf8_lossy(body).contains("accessKeyId"),
@@ -789,6 +796,7 @@ async fn the_exchange_answers_in_time_whatever_the_api_server_does() {
         let start = Instant::now();
         let r = c
             .post(&url)
+            .header("X-Auth-Token", agent_token(NODE))
             .json(&serde_json::json!({ "token": token }))
             .send()
             .await
@@ -816,6 +824,7 @@ async fn the_exchange_answers_in_time_whatever_the_api_server_does() {
     let start = Instant::now();
     let r = c
         .post(&url)
+        .header("X-Auth-Token", agent_token(NODE))
         .json(&serde_json::json!({ "token": token }))
         .send()
         .await
@@ -829,6 +838,7 @@ async fn the_exchange_answers_in_time_whatever_the_api_server_does() {
     api.set_down(false);
     let r = c
         .post(&url)
+        .header("X-Auth-Token", agent_token(NODE))
         .json(&serde_json::json!({ "token": token }))
         .send()
         .await

@@ -1,5 +1,5 @@
-//! The credential agent and the exchange on loopback, against test doubles of IAM and CCE
-//! and the stand-in API server's TokenReview.
+//! The credential agent on loopback, against test doubles of IAM and CCE, and reaching the
+//! exchange (whose own tests are in `exchange`).
 
 use std::time::Duration;
 
@@ -181,7 +181,9 @@ async fn one_cold_token_and_a_thousand_requests_make_one_upstream_call() {
         call.path,
         format!("/api/v3/projects/{PROJECT}/clusters/{CLUSTER}/assume-agency-for-pod-identity")
     );
-    assert_eq!(call.header("X-Auth-Token"), Some("agent-iam-token"));
+    // The agent's own token from its file, as the DaemonSet projects it.
+    let own = std::fs::read_to_string(dir.path().join("agent-auth-token")).unwrap();
+    assert_eq!(call.header("X-Auth-Token"), Some(own.trim()));
     assert_eq!(call.body["token"], token);
 }
 
@@ -240,139 +242,6 @@ async fn upstream_failures_map_to_clear_statuses() {
         body["message"].as_str().unwrap().contains("unreachable"),
         "{body}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exchange_answers_seed_000_from_token_review_and_iam() {
-    let api = StandIn::start(false).await;
-    let iam = doubles::iam().await;
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = start_exchange(&api, &iam.url, dir.path()).await;
-    let url = format!(
-        "{}/api/v3/projects/{PROJECT}/clusters/{CLUSTER}/assume-agency-for-pod-identity",
-        exchange.url
-    );
-    let post = |body: Value| {
-        let url = url.clone();
-        async move {
-            let r = reqwest::Client::new()
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
-    };
-    let token = pod_token("pi-demo", "app", "app-7f9c", AUD);
-    let (status, body) = post(serde_json::json!({"token": token})).await;
-    assert_eq!(status, 200, "{body}");
-    let session = format!("cce-{CLUSTER}-app-7f9c");
-    assert_eq!(body["audience"], AUD);
-    assert_eq!(
-        body["podIdentityAssociationId"],
-        "81f143f5-f469-4fb6-b17c-8f52af73184c"
-    );
-    assert_eq!(
-        body["subject"],
-        serde_json::json!({"namespace": "pi-demo", "serviceAccount": "app"})
-    );
-    assert_eq!(
-        body["assumedAgency"]["urn"],
-        format!("sts::domain-1::assumed-agency:demo-agency/{session}")
-    );
-    assert_eq!(body["assumedAgency"]["id"], format!("domain-1:{session}"));
-    assert_eq!(body["credentials"]["accessKeyId"], "IAMAK00001");
-    assert_eq!(body["credentials"]["secretAccessKey"], "iam-secret-1-demo-agency");
-    let exp = body["credentials"]["expiration"].as_str().unwrap();
-    assert_eq!(exp.len(), "2026-11-23T15:00:00.000Z".len(), "{exp}");
-    // What IAM was asked, exactly as seed 003 says.
-    let calls = iam.calls();
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].header("X-Auth-Token"), Some("operator-iam-token"));
-    assert_eq!(
-        calls[0].header("Content-Type"),
-        Some("application/json;charset=utf8")
-    );
-    assert_eq!(
-        calls[0].body,
-        serde_json::json!({"auth": {"identity": {"methods": ["assume_role"], "assume_role": {
-            "agency_name": "demo-agency", "domain_id": "domain-1", "duration_seconds": 3600,
-            "session_user": {"name": session}}}}})
-    );
-    assert_eq!(api.reviews(), 1);
-
-    let now = jiff::Timestamp::now().as_second();
-    let unbound = {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let claims =
-            serde_json::json!({"aud": [AUD], "exp": now + 600, "sub": "system:serviceaccount:pi-demo:app"});
-        format!("e30.{}.c2ln", b64.encode(claims.to_string()))
-    };
-    for (what, body, want, needle) in [
-        ("no token", serde_json::json!({}), 400, "non-empty \"token\""),
-        (
-            "garbage",
-            serde_json::json!({"token": "abc"}),
-            401,
-            "invalid service account token",
-        ),
-        (
-            "expired",
-            serde_json::json!({"token": crate::common::unsigned("pi-demo", "app", "p", AUD, now - 5)}),
-            401,
-            "expired",
-        ),
-        (
-            "other audience",
-            serde_json::json!({"token": pod_token("pi-demo", "app", "p", "sts.amazonaws.com")}),
-            401,
-            "audience",
-        ),
-        (
-            "unbound",
-            serde_json::json!({"token": unbound}),
-            401,
-            "not bound to a pod",
-        ),
-        (
-            "no association",
-            serde_json::json!({"token": pod_token("pi-other", "app", "p", AUD)}),
-            404,
-            "no pod identity association for pi-other/app",
-        ),
-    ] {
-        let (status, body) = post(body).await;
-        assert_eq!(status, want, "{what}: {body}");
-        assert!(
-            body["error_msg"].as_str().unwrap().contains(needle),
-            "{what}: {body}"
-        );
-        assert!(body["error_code"].is_string());
-    }
-    // IAM refusing: a 502 that carries IAM's message.
-    iam.set_mode(Mode::Fail(403, "operator lacks the agent operator role"));
-    let (status, body) = post(serde_json::json!({"token": token})).await;
-    assert_eq!(status, 502, "{body}");
-    assert!(
-        body["error_msg"]
-            .as_str()
-            .unwrap()
-            .contains("operator lacks the agent operator role")
-    );
-    // Another cluster's path.
-    let other = url.replace(CLUSTER, "other");
-    let r = reqwest::Client::new()
-        .post(&other)
-        .json(&serde_json::json!({"token": token}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

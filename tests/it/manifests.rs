@@ -8,18 +8,24 @@ use pod_identity_webhook::certs;
 use pod_identity_webhook::testing::crd;
 use serde_json::Value;
 
+use crate::pod_security::{Level, violations};
+
 const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a tree, symbolic links as links (the `RUN-...-FIRST` guards dangle until `certs`).
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
+        let kind = e.file_type().unwrap();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), target).unwrap();
+        } else if kind.is_dir() {
             copy_dir(&e.path(), &target);
         } else {
             std::fs::copy(e.path(), target).unwrap();
@@ -27,17 +33,24 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn kustomize(dir: &Path) -> Vec<Value> {
+/// `kubectl kustomize DIR`: the documents, or what kubectl said.
+pub fn try_kustomize(dir: &Path) -> Result<Vec<Value>, String> {
     let out = Command::new(crate::common::python::kubectl())
         .args(["kustomize"])
         .arg(dir)
         .output()
         .expect("kubectl runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    Ok(serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect()
+        .collect())
+}
+
+fn kustomize(dir: &Path) -> Vec<Value> {
+    try_kustomize(dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -48,22 +61,37 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 
 /// Renders `manifests/` after `certs --out manifests/tls`, in a copy of the tree.
 fn render_with_certs() -> (Vec<Value>, PathBuf, tempfile::TempDir) {
-    render_copy_with_certs("manifests", &[])
+    render_copy_with_certs("", &[])
 }
 
-/// Renders a copy of `dir` (under the repository) after `certs --out <copy>/tls <names>`.
-fn render_copy_with_certs(dir: &str, names: &[&str]) -> (Vec<Value>, PathBuf, tempfile::TempDir) {
+/// Renders the overlay `manifests/<overlay>` in a copy of `manifests/`, after `certs --out
+/// <overlay>/tls <names>`.
+fn render_copy_with_certs(overlay: &str, names: &[&str]) -> (Vec<Value>, PathBuf, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
-    let m = tmp.path().join("m");
-    copy_dir(&repo().join(dir), &m);
+    let m = tmp.path().join("manifests");
+    copy_dir(&repo().join("manifests"), &m);
+    let dir = m.join(overlay);
     let out = Command::new(BIN)
         .args(["certs", "--out"])
-        .arg(m.join("tls"))
+        .arg(dir.join("tls"))
         .args(names)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (kustomize(&m), m.join("tls"), tmp)
+    (kustomize(&dir), dir.join("tls"), tmp)
+}
+
+/// Every overlay, rendered as it would be applied: `manifests/` and `manifests/agent` after
+/// `certs`, `manifests/cert-manager` as it is.
+fn every_overlay() -> Vec<(&'static str, Vec<Value>)> {
+    vec![
+        ("manifests", render_with_certs().0),
+        (
+            "manifests/cert-manager",
+            kustomize(&repo().join("manifests/cert-manager")),
+        ),
+        ("manifests/agent", render_agent_with_certs().0),
+    ]
 }
 
 #[test]
@@ -95,6 +123,8 @@ fn rendered_manifests_hold_every_object_as_designed() {
         ("Service", "pod-identity-webhook"),
         ("Secret", "pod-identity-webhook-tls"),
         ("MutatingWebhookConfiguration", "pod-identity-webhook"),
+        ("NetworkPolicy", "pod-identity-default-deny"),
+        ("NetworkPolicy", "pod-identity-webhook"),
     ] {
         find(&docs, kind, name);
     }
@@ -179,6 +209,24 @@ fn rendered_manifests_hold_every_object_as_designed() {
     assert_eq!(svc["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"]);
     let pdb = find(&docs, "PodDisruptionBudget", "pod-identity-webhook");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
+
+    // Nothing in the namespace is reachable but the webhook's port, and that from the API
+    // server's range only (node-local traffic, the kubelet's probes, is always allowed).
+    let deny = find(&docs, "NetworkPolicy", "pod-identity-default-deny");
+    assert_eq!(
+        deny["spec"],
+        serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]})
+    );
+    let policy = find(&docs, "NetworkPolicy", "pod-identity-webhook");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        policy["spec"]["ingress"],
+        serde_json::json!([{"from": [{"ipBlock": {"cidr": "set-API_SERVER_CIDR-in-manifests/settings/settings.env"}}],
+            "ports": [{"protocol": "TCP", "port": 8443}]}])
+    );
 }
 
 fn check_deployment(deploy: &Value) {
@@ -288,7 +336,7 @@ fn assert_serve_flags<S: AsRef<str>>(args: &[S]) {
 /// The agent and exchange manifests after `certs` wrote the exchange's pair, in a copy.
 fn render_agent_with_certs() -> (Vec<Value>, PathBuf, tempfile::TempDir) {
     render_copy_with_certs(
-        "manifests/agent",
+        "agent",
         &[
             "--dns",
             "pod-identity-exchange.pod-identity-system.svc",
@@ -330,27 +378,101 @@ fn agent_and_exchange_manifests_fit_the_binary() {
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["automountServiceAccountToken"], false);
+    // The agent has a namespace of its own (Pod Security: see pod_security below).
+    let agent_ns = ds["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(agent_ns, "pod-identity-agent");
+    find(&docs, "Namespace", agent_ns);
+    find(
+        &docs,
+        "ServiceAccount",
+        pod["serviceAccountName"].as_str().unwrap(),
+    );
+    // A one-shot step with NET_ADMIN puts the address on the node; the agent never holds it.
     let init = &pod["initContainers"][0];
     assert_eq!(
-        init["securityContext"]["capabilities"]["add"],
-        serde_json::json!(["NET_ADMIN"])
+        init["securityContext"]["capabilities"],
+        serde_json::json!({"drop": ["ALL"], "add": ["NET_ADMIN"]})
     );
     assert!(init["command"][2].as_str().unwrap().contains("169.254.170.23/32"));
+    assert_eq!(
+        init["image"], pod["containers"][0]["image"],
+        "the same image, pinned once"
+    );
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("iproute2"), "the image carries `ip`");
     let agent = &pod["containers"][0];
     assert_eq!(
-        agent["securityContext"]["capabilities"]["add"],
-        serde_json::json!(["NET_BIND_SERVICE"])
+        agent["securityContext"]["capabilities"],
+        serde_json::json!({"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]})
     );
     assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
     let agent_args = args_of(agent);
     assert_flags("agent", &agent_args);
     assert!(agent_args.contains(&"--listen=169.254.170.23:80"));
+    // The admin port on the node's loopback only: the probes name it, and no port is declared
+    // (on the host network a declared port is a host port).
+    let admin = flag(&agent_args, "--admin-listen");
+    assert_eq!(admin, "127.0.0.1:2704");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let get = &agent[probe]["httpGet"];
+        assert_eq!(
+            format!("{}:{}", get["host"].as_str().unwrap(), get["port"]),
+            admin,
+            "{probe}"
+        );
+    }
+    assert!(agent.get("ports").is_none());
 
     let deploy = find(&docs, "Deployment", "pod-identity-exchange");
     let exchange_pod = &deploy["spec"]["template"]["spec"];
     let c = &exchange_pod["containers"][0];
     let args = args_of(c);
     assert_flags("exchange", &args);
+    // The exchange lets in exactly the agents: their projected token's audience and their
+    // service account.
+    let projected = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["projected"]["sources"][0]["serviceAccountToken"].as_object())
+        .expect("the agent's projected token");
+    assert_eq!(flag(&args, "--caller-audience"), projected["audience"]);
+    assert_eq!(
+        flag(&args, "--agent-service-account"),
+        format!(
+            "system:serviceaccount:{agent_ns}:{}",
+            pod["serviceAccountName"].as_str().unwrap()
+        )
+    );
+    let token_path = Path::new(flag(&agent_args, "--auth-token-file"));
+    volume_at(pod, token_path.parent().unwrap().to_str().unwrap());
+    // The IAM key pair as files from the Secret, never as environment variables.
+    let key_dir = Path::new(flag(&args, "--access-key-file")).parent().unwrap();
+    assert_eq!(
+        Path::new(flag(&args, "--secret-key-file")).parent().unwrap(),
+        key_dir
+    );
+    assert_eq!(
+        volume_at(exchange_pod, key_dir.to_str().unwrap())["secret"]["secretName"],
+        "pod-identity-iam"
+    );
+    for d in &docs {
+        let text = serde_json::to_string(d).unwrap();
+        assert!(
+            !text.contains("secretKeyRef")
+                && !text.contains("secretRef")
+                && !text.contains("HUAWEICLOUD_SDK"),
+            "a secret reaches an environment variable: {}",
+            d["metadata"]["name"]
+        );
+    }
+    // A disruption budget keeps one exchange up.
+    let pdb = find(&docs, "PodDisruptionBudget", "pod-identity-exchange");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
     // The exchange's required settings come from the ConfigMap, under the env names the flags read.
     let help = help("exchange");
     let cm = docs
@@ -413,6 +535,17 @@ fn agent_and_exchange_manifests_fit_the_binary() {
     let svc = find(&docs, "Service", "pod-identity-exchange");
     assert_eq!(svc["spec"]["ports"][0]["port"], 443);
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "https");
+    // Only the nodes (where the agents' connections come from) reach that port.
+    let policy = find(&docs, "NetworkPolicy", "pod-identity-exchange");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        policy["spec"]["ingress"][0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": port}])
+    );
+    assert!(policy["spec"]["ingress"][0]["from"][0]["ipBlock"]["cidr"].is_string());
 
     // The agent calls that Service over HTTPS and trusts the CA from the ConfigMap it mounts
     // (the certificate only, never the key) ...
@@ -502,4 +635,245 @@ fn args_of(container: &Value) -> Vec<&str> {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect()
+}
+
+/// The pod templates of the workloads in `docs`: (kind/name, namespace, template).
+fn pod_templates(docs: &[Value]) -> Vec<(String, String, &Value)> {
+    docs.iter()
+        .filter_map(|d| {
+            let template = match d["kind"].as_str()? {
+                "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" | "Job" => &d["spec"]["template"],
+                "CronJob" => &d["spec"]["jobTemplate"]["spec"]["template"],
+                "Pod" => d,
+                _ => return None,
+            };
+            let name = format!("{}/{}", d["kind"].as_str()?, d["metadata"]["name"].as_str()?);
+            Some((name, d["metadata"]["namespace"].as_str()?.to_owned(), template))
+        })
+        .collect()
+}
+
+/// What Pod Security admission would reject in `renders` (overlays applied together), each
+/// finding naming the overlay, the workload, its namespace's level and the control.
+fn pod_security_findings(renders: &[(&str, Vec<Value>)]) -> Vec<String> {
+    let levels: std::collections::HashMap<&str, Level> = renders
+        .iter()
+        .flat_map(|(_, docs)| docs)
+        .filter(|d| d["kind"] == "Namespace")
+        .map(|d| {
+            let label = d["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str();
+            (d["metadata"]["name"].as_str().unwrap(), Level::parse(label))
+        })
+        .collect();
+    let mut findings = Vec::new();
+    for (overlay, docs) in renders {
+        for (name, ns, template) in pod_templates(docs) {
+            let Some(level) = levels.get(ns.as_str()) else {
+                findings.push(format!(
+                    "{overlay} {name}: namespace {ns} is not created by the manifests"
+                ));
+                continue;
+            };
+            for v in violations(template, *level) {
+                findings.push(format!("{overlay} {name} in {ns} ({level:?}): {v}"));
+            }
+        }
+    }
+    findings
+}
+
+/// Where the agent departs from `restricted`, each for a reason README gives: the host network
+/// (pods reach it on their node), NET_ADMIN for the one-shot address set-up, uid 0 for the
+/// capabilities to take effect, and probes of the admin port on the node's loopback.
+const AGENT_BEYOND_RESTRICTED: [&str; 8] = [
+    "Host Namespaces: spec.hostNetwork",
+    "Capabilities: initContainers[link-local].securityContext.capabilities.add NET_ADMIN",
+    "Running as Non-root: initContainers[link-local].securityContext.runAsNonRoot",
+    "Running as Non-root user: initContainers[link-local].securityContext.runAsUser",
+    "Running as Non-root: containers[agent].securityContext.runAsNonRoot",
+    "Running as Non-root user: containers[agent].securityContext.runAsUser",
+    "Host Probes / Lifecycle Hooks: containers[agent].readinessProbe.httpGet.host",
+    "Host Probes / Lifecycle Hooks: containers[agent].livenessProbe.httpGet.host",
+];
+
+#[test]
+fn every_pod_template_meets_its_namespaces_pod_security_level() {
+    let renders = every_overlay();
+    let findings = pod_security_findings(&renders);
+    assert!(
+        findings.is_empty(),
+        "Pod Security would reject:\n{}",
+        findings.join("\n")
+    );
+
+    // Everything but the agent meets restricted, in a namespace that enforces it ...
+    let mut agent = None;
+    for (overlay, docs) in &renders {
+        assert!(!pod_templates(docs).is_empty(), "{overlay} renders workloads");
+        for (name, ns, template) in pod_templates(docs) {
+            if name == "DaemonSet/pod-identity-agent" {
+                agent = Some((ns, template.clone()));
+                continue;
+            }
+            assert_eq!(ns, "pod-identity-system", "{name}");
+            assert_eq!(
+                violations(template, Level::Restricted),
+                Vec::<String>::new(),
+                "{name}"
+            );
+            // Seccomp and no privilege escalation are set, not merely allowed.
+            assert_eq!(
+                template["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                "{name}"
+            );
+        }
+    }
+    let (ns, template) = agent.expect("the agent is rendered");
+    let namespace = renders[2]
+        .1
+        .iter()
+        .find(|d| d["kind"] == "Namespace" && d["metadata"]["name"] == ns.as_str())
+        .unwrap();
+    let labels = namespace["metadata"]["labels"].as_object().unwrap();
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "privileged");
+    // ... and the agent departs from restricted exactly where it must, which baseline
+    // would reject too (so its namespace needs privileged, not less).
+    let beyond: std::collections::BTreeSet<String> =
+        violations(&template, Level::Restricted).into_iter().collect();
+    let expected: std::collections::BTreeSet<String> =
+        AGENT_BEYOND_RESTRICTED.iter().map(|s| s.to_string()).collect();
+    assert_eq!(beyond, expected);
+    assert!(!violations(&template, Level::Baseline).is_empty());
+    assert_eq!(
+        template["spec"]["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    for c in containers_of(&template) {
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"], false,
+            "{}",
+            c["name"]
+        );
+        assert_eq!(
+            c["securityContext"]["readOnlyRootFilesystem"], true,
+            "{}",
+            c["name"]
+        );
+    }
+}
+
+fn containers_of(template: &Value) -> Vec<&Value> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| template["spec"][*k].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// The check fails the build when a manifest breaks its namespace's level: an overlay that
+/// loosens the webhook, and the agent put in the restricted namespace.
+#[test]
+fn a_template_that_breaks_its_namespaces_level_is_caught() {
+    let (_, _, tmp) = render_with_certs();
+    let loose = tmp.path().join("loose");
+    std::fs::create_dir_all(&loose).unwrap();
+    std::fs::write(
+        loose.join("kustomization.yaml"),
+        r#"resources:
+- ../manifests
+patches:
+- target: {kind: Deployment, name: pod-identity-webhook}
+  patch: |-
+    - op: replace
+      path: /spec/template/spec/containers/0/securityContext/allowPrivilegeEscalation
+      value: true
+"#,
+    )
+    .unwrap();
+    let findings = pod_security_findings(&[("loose", kustomize(&loose))]);
+    assert_eq!(
+        findings,
+        [
+            "loose Deployment/pod-identity-webhook in pod-identity-system (Restricted): Privilege Escalation: containers[webhook].securityContext.allowPrivilegeEscalation"
+        ]
+    );
+
+    let (root, _, _t) = render_with_certs();
+    let (mut agent, _, _t2) = render_agent_with_certs();
+    for d in &mut agent {
+        if d["kind"] == "DaemonSet" {
+            d["metadata"]["namespace"] = "pod-identity-system".into();
+        }
+    }
+    let findings = pod_security_findings(&[("manifests", root), ("manifests/agent", agent)]);
+    assert!(
+        findings.iter().any(|f| f
+            .contains("DaemonSet/pod-identity-agent in pod-identity-system (Restricted): Host Namespaces")),
+        "{findings:?}"
+    );
+}
+
+/// Skipping `certs` fails the render with a message that names the step.
+#[test]
+fn a_skipped_certs_step_is_named_in_the_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("manifests");
+    copy_dir(&repo().join("manifests"), &m);
+    for (overlay, step) in [
+        ("", "RUN-pod-identity-webhook-certs--out-manifests-tls-FIRST"),
+        (
+            "agent",
+            "RUN-pod-identity-webhook-certs--out-manifests-agent-tls-FIRST",
+        ),
+    ] {
+        let dir = m.join(overlay);
+        let _ = std::fs::remove_file(dir.join("tls").join(certs::CA_FILE));
+        let err = try_kustomize(&dir).expect_err("renders without certificates");
+        assert!(err.contains(step), "{err}");
+    }
+}
+
+/// The settings file reaches every overlay: one image for every container, and the ranges of
+/// both NetworkPolicies.
+#[test]
+fn settings_reach_every_overlay() {
+    let (_, _, tmp) = render_with_certs();
+    let m = tmp.path().join("manifests");
+    let image = "registry.example/team/pod-identity-webhook@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    std::fs::write(
+        m.join("settings/settings.env"),
+        format!("IMAGE={image}\nAPI_SERVER_CIDR=192.0.2.10/32\nNODE_CIDR=198.51.100.0/24\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["certs", "--out"])
+        .arg(m.join("agent/tls"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for overlay in ["", "cert-manager", "agent"] {
+        let docs = kustomize(&m.join(overlay));
+        let images: Vec<&Value> = pod_templates(&docs)
+            .into_iter()
+            .flat_map(|(_, _, t)| containers_of(t))
+            .map(|c| &c["image"])
+            .collect();
+        assert!(!images.is_empty());
+        assert!(images.iter().all(|i| *i == image), "{overlay}: {images:?}");
+        assert!(
+            docs.iter()
+                .all(|d| d["kind"] != "ConfigMap" || d["metadata"]["name"] != "pod-identity-settings")
+        );
+        for d in docs
+            .iter()
+            .filter(|d| d["kind"] == "NetworkPolicy" && d["spec"]["ingress"].is_array())
+        {
+            let cidr = &d["spec"]["ingress"][0]["from"][0]["ipBlock"]["cidr"];
+            let want = if d["metadata"]["name"] == "pod-identity-webhook" {
+                "192.0.2.10/32"
+            } else {
+                "198.51.100.0/24"
+            };
+            assert_eq!(cidr, want, "{overlay}");
+        }
+    }
 }

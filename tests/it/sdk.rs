@@ -130,7 +130,9 @@ async fn end_to_end_from_the_sdk_to_iam() {
         calls[0].body["auth"]["identity"]["assume_role"]["session_user"]["name"],
         format!("cce-{CLUSTER}-worker-5d8f")
     );
-    assert_eq!(api.reviews(), 1);
+    // The agent's token, then the pod's.
+    assert_eq!(api.reviews_for("pod-identity-exchange"), 1);
+    assert_eq!(api.reviews_for("service.cce.pods"), 1);
 }
 
 const SIGN_SCRIPT: &str = r#"
@@ -283,6 +285,7 @@ async fn exchange_iam_requests_signed_with_ak_sk_verify_with_the_sdk() {
             "{}/api/v3/projects/{PROJECT}/clusters/{CLUSTER}/assume-agency-for-pod-identity",
             exchange.url
         ))
+        .header("X-Auth-Token", agent_token(crate::common::NODE))
         .json(&serde_json::json!({ "token": token }))
         .send()
         .await

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::agents::{CLUSTER, PROJECT, pod_token};
+use crate::common::agents::{CLUSTER, PROJECT, agent_token, pod_token};
 use crate::common::standin::StandIn;
 use crate::common::{Reaped, doubles, until_ready};
 use serde_json::Value;
@@ -74,8 +74,11 @@ async fn no_secret_reaches_the_logs() {
         ),
     )
     .unwrap();
-    std::fs::write(d.join("operator-token"), "operator-iam-token-secret").unwrap();
-    std::fs::write(d.join("agent-token"), "agent-auth-token-secret").unwrap();
+    // The IAM operator's key pair as a mounted Secret would hold it.
+    std::fs::write(d.join("access-key"), "AKOPERATOR\n").unwrap();
+    std::fs::write(d.join("secret-key"), "operator-secret-key-value").unwrap();
+    let agent_auth = agent_token(crate::common::NODE);
+    std::fs::write(d.join("agent-token"), &agent_auth).unwrap();
 
     let [xport, aport, admin, wport] = free_ports::<4>();
     let exchange = spawn(
@@ -93,8 +96,10 @@ async fn no_secret_reaches_the_logs() {
             "domain-1",
             "--source",
             "kubernetes",
-            "--auth-token-file",
-            d.join("operator-token").to_str().unwrap(),
+            "--access-key-file",
+            d.join("access-key").to_str().unwrap(),
+            "--secret-key-file",
+            d.join("secret-key").to_str().unwrap(),
         ],
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
     );
@@ -163,6 +168,16 @@ async fn no_secret_reaches_the_logs() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // A pod calling the exchange directly, with no caller token: refused, and logged.
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{xport}/api/v3/projects/{PROJECT}/clusters/{CLUSTER}/assume-agency-for-pod-identity"
+        ))
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 
     let end = Instant::now() + Duration::from_secs(20);
     while !certs.join("ca.crt").exists() {
@@ -182,7 +197,20 @@ async fn no_secret_reaches_the_logs() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    let all = [logs(agent), logs(exchange), logs(webhook)].join("\n");
+    let exchange_log = logs(exchange);
+    assert!(
+        exchange_log.contains("exchange refused") && exchange_log.contains("no_caller_token"),
+        "{exchange_log}"
+    );
+    let signed = iam.calls()[0]
+        .header("Authorization")
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        signed.contains("Access=AKOPERATOR"),
+        "IAM calls signed with the key files: {signed}"
+    );
+    let all = [logs(agent), exchange_log, logs(webhook)].join("\n");
     assert!(all.contains("DEBUG"), "debug logging was on");
     assert!(all.contains("agency credentials issued"), "the flow ran");
     let secrets = [
@@ -190,8 +218,8 @@ async fn no_secret_reaches_the_logs() {
         bad.as_str(),
         creds["secretAccessKey"].as_str().unwrap(),
         creds["securityToken"].as_str().unwrap(),
-        "operator-iam-token-secret",
-        "agent-auth-token-secret",
+        "operator-secret-key-value",
+        agent_auth.as_str(),
         "kube-bearer-secret",
     ];
     for s in secrets {

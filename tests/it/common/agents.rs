@@ -13,7 +13,7 @@ use pod_identity_webhook::exchange::metrics::ExchangeMetrics;
 use pod_identity_webhook::exchange::review::KubeReviewer;
 use pod_identity_webhook::exchange::{Exchange, ExchangeConfig};
 use pod_identity_webhook::profile::Provider;
-use pod_identity_webhook::testing::{AccessKey, CloudAuth, Limits, Reader, TokenFile, file, http_client};
+use pod_identity_webhook::testing::{AccessKey, CloudAuth, Reader, TokenFile, file, http_client};
 use tokio::sync::oneshot;
 
 use super::fixtures_dir;
@@ -63,7 +63,7 @@ pub fn cce_backend_trusting(
     ca: Option<&Path>,
 ) -> Arc<dyn Backend> {
     let token_file = dir.join("agent-auth-token");
-    std::fs::write(&token_file, "agent-iam-token\n").unwrap();
+    std::fs::write(&token_file, format!("{}\n", agent_token(super::NODE))).unwrap();
     let client = http_client(ca, timeout).unwrap();
     Arc::new(
         CceBackend::new(
@@ -109,7 +109,18 @@ pub async fn start_agent(
 
 pub struct RunningExchange {
     pub url: String,
+    pub metrics: Arc<ExchangeMetrics>,
     stop: Option<oneshot::Sender<()>>,
+}
+
+impl RunningExchange {
+    /// The URL of the assume-agency API for this exchange's cluster.
+    pub fn api(&self) -> String {
+        format!(
+            "{}/api/v3/projects/{PROJECT}/clusters/{CLUSTER}/assume-agency-for-pod-identity",
+            self.url
+        )
+    }
 }
 
 impl Drop for RunningExchange {
@@ -133,54 +144,89 @@ pub async fn start_exchange_with(
     dir: &Path,
     cert_dir: Option<&Path>,
 ) -> RunningExchange {
+    start_exchange_tweaked(api, iam_url, dir, |c| {
+        c.cert_dir = cert_dir.map(Path::to_path_buf)
+    })
+    .await
+}
+
+/// The exchange with its settings changed by `tweak`.
+pub async fn start_exchange_tweaked(
+    api: &StandIn,
+    iam_url: &str,
+    dir: &Path,
+    tweak: impl FnOnce(&mut ExchangeConfig),
+) -> RunningExchange {
     let token_file = dir.join("operator-token");
     std::fs::write(&token_file, "operator-iam-token").unwrap();
     let auth = CloudAuth::TokenFile(TokenFile::new(token_file));
-    exchange(api, iam_url, auth, cert_dir).await
+    exchange(api, iam_url, auth, tweak).await
 }
 
-async fn exchange(api: &StandIn, iam_url: &str, auth: CloudAuth, cert_dir: Option<&Path>) -> RunningExchange {
+async fn exchange(
+    api: &StandIn,
+    iam_url: &str,
+    auth: CloudAuth,
+    tweak: impl FnOnce(&mut ExchangeConfig),
+) -> RunningExchange {
     crate::common::crypto();
     let client = http_client(None, Duration::from_secs(4)).unwrap();
     let iam = Iam::new(client, iam_url, auth, Domain::Id("domain-1".into()), 3600).unwrap();
-    let config = ExchangeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        project_id: PROJECT.into(),
-        cluster_id: CLUSTER.into(),
-        cert_dir: cert_dir.map(Path::to_path_buf),
-        limits: Limits::default(),
-    };
+    let mut config = ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), PROJECT, CLUSTER);
+    tweak(&mut config);
+    let tls = config.cert_dir.is_some();
+    let metrics = Arc::new(ExchangeMetrics::default());
     let reviewer = Arc::new(KubeReviewer::new(api.config(), Duration::from_secs(1)).unwrap());
-    let exchange = Exchange::bind(
-        config,
-        reviewer,
-        fixture_store(),
-        iam,
-        Arc::new(ExchangeMetrics::default()),
-    )
-    .await
-    .unwrap();
-    let scheme = if cert_dir.is_some() { "https" } else { "http" };
+    let exchange = Exchange::bind(config, reviewer, fixture_store(), iam, metrics.clone())
+        .await
+        .unwrap();
+    let scheme = if tls { "https" } else { "http" };
     let url = format!("{scheme}://localhost:{}", exchange.local_addr().port());
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(exchange.run(async {
         let _ = rx.await;
     }));
-    RunningExchange { url, stop: Some(tx) }
+    RunningExchange {
+        url,
+        metrics,
+        stop: Some(tx),
+    }
 }
 
 /// The exchange over plain HTTP, signing its IAM calls with `key`.
 pub async fn start_exchange_signed(api: &StandIn, iam_url: &str, key: AccessKey) -> RunningExchange {
-    exchange(api, iam_url, CloudAuth::AkSk(key), None).await
+    exchange(api, iam_url, CloudAuth::AkSk(key), |_| {}).await
 }
 
-/// A token for `namespace/sa` in pod `pod`, valid for an hour, with `audience`.
+/// A token for `namespace/sa` in pod `pod` on the tests' node, valid for an hour, with `audience`.
 pub fn pod_token(namespace: &str, sa: &str, pod: &str, audience: &str) -> String {
-    super::unsigned(
+    pod_token_on(super::NODE, namespace, sa, pod, audience)
+}
+
+/// The same for a pod on `node`.
+pub fn pod_token_on(node: &str, namespace: &str, sa: &str, pod: &str, audience: &str) -> String {
+    super::unsigned_on(
+        Some(node),
         namespace,
         sa,
         pod,
         audience,
         jiff::Timestamp::now().as_second() + 3600,
+    )
+}
+
+/// The agents' service account, as the manifests create it and the exchange expects it.
+pub const AGENT_NAMESPACE: &str = "pod-identity-agent";
+pub const AGENT_SERVICE_ACCOUNT: &str = "pod-identity-agent";
+
+/// The token of the agent on `node` (the DaemonSet's projected token, audience
+/// `pod-identity-exchange`).
+pub fn agent_token(node: &str) -> String {
+    pod_token_on(
+        node,
+        AGENT_NAMESPACE,
+        AGENT_SERVICE_ACCOUNT,
+        &format!("pod-identity-agent-{node}"),
+        "pod-identity-exchange",
     )
 }

@@ -29,12 +29,28 @@ pub fn crypto() {
     ONCE.call_once(install_crypto_provider);
 }
 
+/// The node the tests' pods and agent run on, unless a test says otherwise.
+pub const NODE: &str = "node-a";
+
 /// A service-account token with these claims and a dummy signature, shaped as the kubelet's
-/// projected tokens are.
+/// projected tokens are, for a pod on [`NODE`].
 pub fn unsigned(namespace: &str, service_account: &str, pod: &str, audience: &str, exp: i64) -> String {
+    unsigned_on(Some(NODE), namespace, service_account, pod, audience, exp)
+}
+
+/// The same for a pod on `node` (none: a token without the node claim, as Kubernetes before
+/// 1.30 issued them).
+pub fn unsigned_on(
+    node: Option<&str>,
+    namespace: &str,
+    service_account: &str,
+    pod: &str,
+    audience: &str,
+    exp: i64,
+) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = b64.encode(br#"{"alg":"RS256","kid":"test"}"#);
-    let payload = json!({
+    let mut payload = json!({
         "aud": [audience],
         "exp": exp,
         "iat": exp - 3600,
@@ -46,6 +62,9 @@ pub fn unsigned(namespace: &str, service_account: &str, pod: &str, audience: &st
             "serviceaccount": {"name": service_account, "uid": format!("{service_account}-uid")},
         },
     });
+    if let Some(node) = node {
+        payload["kubernetes.io"]["node"] = json!({"name": node, "uid": format!("{node}-uid")});
+    }
     format!("{header}.{}.c2lnbmF0dXJl", b64.encode(payload.to_string()))
 }
 
@@ -361,4 +380,62 @@ impl Drop for Reaped {
             let _ = child.wait();
         }
     }
+}
+
+/// What the code under test logs on this thread, as text: for tests on a current-thread
+/// runtime, where every task the test starts runs on its thread.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Captures this thread's log events (debug and up) until the guard is dropped.
+    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(logs.clone())
+            .finish();
+        (logs.clone(), tracing::subscriber::set_default(subscriber))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The lines that contain every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+/// How a token is named in logs: the first 8 bytes of its SHA-256, in hex.
+pub fn token_hash(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

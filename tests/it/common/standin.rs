@@ -42,6 +42,8 @@ struct Inner {
     lists: u64,
     reviews: u64,
     review_answer: ReviewAnswer,
+    /// Reviews by the audience asked for.
+    reviews_for: HashMap<String, u64>,
     /// Open connections, cut when the stand-in goes down.
     conns: Vec<tokio::task::AbortHandle>,
 }
@@ -112,6 +114,17 @@ impl StandIn {
 
     pub fn reviews(&self) -> u64 {
         self.inner.lock().unwrap().reviews
+    }
+
+    /// Reviews asked for `audience`.
+    pub fn reviews_for(&self, audience: &str) -> u64 {
+        self.inner
+            .lock()
+            .unwrap()
+            .reviews_for
+            .get(audience)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn lists(&self) -> u64 {
@@ -260,6 +273,9 @@ struct Claims {
     service_account: String,
     pod_name: Option<String>,
     pod_uid: Option<String>,
+    /// `kubernetes.io.node.name`: the node of the pod the token is bound to.
+    node_name: Option<String>,
+    node_uid: Option<String>,
 }
 
 impl Claims {
@@ -289,16 +305,23 @@ impl Claims {
             service_account: text(&k["serviceaccount"]["name"]).or(sub_sa.map(str::to_owned))?,
             pod_name: text(&k["pod"]["name"]),
             pod_uid: text(&k["pod"]["uid"]),
+            node_name: text(&k["node"]["name"]),
+            node_uid: text(&k["node"]["uid"]),
         })
     }
 }
 
 /// TokenReview as the API server answers it for projected service-account tokens (the
-/// stand-in trusts the claims; a real API server verifies the signature too).
+/// stand-in trusts the claims; a real API server verifies the signature too). A token bound to
+/// a pod on a node gets the node in `user.extra`, as Kubernetes 1.30+ does.
 async fn token_review(State(s): State<StandIn>, body: Bytes) -> Response {
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let token = review["spec"]["token"].as_str().unwrap_or("");
+    let wanted: Vec<String> = serde_json::from_value(review["spec"]["audiences"].clone()).unwrap_or_default();
     let answer = {
         let mut g = s.inner.lock().unwrap();
         g.reviews += 1;
+        *g.reviews_for.entry(wanted.join(",")).or_default() += 1;
         g.review_answer
     };
     match answer {
@@ -315,9 +338,6 @@ async fn token_review(State(s): State<StandIn>, body: Bytes) -> Response {
                 .into_response();
         }
     }
-    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let token = review["spec"]["token"].as_str().unwrap_or("");
-    let wanted: Vec<String> = serde_json::from_value(review["spec"]["audiences"].clone()).unwrap_or_default();
     let now = jiff::Timestamp::now().as_second();
     let status = match Claims::read(token) {
         Some(c) if c.exp <= now => {
@@ -339,6 +359,13 @@ async fn token_review(State(s): State<StandIn>, body: Bytes) -> Response {
                 if let Some(pod) = &c.pod_name {
                     extra.insert("authentication.kubernetes.io/pod-name".into(), json!([pod]));
                     extra.insert("authentication.kubernetes.io/pod-uid".into(), json!([c.pod_uid]));
+                }
+                if let Some(node) = &c.node_name {
+                    extra.insert("authentication.kubernetes.io/node-name".into(), json!([node]));
+                    extra.insert(
+                        "authentication.kubernetes.io/node-uid".into(),
+                        json!([c.node_uid]),
+                    );
                 }
                 json!({
                     "authenticated": true,

@@ -1,0 +1,167 @@
+//! Why the exchange gives no credentials: the answer the caller gets (what it can act on), the
+//! log line operators get (who, which token by hash, and the internal cause), sampled so a
+//! flood of refusals cannot flood the log.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+
+use crate::budget::TokenHash;
+use crate::sampled::Sampled;
+
+/// Why a request was refused, as counted in `podidentity_exchange_refusals_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    UnknownCluster,
+    BadRequest,
+    NoCallerToken,
+    CallerInvalid,
+    CallerNotAgent,
+    PodTokenInvalid,
+    NotPodBound,
+    NoNodeBinding,
+    OtherNode,
+    NoAssociation,
+    NoAgency,
+    RateLimited,
+    ReviewUnavailable,
+    Iam,
+}
+
+impl Reason {
+    pub(crate) const ALL: [Reason; 14] = [
+        Reason::UnknownCluster,
+        Reason::BadRequest,
+        Reason::NoCallerToken,
+        Reason::CallerInvalid,
+        Reason::CallerNotAgent,
+        Reason::PodTokenInvalid,
+        Reason::NotPodBound,
+        Reason::NoNodeBinding,
+        Reason::OtherNode,
+        Reason::NoAssociation,
+        Reason::NoAgency,
+        Reason::RateLimited,
+        Reason::ReviewUnavailable,
+        Reason::Iam,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Reason::UnknownCluster => "unknown_cluster",
+            Reason::BadRequest => "bad_request",
+            Reason::NoCallerToken => "no_caller_token",
+            Reason::CallerInvalid => "caller_invalid",
+            Reason::CallerNotAgent => "caller_not_agent",
+            Reason::PodTokenInvalid => "pod_token_invalid",
+            Reason::NotPodBound => "not_pod_bound",
+            Reason::NoNodeBinding => "no_node_binding",
+            Reason::OtherNode => "other_node",
+            Reason::NoAssociation => "no_association",
+            Reason::NoAgency => "no_agency",
+            Reason::RateLimited => "rate_limited",
+            Reason::ReviewUnavailable => "review_unavailable",
+            Reason::Iam => "iam",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A refusal: the caller's answer, and what only the log gets.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    /// The cloud API's `error_code`.
+    pub(crate) code: &'static str,
+    pub(crate) reason: Reason,
+    /// What the caller reads: what is wrong and what to do, nothing internal.
+    pub(crate) message: String,
+    /// The internal cause (the API server's or IAM's wording, a transport error): log only.
+    pub(crate) detail: Option<String>,
+    /// For 429: when to come back.
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        Refusal {
+            status,
+            code,
+            reason,
+            message: message.into(),
+            detail: None,
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn detail(mut self, detail: impl ToString) -> Self {
+        self.detail = Some(detail.to_string());
+        self
+    }
+}
+
+/// What the exchange learned about a request before refusing it: who called and for whom,
+/// tokens by hash only.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    pub(crate) caller: Option<String>,
+    pub(crate) caller_node: Option<String>,
+    pub(crate) caller_token: Option<TokenHash>,
+    pub(crate) subject: Option<String>,
+    pub(crate) pod_token: Option<TokenHash>,
+}
+
+/// Logs the first `per_window` refusals of each window; the rest are counted, and the count
+/// goes with the next line logged.
+pub(crate) struct SampledLog(Sampled);
+
+impl SampledLog {
+    pub(crate) fn new(window: Duration, per_window: u32) -> Self {
+        SampledLog(Sampled::new(per_window, window))
+    }
+
+    /// Logs `refusal` with what was `seen`, unless this window's share is spent.
+    pub(crate) fn log(&self, refusal: &Refusal, seen: &Seen) {
+        let Some(unlogged) = self.0.admit() else {
+            return;
+        };
+        let hash = |h: &Option<TokenHash>| h.map(|h| h.to_string());
+        tracing::warn!(
+            status = refusal.status.as_u16(),
+            reason = refusal.reason.label(),
+            caller = seen.caller.as_deref(),
+            caller_node = seen.caller_node.as_deref(),
+            caller_token = hash(&seen.caller_token).as_deref(),
+            subject = seen.subject.as_deref(),
+            pod_token = hash(&seen.pod_token).as_deref(),
+            detail = refusal.detail.as_deref(),
+            message = %refusal.message,
+            unlogged_before = unlogged,
+            "exchange refused"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_label_and_slot() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let mut labels: Vec<_> = Reason::ALL.iter().map(|r| r.label()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), Reason::ALL.len());
+    }
+}
