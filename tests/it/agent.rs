@@ -242,8 +242,16 @@ async fn upstream_failures_map_to_clear_statuses() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exchange_answers_seed_000_from_token_review_and_iam() {
+/// The exchange with the stand-in API server and an IAM double, and its seed 000 URL.
+struct ExchangeRig {
+    api: StandIn,
+    iam: doubles::Double,
+    url: String,
+    _exchange: RunningExchange,
+    _dir: tempfile::TempDir,
+}
+
+async fn exchange_rig() -> ExchangeRig {
     let api = StandIn::start(false).await;
     let iam = doubles::iam().await;
     let dir = tempfile::tempdir().unwrap();
@@ -252,6 +260,19 @@ async fn exchange_answers_seed_000_from_token_review_and_iam() {
         "{}/api/v3/projects/{PROJECT}/clusters/{CLUSTER}/assume-agency-for-pod-identity",
         exchange.url
     );
+    ExchangeRig {
+        api,
+        iam,
+        url,
+        _exchange: exchange,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_answers_seed_000_from_token_review_and_iam() {
+    let rig = exchange_rig().await;
+    let ExchangeRig { api, iam, url, .. } = &rig;
     let post = |body: Value| {
         let url = url.clone();
         async move {
@@ -410,4 +431,43 @@ async fn agent_reaches_the_exchange_over_https() {
     .await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(iam.calls().len(), 1);
+}
+
+/// Two pods of one ReplicaSet with a long Deployment name, under a UUID cluster id: IAM sees
+/// two distinct session names, each naming its pod within seed 003's 64 characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_gives_long_named_pods_of_one_replicaset_distinct_sessions() {
+    let rig = exchange_rig().await;
+    let ExchangeRig { iam, url, .. } = &rig;
+    let pods = [
+        "payments-reconciliation-worker-7f9c8d6b5c-x2x9z",
+        "payments-reconciliation-worker-7f9c8d6b5c-q8w4m",
+    ];
+    for pod in pods {
+        let token = pod_token("pi-demo", "app", pod, AUD);
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::json!({"token": token}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let sessions: Vec<String> = iam
+        .calls()
+        .iter()
+        .map(|c| {
+            c.body["auth"]["identity"]["assume_role"]["session_user"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(sessions.len(), 2);
+    assert_ne!(sessions[0], sessions[1]);
+    for (session, pod) in sessions.iter().zip(pods) {
+        assert!(session.len() <= 64, "{session}");
+        assert!(session.starts_with("cce-46db1d50-"), "{session}");
+        assert!(session.ends_with(&pod[pod.len() - 16..]), "{session} names {pod}");
+    }
 }
