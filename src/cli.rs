@@ -334,7 +334,7 @@ pub struct CertsArgs {
     /// IP addresses of the serving certificate.
     #[arg(long = "ip")]
     pub(crate) ip: Vec<IpAddr>,
-    /// Validity in days.
-    #[arg(long, default_value_t = 365)]
+    /// Validity in days (at least 1).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) days: u32,
 }
