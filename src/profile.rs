@@ -52,6 +52,10 @@ pub struct Profile {
     pub token_file: &'static str,
     /// Endpoint used when `--credentials-uri` is not given.
     pub default_endpoint: &'static str,
+    /// Env vars set to the configured region (`--aws-region`); empty when the profile has none.
+    pub region_envs: &'static [&'static str],
+    /// Env vars injected with a fixed value alongside the region.
+    pub regional_envs: &'static [(&'static str, &'static str)],
 }
 
 pub static CCE: Profile = Profile {
@@ -62,6 +66,8 @@ pub static CCE: Profile = Profile {
     mount_path: "/var/run/secrets/service.cce.pods/serviceaccount",
     token_file: "cce-pod-identity-token",
     default_endpoint: "http://169.254.170.23/v1/credentials",
+    region_envs: &[],
+    regional_envs: &[],
 };
 
 pub static EKS: Profile = Profile {
@@ -72,7 +78,14 @@ pub static EKS: Profile = Profile {
     mount_path: "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount",
     token_file: "eks-pod-identity-token",
     default_endpoint: "http://169.254.170.23/v1/credentials",
+    // As the EKS pod identity webhook sets them.
+    region_envs: &["AWS_REGION", "AWS_DEFAULT_REGION"],
+    regional_envs: &[("AWS_STS_REGIONAL_ENDPOINTS", "regional")],
 };
+
+/// Every profile, for what must know all of them (the pod view keeps only their token-file
+/// env values).
+pub static PROFILES: [&Profile; 2] = [&CCE, &EKS];
 
 impl Profile {
     /// Full path of the token file inside a container.

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use super::decide::{Decision, decide};
-use super::mutation::{Injection, Pod, Skip};
+use super::mutation::{Injection, Pod};
 use crate::association::Index;
 use crate::association::file::{self, FileError};
 use crate::cli::MutateArgs;
@@ -106,7 +106,7 @@ pub fn run(
             .or(pod.namespace())
             .unwrap_or("default")
             .to_owned();
-        let decision = decide(&pod, &ns, index, inj);
+        let decision = decide(&pod, &ns, index, inj, "");
         let (patch, outcome) = match decision {
             Decision::Inject {
                 association,
@@ -129,13 +129,7 @@ pub fn run(
                 (mutation.patch.to_json_patch(), outcome + &warnings)
             }
             Decision::NoAssociation => (Default::default(), "no association: unchanged".to_owned()),
-            Decision::Skipped(Skip::OptedOut) => {
-                (Default::default(), "opted out by label: unchanged".to_owned())
-            }
-            Decision::Skipped(Skip::AllContainersSkipped) => (
-                Default::default(),
-                "every container skipped: unchanged".to_owned(),
-            ),
+            Decision::Skipped(skip) => (Default::default(), format!("{}: unchanged", skip.reason())),
         };
         reports.push(Report {
             namespace: ns,
