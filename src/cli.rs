@@ -163,9 +163,15 @@ pub enum BackendKind {
 token's claims WITHOUT verifying the signature and hands out fake credentials."
 )]
 pub struct AgentArgs {
-    /// Credential endpoint address (169.254.170.23:80 on a node).
-    #[arg(long, env = "POD_IDENTITY_AGENT_LISTEN", default_value = "127.0.0.1:2703")]
-    pub(crate) listen: SocketAddr,
+    /// Credential endpoint address; repeat (or separate with commas) for several, e.g.
+    /// 169.254.170.23:80 and [fd00:ec2::23]:80 on a node.
+    #[arg(
+        long,
+        env = "POD_IDENTITY_AGENT_LISTEN",
+        default_value = "127.0.0.1:2703",
+        value_delimiter = ','
+    )]
+    pub(crate) listen: Vec<SocketAddr>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(
         long,
@@ -374,6 +380,37 @@ pub struct CertsArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn agent(args: &[&str]) -> AgentArgs {
+        let argv = ["pod-identity-webhook", "agent", "--backend", "local"]
+            .iter()
+            .chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Agent(a) => a,
+            _ => unreachable!("parsed as the agent"),
+        }
+    }
+
+    #[test]
+    fn the_agent_listens_on_one_address_by_default_and_on_several_when_asked() {
+        assert_eq!(
+            agent(&[]).listen,
+            ["127.0.0.1:2703".parse::<SocketAddr>().unwrap()]
+        );
+        let both = agent(&["--listen", "169.254.170.23:80", "--listen", "[fd00:ec2::23]:80"]).listen;
+        assert_eq!(
+            both,
+            [
+                "169.254.170.23:80".parse::<SocketAddr>().unwrap(),
+                "[fd00:ec2::23]:80".parse().unwrap()
+            ]
+        );
+        // One value with commas, as the environment variable carries them.
+        assert_eq!(
+            agent(&["--listen", "169.254.170.23:80,[fd00:ec2::23]:80"]).listen,
+            both
+        );
+    }
 
     #[test]
     fn injection_flags_are_checked() {
