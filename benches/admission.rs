@@ -164,10 +164,10 @@ fn mutate(c: &mut Criterion) {
     for (name, review) in cases() {
         let bytes = pod_bytes(&review);
         let pod = Pod::from_slice(&bytes).unwrap();
-        let m = mutation::mutate(&pod, &association, &a.injection).unwrap();
+        let m = mutation::mutate(&pod, &association, &a.injection, 0).unwrap();
         assert!(!m.patch.is_empty(), "{name}: expected a patch");
         g.bench_function(name, |b| {
-            b.iter(|| mutation::mutate(black_box(&pod), &association, &a.injection))
+            b.iter(|| mutation::mutate(black_box(&pod), &association, &a.injection, black_box(0)))
         });
     }
     g.finish();

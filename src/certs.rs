@@ -29,6 +29,10 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("a certificate needs at least one DNS name or IP address")]
     NoNames,
+    #[error(
+        "{0:?} is not a DNS name: labels of 1 to 63 letters, digits and '-' (not at either end) separated by '.', a leading '*.' allowed"
+    )]
+    BadDnsName(String),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -66,6 +70,9 @@ pub fn generate_valid(
     if dns.is_empty() && ips.is_empty() {
         return Err(CertError::NoNames);
     }
+    if let Some(bad) = dns.iter().find(|n| !is_dns_name(n)) {
+        return Err(CertError::BadDnsName(bad.clone()));
+    }
 
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -97,6 +104,19 @@ pub fn generate_valid(
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// A name a TLS client can match: RFC 1123 labels, at most 253 characters, optionally a
+/// wildcard first label.
+fn is_dns_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    name.len() <= 253 && rest.split('.').all(label)
 }
 
 /// Material for a webhook on this machine: localhost, 127.0.0.1 and ::1.
@@ -202,6 +222,27 @@ pub fn command(args: crate::cli::CertsArgs) -> Result<(), CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_dns_names_are_accepted() {
+        for ok in ["localhost", "hook.ns.svc", "*.ns.svc", "a-1.b2", &"a".repeat(63)] {
+            assert!(is_dns_name(ok), "{ok}");
+        }
+        for bad in [
+            "bad name!",
+            "",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a.*.b",
+            "é.b",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns_name(bad), "{bad}");
+            let err = generate(&[bad.to_owned()], &[], 1).err().unwrap().to_string();
+            assert!(err.contains("is not a DNS name"), "{err}");
+        }
+    }
 
     #[test]
     fn writes_a_pair_and_a_ca_with_a_private_key_mode() {

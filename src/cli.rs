@@ -12,7 +12,7 @@ use crate::cloud::auth::{CloudAuth, TokenFile};
 use crate::cloud::client::{Upstream, http_client};
 use crate::cloud::signer::AccessKey;
 use crate::http::Limits;
-use crate::profile::Provider;
+use crate::profile::{Profile, Provider};
 use crate::webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, MIN_TOKEN_EXPIRATION, Settings};
 
 /// A flag's value is unusable; the message says which flag and why.
@@ -190,9 +190,15 @@ pub enum BackendKind {
 token's claims WITHOUT verifying the signature and hands out fake credentials."
 )]
 pub struct AgentArgs {
-    /// Credential endpoint address (169.254.170.23:80 on a node).
-    #[arg(long, env = "POD_IDENTITY_AGENT_LISTEN", default_value = "127.0.0.1:2703")]
-    pub(crate) listen: SocketAddr,
+    /// Credential endpoint address; repeat (or separate with commas) for several, e.g.
+    /// 169.254.170.23:80 and [fd00:ec2::23]:80 on a node.
+    #[arg(
+        long,
+        env = "POD_IDENTITY_AGENT_LISTEN",
+        default_value = "127.0.0.1:2703",
+        value_delimiter = ','
+    )]
+    pub(crate) listen: Vec<SocketAddr>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(
         long,
@@ -324,25 +330,57 @@ pub struct InjectionArgs {
     /// Credential endpoint URL put in the pod (default: the profile's link-local endpoint).
     #[arg(long, env = "POD_IDENTITY_CREDENTIALS_URI")]
     pub(crate) credentials_uri: Option<String>,
-    /// Lifetime of the projected token in seconds (values below 600 are raised to 600).
+    /// Default lifetime of the projected token in seconds, kept within the API server's
+    /// 600..2^32; spread per pod over its last twelfth.
     #[arg(long, env = "POD_IDENTITY_TOKEN_EXPIRATION", default_value_t = DEFAULT_TOKEN_EXPIRATION)]
     pub(crate) token_expiration: i64,
+    /// Region injected as AWS_REGION and AWS_DEFAULT_REGION, with
+    /// AWS_STS_REGIONAL_ENDPOINTS=regional (eks profile).
+    #[arg(long, env = "POD_IDENTITY_AWS_REGION")]
+    pub(crate) aws_region: Option<String>,
 }
 
 impl InjectionArgs {
-    pub(crate) fn injection(&self) -> Injection {
-        if self.token_expiration < MIN_TOKEN_EXPIRATION {
+    /// The injection these flags describe; refuses an endpoint the pods' SDKs would refuse.
+    pub(crate) fn injection(&self) -> Result<Injection, ArgError> {
+        let profile = self.provider.profile();
+        let mut settings = Settings::new(profile, self.credentials_uri.clone(), self.token_expiration);
+        if settings.token_expiration != self.token_expiration {
             tracing::warn!(
                 requested = self.token_expiration,
-                used = MIN_TOKEN_EXPIRATION,
-                "token expiration raised to the minimum"
+                used = settings.token_expiration,
+                "token expiration kept within the API server's range ({MIN_TOKEN_EXPIRATION}..2^32 s)"
             );
         }
-        let profile = self.provider.profile();
-        Injection::new(
-            profile,
-            Settings::new(profile, self.credentials_uri.clone(), self.token_expiration),
-        )
+        check_credentials_uri(profile, &settings.credentials_uri)?;
+        if let Some(region) = &self.aws_region {
+            if profile.region_envs.is_empty() {
+                return Err(ArgError(format!(
+                    "--aws-region is for --provider eks; the {} profile injects no region",
+                    self.provider
+                )));
+            }
+            if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(ArgError(format!(
+                    "--aws-region {region:?} is not a region name (e.g. eu-west-1)"
+                )));
+            }
+            settings.region = Some(region.clone());
+        }
+        Ok(Injection::new(profile, settings))
+    }
+}
+
+/// `--credentials-uri` must be an http(s) URL with a host that the profile's SDKs will call.
+fn check_credentials_uri(profile: &Profile, uri: &str) -> Result<(), ArgError> {
+    let bad = |why: String| ArgError(format!("--credentials-uri {uri:?}: {why}"));
+    let url = url::Url::parse(uri).map_err(|e| bad(format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad("must be an http:// or https:// URL with a host".into()));
+    }
+    match profile.refuses_endpoint(&url) {
+        Some(why) => Err(bad(why)),
+        None => Ok(()),
     }
 }
 
@@ -437,7 +475,82 @@ pub struct CertsArgs {
     /// IP addresses of the serving certificate.
     #[arg(long = "ip")]
     pub(crate) ip: Vec<IpAddr>,
-    /// Validity in days.
-    #[arg(long, default_value_t = 365)]
+    /// Validity in days (at least 1).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) days: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(args: &[&str]) -> AgentArgs {
+        let argv = ["pod-identity-webhook", "agent", "--backend", "local"]
+            .iter()
+            .chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Agent(a) => a,
+            _ => unreachable!("parsed as the agent"),
+        }
+    }
+
+    #[test]
+    fn the_agent_listens_on_one_address_by_default_and_on_several_when_asked() {
+        assert_eq!(
+            agent(&[]).listen,
+            ["127.0.0.1:2703".parse::<SocketAddr>().unwrap()]
+        );
+        let both = agent(&["--listen", "169.254.170.23:80", "--listen", "[fd00:ec2::23]:80"]).listen;
+        assert_eq!(
+            both,
+            [
+                "169.254.170.23:80".parse::<SocketAddr>().unwrap(),
+                "[fd00:ec2::23]:80".parse().unwrap()
+            ]
+        );
+        // One value with commas, as the environment variable carries them.
+        assert_eq!(
+            agent(&["--listen", "169.254.170.23:80,[fd00:ec2::23]:80"]).listen,
+            both
+        );
+    }
+
+    #[test]
+    fn injection_flags_are_checked() {
+        let injection = |provider, uri: Option<&str>, region: Option<&str>| {
+            InjectionArgs {
+                provider,
+                credentials_uri: uri.map(str::to_owned),
+                token_expiration: DEFAULT_TOKEN_EXPIRATION,
+                aws_region: region.map(str::to_owned),
+            }
+            .injection()
+        };
+        let eks = injection(Provider::Eks, None, Some("eu-west-1")).unwrap();
+        assert_eq!(eks.settings.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            eks.settings.credentials_uri,
+            "http://169.254.170.23/v1/credentials"
+        );
+        for (provider, uri, region, needle) in [
+            (Provider::Cce, Some("notaurl"), None, "not a URL"),
+            (
+                Provider::Cce,
+                Some("unix:/run/agent.sock"),
+                None,
+                "http:// or https://",
+            ),
+            (Provider::Eks, Some("http://10.0.0.1/c"), None, "plain-http"),
+            (
+                Provider::Cce,
+                None,
+                Some("eu-west-1"),
+                "--aws-region is for --provider eks",
+            ),
+            (Provider::Eks, None, Some("eu_west 1"), "not a region name"),
+        ] {
+            let e = injection(provider, uri, region).err().unwrap().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
 }

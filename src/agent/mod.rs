@@ -41,10 +41,12 @@ fn default_limits() -> Limits {
 
 /// How the agent is set up.
 pub struct AgentConfig {
-    pub listen: SocketAddr,
+    /// The credential endpoint's addresses (e.g. 169.254.170.23:80 and [fd00:ec2::23]:80).
+    pub listen: Vec<SocketAddr>,
     pub admin_listen: SocketAddr,
     pub provider: Provider,
-    /// Host header values (without port) the credential endpoint answers to.
+    /// Host header values (without port) the credential endpoint answers to besides its own
+    /// addresses ([`AgentConfig::hosts`]).
     pub allowed_hosts: Vec<String>,
     pub cache: CacheConfig,
     /// How often the background refresher looks for credentials due for refresh.
@@ -53,23 +55,35 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    pub fn new(listen: SocketAddr, admin_listen: SocketAddr, provider: Provider) -> Self {
-        let mut allowed_hosts: Vec<String> = LINK_LOCAL_HOSTS.iter().map(|h| h.to_string()).collect();
-        allowed_hosts.extend([
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            listen.ip().to_string(),
-        ]);
-        allowed_hosts.dedup();
+    pub fn new(listen: Vec<SocketAddr>, admin_listen: SocketAddr, provider: Provider) -> Self {
         AgentConfig {
             listen,
             admin_listen,
             provider,
-            allowed_hosts,
+            allowed_hosts: Vec::new(),
             cache: CacheConfig::default(),
             refresh_interval: Duration::from_secs(1),
             limits: default_limits(),
         }
+    }
+}
+
+impl AgentConfig {
+    /// Every Host the credential endpoint answers to: the link-local addresses, localhost,
+    /// each listen address and the extra `allowed_hosts`.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = LINK_LOCAL_HOSTS.iter().map(|h| h.to_string()).collect();
+        let own = self.listen.iter().map(|a| a.ip().to_string());
+        for host in ["localhost".to_owned(), "127.0.0.1".to_owned()]
+            .into_iter()
+            .chain(own)
+            .chain(self.allowed_hosts.iter().cloned())
+        {
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        hosts
     }
 }
 
@@ -141,7 +155,8 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
 
 /// A bound agent, ready to run.
 pub struct Agent {
-    listener: Listener,
+    /// The credential endpoint's listeners, one per address.
+    listeners: Vec<Listener>,
     admin: Listener,
     state: Arc<handlers::AgentState>,
     readiness: Arc<Readiness>,
@@ -158,8 +173,12 @@ impl Agent {
         associations: Option<Reader>,
         metrics: Arc<AgentMetrics>,
     ) -> Result<Self, BindError> {
-        let listener = Listener::bind(config.listen, None).await?;
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for addr in &config.listen {
+            listeners.push(Listener::bind(*addr, None).await?);
+        }
         let admin = Listener::bind(config.admin_listen, None).await?;
+        let allowed_hosts = config.hosts();
         let cache = Cache::new(config.cache, backend, metrics.clone());
         let readiness = match associations {
             Some(a) => Readiness::default().require_flag(a.synced(), "associations not synced"),
@@ -167,13 +186,13 @@ impl Agent {
         };
         let state = Arc::new(handlers::AgentState {
             provider: config.provider,
-            allowed_hosts: config.allowed_hosts,
+            allowed_hosts,
             cache,
             metrics,
             log_budget: Sampled::new(10, Duration::from_secs(1)),
         });
         Ok(Agent {
-            listener,
+            listeners,
             admin,
             state,
             readiness: Arc::new(readiness),
@@ -182,8 +201,9 @@ impl Agent {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+    /// The credential endpoint's addresses, in the order configured.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(Listener::local_addr).collect()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -202,7 +222,8 @@ impl Agent {
     /// returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let refresher = self.state.cache.spawn_refresher(self.refresh_interval);
-        tracing::info!(addr = %self.local_addr(), admin = %self.admin_addr(), provider = %self.state.provider, "credential agent listening (http)");
+        let addrs: Vec<String> = self.local_addrs().iter().map(ToString::to_string).collect();
+        tracing::info!(addrs = addrs.join(", "), admin = %self.admin_addr(), provider = %self.state.provider, "credential agent listening (http)");
         let stop = Shutdown::on(async move {
             shutdown.await;
             tracing::info!("agent shutting down");
@@ -210,16 +231,20 @@ impl Agent {
         let state = self.state.clone();
         let render = move || state.metrics.render(state.cache.len());
         let admin = health::routes(self.readiness.clone(), render);
-        let readiness = self.readiness.clone();
-        tokio::join!(
+        let routes = handlers::routes(self.state.clone());
+        let endpoints = self.listeners.into_iter().map(|listener| {
+            let readiness = self.readiness.clone();
             http::serve(
-                self.listener,
-                handlers::routes(self.state.clone()),
+                listener,
+                routes.clone(),
                 self.limits,
                 self.state.metrics.serve.clone(),
                 stop.clone().wait(),
                 move || readiness.start_draining(),
-            ),
+            )
+        });
+        tokio::join!(
+            futures::future::join_all(endpoints),
             http::serve(
                 self.admin,
                 admin,
@@ -230,5 +255,32 @@ impl Agent {
             ),
         );
         refresher.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_answers_to_each_of_its_addresses() {
+        let listen = vec![
+            "169.254.170.23:80".parse().unwrap(),
+            "[fd00:ec2::23]:80".parse().unwrap(),
+            "[::1]:0".parse().unwrap(),
+        ];
+        let mut config = AgentConfig::new(listen, "127.0.0.1:0".parse().unwrap(), Provider::Cce);
+        config.allowed_hosts.push("agent.local".into());
+        let hosts = config.hosts();
+        for h in [
+            "169.254.170.23",
+            "fd00:ec2::23",
+            "::1",
+            "localhost",
+            "127.0.0.1",
+            "agent.local",
+        ] {
+            assert_eq!(hosts.iter().filter(|x| *x == h).count(), 1, "{h} in {hosts:?}");
+        }
     }
 }

@@ -64,6 +64,11 @@ pub struct PodIdentityAssociationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
     pub tags: Vec<CrdTag>,
+    /// Lifetime in seconds of the pods' projected token (default: the webhook's). Values
+    /// outside the API server's 600..2^32 are clamped, with a warning, when pods are created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("tokenExpirationSeconds must be a positive number of seconds"))]
+    pub token_expiration_seconds: Option<i64>,
 }
 
 /// A resource tag with the seed 001 rules.
@@ -144,6 +149,7 @@ pub fn to_association(
                 value: t.value.clone(),
             })
             .collect(),
+        token_expiration_seconds: obj.spec.token_expiration_seconds,
         created_at: ts(created),
         modified_at: ts(modified),
     }
@@ -202,6 +208,9 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing");
         }
         assert!(!text.contains("nullable"));
+        let spec = &serde_json::to_value(&crd).unwrap()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"];
+        assert_eq!(spec["tokenExpirationSeconds"]["type"], "integer");
     }
 
     #[test]
@@ -232,6 +241,28 @@ mod tests {
         assert_eq!(errors(&object("a.b", s.clone())), "");
         s.role_arn = None;
         assert!(errors(&object("a.b", s)).contains("exactly one of agencyName and roleArn"));
+    }
+
+    #[test]
+    fn cel_wants_a_positive_token_lifetime() {
+        for (seconds, ok) in [
+            (Some(1), true),
+            (Some(3600), true),
+            (None, true),
+            (Some(0), false),
+            (Some(-5), false),
+        ] {
+            let mut s = spec("a", "b");
+            s.token_expiration_seconds = seconds;
+            let e = errors(&object("a.b", s));
+            assert_eq!(e.is_empty(), ok, "{seconds:?}: {e}");
+            if !ok {
+                assert!(
+                    e.contains("tokenExpirationSeconds must be a positive number of seconds"),
+                    "{e}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -292,7 +323,9 @@ mod tests {
     #[test]
     fn record_is_read_from_metadata() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
-        let mut obj = object("pi-demo.app", spec("pi-demo", "app"));
+        let mut s = spec("pi-demo", "app");
+        s.token_expiration_seconds = Some(3600);
+        let mut obj = object("pi-demo.app", s);
         obj.metadata.uid = Some("u-1".into());
         obj.metadata.creation_timestamp = Some(Time("2026-11-20T08:15:30Z".parse().unwrap()));
         obj.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
@@ -304,6 +337,10 @@ mod tests {
         assert_eq!(a.cluster_id.as_deref(), Some("c-1"));
         assert_eq!(a.created_at.as_deref(), Some("2026-11-20T08:15:30Z"));
         assert_eq!(a.modified_at.as_deref(), Some("2026-11-21T10:44:05Z"));
+        assert_eq!(a.token_expiration_seconds, Some(3600));
+        // The API record carries it under its camelCase name.
+        let record = serde_json::to_value(&a).unwrap();
+        assert_eq!(record["tokenExpirationSeconds"], 3600);
         assert!(to_association(&object("wrong", spec("pi-demo", "app")), None).is_err());
     }
 }

@@ -241,6 +241,20 @@ mod tests {
     }
 
     #[test]
+    fn the_token_lifetime_is_read_and_checked() {
+        let text = "- {namespace: a, serviceAccount: b, agencyName: c, tokenExpirationSeconds: 3600}\n";
+        assert_eq!(parse(&p(), text).unwrap()[0].token_expiration_seconds, Some(3600));
+        let text = "- {namespace: a, serviceAccount: b, agencyName: c, tokenExpirationSeconds: 0}\n";
+        let err = parse(&p(), text).unwrap_err().to_string();
+        assert!(
+            err.contains("associations[0] (a/b): tokenExpirationSeconds 0 must be a positive"),
+            "{err}"
+        );
+        let text = "- {namespace: a, serviceAccount: b, agencyName: c, tokenExpirationSeconds: 1h}\n";
+        assert!(parse(&p(), text).is_err());
+    }
+
+    #[test]
     fn errors_name_the_entry() {
         let text = "associations:\n- {namespace: ok, serviceAccount: a, agencyName: x}\n- {namespace: ok, serviceAccount: b, tags: [{key: _sys_k, value: v}]}\n";
         let err = parse(&p(), text).unwrap_err().to_string();

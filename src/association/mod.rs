@@ -38,6 +38,10 @@ pub struct AssociationSpec {
     pub role_arn: Option<String>,
     #[serde(default)]
     pub tags: Vec<Tag>,
+    /// Lifetime of the pods' projected token in seconds (the webhook keeps it in the API
+    /// server's range); without it, the webhook's default.
+    #[serde(default)]
+    pub token_expiration_seconds: Option<i64>,
     #[serde(default)]
     pub created_at: Option<String>,
     #[serde(default)]
@@ -46,7 +50,7 @@ pub struct AssociationSpec {
 
 impl Association {
     /// The record as the live index keeps it: only what admission and credential issuing
-    /// read (uid, service account, target). Tags, cluster id and timestamps are validated on
+    /// read (uid, service account, target, token lifetime). Tags, cluster id and timestamps are validated on
     /// the way in, not held for every association in memory.
     pub(crate) fn into_indexed(self) -> Self {
         Association {
@@ -100,6 +104,11 @@ impl AssociationSpec {
             }
             _ => {}
         }
+        if let Some(s) = self.token_expiration_seconds.filter(|s| *s < 1) {
+            errs.push(format!(
+                "tokenExpirationSeconds {s} must be a positive number of seconds"
+            ));
+        }
         if self.tags.len() > MAX_TAGS {
             errs.push(format!(
                 "at most {MAX_TAGS} tags are allowed, found {}",
@@ -132,6 +141,7 @@ impl AssociationSpec {
             agency_name: agency,
             role_arn: role,
             tags: self.tags,
+            token_expiration_seconds: self.token_expiration_seconds,
             created_at: self.created_at,
             modified_at: self.modified_at,
         })
@@ -315,6 +325,27 @@ mod tests {
             "repeated",
         ] {
             assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn token_lifetime_is_optional_and_positive() {
+        let mut s = spec("ns", "sa");
+        assert_eq!(s.clone().validate().unwrap().token_expiration_seconds, None);
+        // Out of the API server's range is clamped at admission, not refused here.
+        for ok in [1, 300, 3600, 1 << 40] {
+            s.token_expiration_seconds = Some(ok);
+            let a = s.clone().validate().unwrap();
+            assert_eq!(a.token_expiration_seconds, Some(ok));
+            assert_eq!(a.into_indexed().token_expiration_seconds, Some(ok));
+        }
+        for bad in [0, -5] {
+            s.token_expiration_seconds = Some(bad);
+            let e = s.clone().validate().unwrap_err().to_string();
+            assert!(
+                e.contains("tokenExpirationSeconds") && e.contains("positive"),
+                "{e}"
+            );
         }
     }
 

@@ -13,7 +13,7 @@ pub struct Tag {
 }
 
 /// A validated association, as the association API returns it (`roleArn` in place of
-/// `agencyName` for the `eks` profile).
+/// `agencyName` for the `eks` profile; `tokenExpirationSeconds` is this project's addition).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Association {
@@ -27,6 +27,9 @@ pub struct Association {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
     pub tags: Vec<Tag>,
+    /// Lifetime of the pods' projected token, in place of the webhook's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_expiration_seconds: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

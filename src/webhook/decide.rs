@@ -14,7 +14,7 @@ use crate::association::{Association, Index};
 #[derive(Debug)]
 pub enum Decision<'i> {
     /// The pod's service account has an association; `mutation.patch` may be empty when the
-    /// pod already carries everything.
+    /// pod already carries everything, or when what is in the way is the user's (warnings).
     Inject {
         association: Arc<Association>,
         mutation: Mutation<'i>,
@@ -25,12 +25,20 @@ pub enum Decision<'i> {
     Skipped(Skip),
 }
 
-/// Looks up the pod's service account in `index` and computes its patch.
-pub fn decide<'i>(pod: &Pod<'_>, namespace: &str, index: &Index, inj: &'i Injection) -> Decision<'i> {
+/// Looks up the pod's service account in `index` and computes its patch; `request_uid` (the
+/// admission request's, or empty) seeds the token lifetime's spread for a pod with no name yet.
+pub fn decide<'i>(
+    pod: &Pod<'_>,
+    namespace: &str,
+    index: &Index,
+    inj: &'i Injection,
+    request_uid: &str,
+) -> Decision<'i> {
     let Some(association) = index.get(namespace, pod.service_account()) else {
         return Decision::NoAssociation;
     };
-    match mutation::mutate(pod, association, inj) {
+    let seed = mutation::jitter_seed(pod, namespace, request_uid);
+    match mutation::mutate(pod, association, inj, seed) {
         Ok(mutation) => Decision::Inject {
             association: association.clone(),
             mutation,

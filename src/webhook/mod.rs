@@ -77,7 +77,7 @@ impl WebhookConfig {
     }
 
     fn from_args(args: ServeArgs) -> Result<Self, ArgError> {
-        let mut config = WebhookConfig::new(args.listen, args.cert_dir, args.injection.injection());
+        let mut config = WebhookConfig::new(args.listen, args.cert_dir, args.injection.injection()?);
         config.source = args.source.source(args.cluster_id)?;
         config.reload_interval = seconds("reload-interval", args.reload_interval)?;
         config.limits = args.limits.limits(config.limits)?;
@@ -93,6 +93,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         %provider,
         credentials_uri = %config.injection.settings.credentials_uri,
         token_expiration = config.injection.settings.token_expiration,
+        region = config.injection.settings.region.as_deref().unwrap_or("-"),
         "starting pod identity webhook"
     );
     let cluster = match config.source.needs_cluster() {

@@ -3,153 +3,176 @@
 use serde_json::Value;
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::decide::{Decision, decide};
-use super::mutation::{Injection, Pod, Skip};
-use crate::association::Index;
+use super::mutation::{Injection, Mutation, Pod};
 use crate::association::file::{self, FileError};
-use crate::cli::MutateArgs;
+use crate::association::{Association, Index};
+use crate::cli::{ArgError, MutateArgs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
     #[error(transparent)]
     Associations(#[from] FileError),
+    #[error(transparent)]
+    Args(#[from] ArgError),
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("input is not YAML or JSON: {0}")]
-    Parse(String),
-    #[error("no Pod found in the input (expected a Pod manifest or an AdmissionReview for a Pod)")]
-    NoPod,
+    #[error("{input}: not YAML or JSON: {message}")]
+    Parse { input: String, message: String },
+    #[error("{input}: holds no document (expected Pod manifests or an AdmissionReview)")]
+    Empty { input: String },
     #[error("--patch needs exactly one Pod in the input, found {0}")]
     ManyPods(usize),
-    #[error("document {index}: {message}")]
-    BadPod { index: usize, message: String },
+    #[error("{input}: document {number}{pod}: {message}")]
+    BadPod {
+        input: String,
+        /// 1-based, as a reader counts the `---` documents.
+        number: usize,
+        /// ` (Pod "name")` when the document names its pod.
+        pod: String,
+        message: String,
+    },
 }
 
 /// `mutate`: prints the mutated manifests (or the patch), and a summary line per pod on stderr.
 pub fn command(args: MutateArgs) -> Result<(), OfflineError> {
     let index = file::load(&args.associations)?;
-    let read = |path: &PathBuf| {
-        let mut s = String::new();
-        let result = if path.as_os_str() == "-" {
-            std::io::stdin().read_to_string(&mut s)
-        } else {
-            std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut s))
-        };
-        result.map(|_| s).map_err(|source| OfflineError::Read {
-            path: path.clone(),
-            source,
-        })
+    let injection = args.injection.injection()?;
+    let mut text = String::new();
+    let result = if args.input.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)
+    } else {
+        std::fs::File::open(&args.input).and_then(|mut f| f.read_to_string(&mut text))
     };
-    let input = read(&args.input)?;
-    let (out, reports) = run(
-        &input,
-        args.namespace.as_deref(),
-        &index,
-        &args.injection.injection(),
-        args.patch,
-    )?;
+    result.map_err(|source| OfflineError::Read {
+        path: args.input.clone(),
+        source,
+    })?;
+    let name = input_name(&args.input);
+    let input = Input {
+        name: &name,
+        text: &text,
+    };
+    let (out, reports) = run(&input, args.namespace.as_deref(), &index, &injection, args.patch)?;
     for r in reports {
-        eprintln!("{}/{}: {}", r.namespace, r.service_account, r.outcome);
+        eprintln!("{}: {}", r.subject, r.outcome);
     }
     print!("{out}");
     Ok(())
 }
 
-/// One pod's result, for the summary printed to stderr.
+fn input_name(path: &Path) -> String {
+    match path.as_os_str() == "-" {
+        true => "<stdin>".to_owned(),
+        false => path.display().to_string(),
+    }
+}
+
+/// The text to mutate, and what to call it in messages (the file name, or `<stdin>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub name: &'a str,
+    pub text: &'a str,
+}
+
+/// One pod's result (or the input's, when it holds none), for the summary printed to stderr.
 #[derive(Debug)]
 pub struct Report {
-    pub namespace: String,
-    pub service_account: String,
+    /// `namespace/serviceAccount`, or the input's name.
+    pub subject: String,
     pub outcome: String,
 }
 
-/// The mutated manifests (YAML, documents separated by `---`), or with `patch_only` the JSON
-/// Patch of the single pod, plus one report line per pod.
+/// The mutated manifests (YAML, documents separated by `---`; other kinds unchanged), or with
+/// `patch_only` the JSON Patch of the single pod, plus one report line per pod (or one saying
+/// there was none).
 pub fn run(
-    input: &str,
+    input: &Input<'_>,
     namespace: Option<&str>,
     index: &Index,
     inj: &Injection,
     patch_only: bool,
 ) -> Result<(String, Vec<Report>), OfflineError> {
+    let parse = |message: String| OfflineError::Parse {
+        input: input.name.to_owned(),
+        message,
+    };
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(input) {
-        let v = <Value as serde::Deserialize>::deserialize(doc)
-            .map_err(|e| OfflineError::Parse(e.to_string()))?;
+    for doc in serde_yaml::Deserializer::from_str(input.text) {
+        // serde_yaml's positions are in the user's text: they point into the file.
+        let v = <Value as serde::Deserialize>::deserialize(doc).map_err(|e| parse(e.to_string()))?;
         if !v.is_null() {
             docs.push(v);
         }
     }
-    let pods = docs.iter().filter(|d| pod_of(d).is_some()).count();
-    if pods == 0 {
-        return Err(OfflineError::NoPod);
+    if docs.is_empty() {
+        return Err(OfflineError::Empty {
+            input: input.name.to_owned(),
+        });
     }
+    let pods = docs.iter().filter(|d| pod_of(d).is_some()).count();
     if patch_only && pods != 1 {
         return Err(OfflineError::ManyPods(pods));
     }
     let mut reports = Vec::new();
+    if pods == 0 {
+        reports.push(Report {
+            subject: input.name.to_owned(),
+            outcome: format!("no Pod: {} document(s) passed through unchanged", docs.len()),
+        });
+    }
     let mut out = Vec::new();
     for (i, doc) in docs.iter().enumerate() {
-        let Some((pod_value, review_ns)) = pod_of(doc) else {
+        let Some(found) = pod_of(doc) else {
             out.push(doc.clone());
             continue;
         };
-        let bytes = serde_json::to_vec(pod_value).map_err(|e| OfflineError::Parse(e.to_string()))?;
-        let pod = Pod::from_slice(&bytes).map_err(|e| OfflineError::BadPod {
-            index: i,
-            message: e.to_string(),
+        // Read straight from the parsed document (no re-encoding), tracking the field path
+        // so an error names the field in the user's terms.
+        let pod: Pod = serde_path_to_error::deserialize(found.pod).map_err(|e| {
+            let name = found.pod.pointer("/metadata/name").and_then(Value::as_str);
+            OfflineError::BadPod {
+                input: input.name.to_owned(),
+                number: i + 1,
+                pod: name.map(|n| format!(" (Pod {n:?})")).unwrap_or_default(),
+                message: match e.path().iter().next() {
+                    Some(_) => format!("{}{}: {}", found.prefix, e.path(), e.inner()),
+                    None => format!("{}: {}", found.prefix.trim_end_matches('.'), e.inner()),
+                },
+            }
         })?;
         let ns = namespace
-            .or(review_ns)
+            .or(found.namespace)
             .or(pod.namespace())
             .unwrap_or("default")
             .to_owned();
-        let decision = decide(&pod, &ns, index, inj);
+        let decision = decide(&pod, &ns, index, inj, found.request_uid);
         let (patch, outcome) = match decision {
             Decision::Inject {
                 association,
                 mutation,
             } => {
-                let outcome = if mutation.patch.is_empty() {
-                    format!("already injected (association {})", association.uid)
-                } else {
-                    format!(
-                        "injected association {} ({})",
-                        association.uid,
-                        association.target()
-                    )
-                };
-                let warnings: String = mutation
-                    .warnings
-                    .iter()
-                    .map(|w| format!("; warning: {w}"))
-                    .collect();
-                (mutation.patch.to_json_patch(), outcome + &warnings)
+                let outcome = summary(&association, &mutation);
+                (mutation.patch.to_json_patch(), outcome)
             }
             Decision::NoAssociation => (Default::default(), "no association: unchanged".to_owned()),
-            Decision::Skipped(Skip::OptedOut) => {
-                (Default::default(), "opted out by label: unchanged".to_owned())
-            }
-            Decision::Skipped(Skip::AllContainersSkipped) => (
-                Default::default(),
-                "every container skipped: unchanged".to_owned(),
-            ),
+            Decision::Skipped(skip) => (Default::default(), format!("{}: unchanged", skip.reason())),
         };
         reports.push(Report {
-            namespace: ns,
-            service_account: pod.service_account().to_owned(),
+            subject: format!("{ns}/{}", pod.service_account()),
             outcome,
         });
         if patch_only {
-            let text =
-                serde_json::to_string_pretty(&patch).map_err(|e| OfflineError::Parse(e.to_string()))?;
+            let text = serde_json::to_string_pretty(&patch).map_err(|e| parse(e.to_string()))?;
             return Ok((text + "\n", reports));
         }
-        let mut mutated = pod_value.clone();
+        let mut mutated = found.pod.clone();
         json_patch::patch(&mut mutated, &patch.0).map_err(|e| OfflineError::BadPod {
-            index: i,
+            input: input.name.to_owned(),
+            number: i + 1,
+            pod: String::new(),
             message: format!("patch does not apply: {e}"),
         })?;
         out.push(mutated);
@@ -159,21 +182,63 @@ pub fn run(
         if i > 0 {
             text.push_str("---\n");
         }
-        text.push_str(&serde_yaml::to_string(doc).map_err(|e| OfflineError::Parse(e.to_string()))?);
+        text.push_str(&serde_yaml::to_string(doc).map_err(|e| parse(e.to_string()))?);
     }
     Ok((text, reports))
 }
 
-/// The pod in a document, and the namespace an AdmissionReview names for it.
-fn pod_of(doc: &Value) -> Option<(&Value, Option<&str>)> {
+/// What happened to a pod with an association, in words.
+fn summary(association: &Association, mutation: &Mutation<'_>) -> String {
+    let mut outcome = match (mutation.served, mutation.patch.is_empty()) {
+        (0, _) => format!(
+            "NOT injected: association {} ({}) applies, but no container can take it",
+            association.uid,
+            association.target()
+        ),
+        (_, true) => format!("already injected (association {})", association.uid),
+        (n, false) => format!(
+            "injected association {} ({}) into {n} container(s)",
+            association.uid,
+            association.target()
+        ),
+    };
+    for w in &mutation.warnings {
+        outcome.push_str("; warning: ");
+        outcome.push_str(w);
+    }
+    outcome
+}
+
+/// A pod found in a document.
+struct Found<'d> {
+    pod: &'d Value,
+    /// The namespace an AdmissionReview names for it.
+    namespace: Option<&'d str>,
+    /// The AdmissionReview's request uid, or empty.
+    request_uid: &'d str,
+    /// Where the pod sits in the document, for error paths (`request.object.`, or empty).
+    prefix: &'static str,
+}
+
+fn pod_of(doc: &Value) -> Option<Found<'_>> {
     match doc.get("kind").and_then(Value::as_str) {
-        Some("Pod") => Some((doc, None)),
+        Some("Pod") => Some(Found {
+            pod: doc,
+            namespace: None,
+            request_uid: "",
+            prefix: "",
+        }),
         Some("AdmissionReview") => {
             let req = doc.get("request")?;
             let object = req
                 .get("object")
                 .filter(|o| o.get("kind").and_then(Value::as_str) == Some("Pod"))?;
-            Some((object, req.get("namespace").and_then(Value::as_str)))
+            Some(Found {
+                pod: object,
+                namespace: req.get("namespace").and_then(Value::as_str),
+                request_uid: req.get("uid").and_then(Value::as_str).unwrap_or(""),
+                prefix: "request.object.",
+            })
         }
         _ => None,
     }

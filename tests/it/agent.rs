@@ -280,3 +280,36 @@ async fn agent_reaches_the_exchange_over_https() {
     assert_eq!(status, 502, "{body}");
     assert_eq!(iam.calls().len(), 1);
 }
+/// The agent on IPv6 loopback as well as IPv4 (as on a node: 169.254.170.23 and
+/// [fd00:ec2::23]): a real socket on [::1] and a real HTTP client, with the Host header of
+/// each address accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_answers_on_ipv6_and_ipv4_at_once() {
+    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |c| {
+        c.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+    })
+    .await;
+    assert_eq!(agent.urls.len(), 2);
+    assert!(agent.urls[1].starts_with("http://[::1]:"), "{:?}", agent.urls);
+    let token = pod_token("pi-demo", "app", "app-1", AUD);
+    for url in &agent.urls {
+        // reqwest sends `Host: [::1]:<port>` for the IPv6 URL.
+        let (status, body) = call(url, Some(&token), None).await;
+        assert_eq!(status, 200, "{url}: {body}");
+        assert!(body["credentials"]["accessKeyId"].is_string(), "{body}");
+        for host in ["[fd00:ec2::23]", "169.254.170.23:80", "[::1]"] {
+            assert_eq!(
+                call(url, Some(&token), Some(host)).await.0,
+                200,
+                "{url} as {host}"
+            );
+        }
+        let (status, _) = call(url, Some(&token), Some("[fd00:ec2::24]")).await;
+        assert_eq!(status, 403, "{url}: another IPv6 address is not the agent's");
+    }
+    assert_eq!(
+        agent.metrics.upstream_calls(),
+        1,
+        "one cache behind both addresses"
+    );
+}

@@ -45,7 +45,7 @@ fn mutate_prints_the_injected_pod() {
     );
     assert!(ok, "{err}");
     assert!(
-        err.contains("pi-demo/app: injected association 81f143f5-f469-4fb6-b17c-8f52af73184c (demo-agency)"),
+        err.contains("pi-demo/app: injected association 81f143f5-f469-4fb6-b17c-8f52af73184c (demo-agency) into 1 container(s)"),
         "{err}"
     );
     let pod: Value = serde_yaml::from_str(&out).unwrap();
@@ -112,19 +112,190 @@ fn mutate_leaves_unassociated_and_opted_out_pods_alone() {
     assert!(ok && err.contains("opted out"), "{err}");
 }
 
+const ASSOCIATIONS: [&str; 3] = ["mutate", "--associations", "examples/associations.yaml"];
+
+/// `mutate` with the example associations on `stdin`, plus `extra` flags.
+fn mutate(extra: &[&str], stdin: &str) -> (bool, String, String) {
+    let args: Vec<&str> = ASSOCIATIONS.iter().chain(extra).chain(&["-"]).copied().collect();
+    run(&args, Some(stdin.as_bytes()))
+}
+
 #[test]
 fn mutate_explains_bad_input() {
-    let (ok, _, err) = run(
-        &["mutate", "--associations", "examples/associations.yaml", "-"],
-        Some(b"kind: ConfigMap\n"),
-    );
+    let (ok, _, err) = mutate(&[], "a: [b\n");
+    assert!(!ok && err.contains("<stdin>: not YAML or JSON"), "{err}");
+    assert!(err.contains("line 1 column"), "points into the input: {err}");
+    let (ok, _, err) = mutate(&[], "");
+    assert!(!ok && err.contains("holds no document"), "{err}");
+    // A decode error names the document, the pod and the field, in the user's terms.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: pi-demo\nspec:\n  \
+               serviceAccountName: app\n  containers:\n  - name: app\n    env:\n    - name: 1\n";
+    let (ok, _, err) = mutate(&[], &format!("kind: ConfigMap\n---\n{pod}"));
     assert!(!ok);
-    assert!(err.contains("no Pod found in the input"), "{err}");
-    let (ok, _, err) = run(
-        &["mutate", "--associations", "examples/associations.yaml", "-"],
-        Some(b"a: [b\n"),
+    assert!(
+        err.contains(
+            "<stdin>: document 2 (Pod \"web\"): spec.containers[0].env[0].name: invalid type: integer `1`"
+        ),
+        "{err}"
     );
-    assert!(!ok && err.contains("not YAML or JSON"), "{err}");
+    let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u", "namespace": "pi-demo", "object": {"kind": "Pod", "spec": {"volumes": "none"}}}});
+    let (ok, _, err) = mutate(&[], &review.to_string());
+    assert!(
+        !ok && err.contains("document 1: request.object.spec.volumes: invalid type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mutate_passes_other_kinds_through() {
+    let input = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: v\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n";
+    let (ok, out, err) = mutate(&[], input);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("<stdin>: no Pod: 2 document(s) passed through unchanged"),
+        "{err}"
+    );
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&out)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .collect();
+    let want: Vec<Value> = serde_yaml::Deserializer::from_str(input)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs, want);
+    let (ok, _, err) = mutate(&["--patch"], input);
+    assert!(
+        !ok && err.contains("--patch needs exactly one Pod in the input, found 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mutate_says_when_there_is_nothing_to_inject() {
+    // The typo `contaners:` leaves the pod without containers: not "injected".
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: typo\n  namespace: pi-demo\nspec:\n  \
+               serviceAccountName: app\n  contaners:\n  - name: app\n    image: x\n";
+    let (ok, out, err) = mutate(&[], pod);
+    assert!(ok, "{err}");
+    assert!(err.contains("pi-demo/app: no containers"), "{err}");
+    assert!(
+        err.contains("nothing to inject: unchanged") && !err.contains("injected association"),
+        "{err}"
+    );
+    assert!(!out.contains("pod-identity-token"), "{out}");
+    // A volume of the user's under the injected name: said, and nothing injected.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: clash\n  namespace: pi-demo\nspec:\n  \
+               serviceAccountName: app\n  volumes:\n  - name: cce-pod-identity-token\n    emptyDir: {}\n  \
+               containers:\n  - name: app\n    image: x\n";
+    let (ok, out, err) = mutate(&[], pod);
+    assert!(ok, "{err}");
+    assert!(err.contains("pi-demo/app: NOT injected"), "{err}");
+    assert!(
+        err.contains(
+            "warning: container \"app\": volume \"cce-pod-identity-token\" is not the pod identity token"
+        ),
+        "{err}"
+    );
+    assert!(!out.contains("HC_CONTAINER"), "{out}");
+}
+
+#[test]
+fn mutate_reads_the_deprecated_service_account_field_as_the_api_server_does() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: old\n  namespace: pi-demo\nspec:\n  \
+               serviceAccountName: \"\"\n  serviceAccount: app\n  containers:\n  - name: app\n    image: x\n";
+    let (ok, out, err) = mutate(&[], pod);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("pi-demo/app: injected association 81f143f5-f469-4fb6-b17c-8f52af73184c (demo-agency) into 1 container(s)"),
+        "{err}"
+    );
+    assert!(out.contains("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE"), "{out}");
+}
+
+#[test]
+fn flags_the_sdks_or_tools_would_refuse_are_refused() {
+    let pod = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pods/app.yaml"),
+    )
+    .unwrap();
+    for (flags, needle) in [
+        (
+            &["--credentials-uri", "notaurl"][..],
+            "--credentials-uri \"notaurl\": not a URL",
+        ),
+        (
+            &["--credentials-uri", "ftp://169.254.170.23/x"],
+            "must be an http:// or https:// URL",
+        ),
+        (
+            &[
+                "--provider",
+                "eks",
+                "--credentials-uri",
+                "http://10.0.0.1/v1/credentials",
+            ],
+            "the SDKs refuse a plain-http credentials URI on 10.0.0.1",
+        ),
+        (
+            &["--aws-region", "eu-west-1"],
+            "--aws-region is for --provider eks",
+        ),
+        (
+            &["--provider", "eks", "--aws-region", "eu west"],
+            "is not a region name",
+        ),
+    ] {
+        let (ok, _, err) = mutate(flags, &pod);
+        assert!(!ok && err.contains(needle), "{flags:?}: {err}");
+    }
+    for flags in [
+        &[
+            "--provider",
+            "eks",
+            "--credentials-uri",
+            "http://[fd00:ec2::23]/v1/credentials",
+        ][..],
+        &[
+            "--provider",
+            "eks",
+            "--credentials-uri",
+            "https://creds.example.com/v1/credentials",
+        ],
+        &["--credentials-uri", "http://10.0.0.1:2703/v1/credentials"],
+    ] {
+        let (ok, _, err) = mutate(flags, &pod);
+        assert!(ok, "{flags:?}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let (ok, _, err) = run(&["certs", "--out", out_dir, "--dns", "bad name!"], None);
+    assert!(!ok && err.contains("\"bad name!\" is not a DNS name"), "{err}");
+    let (ok, _, err) = run(&["certs", "--out", out_dir, "--days", "0"], None);
+    assert!(
+        !ok && err.contains("--days") && err.contains("0 is not in 1.."),
+        "{err}"
+    );
+    assert!(!dir.path().join("tls.key").exists(), "nothing written");
+}
+
+#[test]
+fn mutate_injects_the_eks_region() {
+    let pod = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pods/app.yaml"),
+    )
+    .unwrap();
+    let (ok, out, err) = mutate(&["--provider", "eks", "--aws-region", "eu-west-1"], &pod);
+    assert!(ok, "{err}");
+    let pod: Value = serde_yaml::from_str(&out).unwrap();
+    let env = pod["spec"]["containers"][0]["env"].to_string();
+    for needle in [
+        r#"{"name":"AWS_REGION","value":"eu-west-1"}"#,
+        r#"{"name":"AWS_DEFAULT_REGION","value":"eu-west-1"}"#,
+        r#"{"name":"AWS_STS_REGIONAL_ENDPOINTS","value":"regional"}"#,
+    ] {
+        assert!(env.contains(needle), "{needle}: {env}");
+    }
 }
 
 #[test]

@@ -447,3 +447,36 @@ async fn a_repeated_pod_token_is_answered_from_the_cache_on_its_node_only() {
     assert_eq!(iam.calls().len(), 3);
     assert_eq!((api.reviews_for(CALLER_AUD), api.reviews_for(AUD)), (3, 3));
 }
+
+/// Two pods of one ReplicaSet with a long Deployment name, under a UUID cluster id: IAM sees
+/// two distinct session names, each naming its pod within seed 003's 64 characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_named_pods_of_one_replicaset_get_distinct_sessions() {
+    let (_api, iam, exchange, _dir) = setup(|_| {}).await;
+    let agent = agent_token(NODE);
+    let pods = [
+        "payments-reconciliation-worker-7f9c8d6b5c-x2x9z",
+        "payments-reconciliation-worker-7f9c8d6b5c-q8w4m",
+    ];
+    for pod in pods {
+        let (status, body) = redeem(&exchange, &agent, &pod_token("pi-demo", "app", pod, AUD)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let sessions: Vec<String> = iam
+        .calls()
+        .iter()
+        .map(|c| {
+            c.body["auth"]["identity"]["assume_role"]["session_user"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(sessions.len(), 2);
+    assert_ne!(sessions[0], sessions[1]);
+    for (session, pod) in sessions.iter().zip(pods) {
+        assert!(session.len() <= 64, "{session}");
+        assert!(session.starts_with("cce-46db1d50-"), "{session}");
+        assert!(session.ends_with(&pod[pod.len() - 16..]), "{session} names {pod}");
+    }
+}

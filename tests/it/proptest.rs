@@ -1,21 +1,28 @@
 //! Properties of the mutation over generated pods, checked against the API server's JSON Patch
-//! semantics: any mix of containers, init containers and native sidecars, user env, volumes and
-//! mounts that already use the injected names or the token path, annotation keys with `/` and
-//! `~`, skipped containers, missing or empty lists and missing metadata.
+//! semantics: any mix of containers, init containers and native sidecars; user env, volumes and
+//! mounts that reuse the injected names or the token path with other sources, audiences, token
+//! files, paths and `subPath`s, and the token-file variable set to other files (or by
+//! `valueFrom`); annotation keys with `/` and `~`; skipped containers; mirror pods; lifetimes
+//! from the association and the annotation; missing or empty lists and missing metadata.
 //!
 //! For every pod and both provider profiles: the patch applies; every operation is an `add`
 //! whose parent exists at that point and that replaces nothing; the result keeps every user
-//! field; no container ends with a duplicate mount path or env name; each targeted container
-//! has what it needs; and mutating the result again yields an empty patch.
+//! field; no container ends with a duplicate mount path or env name; no container the webhook
+//! touched has a token-file variable naming a file no mount provides, and every container it
+//! left alone for that reason is named in a warning; a container gets the identity exactly
+//! when the documented decision says it can; an added token's lifetime is in the API server's
+//! range (and in the spread when nothing chose it); and mutating the result again yields an
+//! empty patch.
 
 use std::collections::HashSet;
 
 use json_patch::{Patch, PatchOperation};
-use pod_identity_webhook::profile::Provider;
+use pod_identity_webhook::profile::{Profile, Provider};
 use pod_identity_webhook::testing::{Association, AssociationSpec};
 use pod_identity_webhook::webhook::mutation::{
-    ASSOCIATION_ANNOTATION, DEFAULT_TOKEN_EXPIRATION, INJECT_LABEL, Injection, Pod,
-    SKIP_CONTAINERS_ANNOTATION, Settings, Skip, mutate,
+    ASSOCIATION_ANNOTATION, DEFAULT_TOKEN_EXPIRATION, INJECT_LABEL, Injection, MAX_TOKEN_EXPIRATION,
+    MIN_TOKEN_EXPIRATION, MIRROR_ANNOTATION, Mutation, Pod, SKIP_CONTAINERS_ANNOTATION, Settings, Skip,
+    TOKEN_EXPIRATION_ANNOTATION, mutate,
 };
 use proptest::prelude::*;
 use proptest::sample::subsequence;
@@ -23,16 +30,21 @@ use serde_json::{Map, Value, json};
 
 const UID: &str = "81f143f5-f469-4fb6-b17c-8f52af73184c";
 
-fn association() -> Association {
+fn association_with(token_expiration_seconds: Option<i64>) -> Association {
     AssociationSpec {
         namespace: "pi-demo".into(),
         service_account: "app".into(),
         agency_name: Some("demo-agency".into()),
         uid: Some(UID.into()),
+        token_expiration_seconds,
         ..Default::default()
     }
     .validate()
     .unwrap()
+}
+
+fn association() -> Association {
+    association_with(None)
 }
 
 fn injection(p: Provider) -> Injection {
@@ -55,6 +67,20 @@ const ENV_NAMES: &[&str] = &[
     "PATH",
 ];
 
+/// Values a user may give an env var: the injected token paths of both profiles, files under
+/// the mount paths below (some a user's own token provides), and non-paths.
+const ENV_VALUES: &[&str] = &[
+    "/var/run/secrets/service.cce.pods/serviceaccount/cce-pod-identity-token",
+    "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount/eks-pod-identity-token",
+    "/var/run/secrets/service.cce.pods/serviceaccount/token",
+    "/data/token",
+    "/data/cce-pod-identity-token",
+    "/etc/config/eks-pod-identity-token",
+    "/elsewhere/token",
+    "plain user value",
+    "",
+];
+
 /// Volume names, including both profiles' injected names.
 const VOLUME_NAMES: &[&str] = &[
     "cce-pod-identity-token",
@@ -63,6 +89,10 @@ const VOLUME_NAMES: &[&str] = &[
     "data",
     "config",
 ];
+
+/// Audiences and token file names a projected token may have.
+const AUDIENCES: &[&str] = &["service.cce.pods", "pods.eks.amazonaws.com", "sts.amazonaws.com"];
+const TOKEN_FILES: &[&str] = &["cce-pod-identity-token", "eks-pod-identity-token", "token"];
 
 /// Mount paths, including both token paths (and a trailing-slash spelling of each).
 const MOUNT_PATHS: &[&str] = &[
@@ -104,16 +134,18 @@ fn env_var() -> impl Strategy<Value = Vec<Value>> {
         .prop_shuffle()
         .prop_flat_map(|names| {
             let n = names.len();
-            (Just(names), proptest::collection::vec(0u8..3, n))
+            (
+                Just(names),
+                proptest::collection::vec((0u8..3, prop::sample::select(ENV_VALUES)), n),
+            )
         })
         .prop_map(|(names, kinds)| {
             names
                 .into_iter()
                 .zip(kinds)
-                .map(|(name, kind)| match kind {
-                    0 => json!({"name": name, "value": format!("user value of {name}")}),
-                    1 => json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}),
-                    _ => json!({"name": name, "value": ""}),
+                .map(|(name, (kind, value))| match kind {
+                    0 => json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}),
+                    _ => json!({"name": name, "value": value}),
                 })
                 .collect()
         })
@@ -127,26 +159,53 @@ fn mounts() -> impl Strategy<Value = Vec<Value>> {
             (
                 Just(paths),
                 proptest::collection::vec(prop::sample::select(VOLUME_NAMES), n),
-                proptest::collection::vec(any::<bool>(), n),
+                proptest::collection::vec((any::<bool>(), 0u8..8), n),
             )
         })
-        .prop_map(|(paths, names, ro)| {
+        .prop_map(|(paths, names, extras)| {
             // Two spellings of one directory would be refused by the kubelet; keep one.
             let mut seen = HashSet::new();
             paths
                 .into_iter()
                 .zip(names)
-                .zip(ro)
+                .zip(extras)
                 .filter(|((p, _), _)| seen.insert(p.trim_end_matches('/')))
-                .map(|((path, name), ro)| {
+                .map(|((path, name), (ro, sub))| {
                     let mut m = json!({"name": name, "mountPath": path});
                     if ro {
                         m["readOnly"] = json!(true);
+                    }
+                    match sub {
+                        0 => m["subPath"] = json!("token"),
+                        1 => m["subPathExpr"] = json!("$(POD_NAME)"),
+                        2 => m["subPath"] = json!(""),
+                        _ => {}
                     }
                     m
                 })
                 .collect()
         })
+}
+
+/// A volume's source: what makes a volume under the injected name the injected token or not.
+fn volume_source() -> impl Strategy<Value = Value> {
+    let token = |audience: Option<&str>, path: &str| {
+        let mut t = json!({"expirationSeconds": 3600, "path": path});
+        if let Some(a) = audience {
+            t["audience"] = json!(a);
+        }
+        json!({"projected": {"sources": [{"configMap": {"name": "ca"}}, {"serviceAccountToken": t}]}})
+    };
+    prop_oneof![
+        Just(json!({"emptyDir": {}})),
+        Just(json!({"secret": {"secretName": "mine"}})),
+        Just(token(Some("service.cce.pods"), "cce-pod-identity-token")),
+        Just(token(Some("pods.eks.amazonaws.com"), "eks-pod-identity-token")),
+        prop::sample::select(AUDIENCES).prop_map(move |a| token(Some(a), "token")),
+        (prop::sample::select(AUDIENCES), prop::sample::select(TOKEN_FILES))
+            .prop_map(move |(a, p)| token(Some(a), p)),
+        prop::sample::select(TOKEN_FILES).prop_map(move |p| token(None, p)),
+    ]
 }
 
 /// One container without its name: (env, env shape, mounts, mounts shape, native sidecar).
@@ -184,13 +243,53 @@ struct PodInput {
     skip: Option<(Vec<bool>, bool)>,
     existing_association: Option<&'static str>,
     inject_label: Option<&'static str>,
+    mirror: bool,
+    token_expiration: Option<&'static str>,
+    association_lifetime: Option<i64>,
+    seed: u64,
+    /// A setup of the user's own: a volume projecting a token, mounted in every container,
+    /// and both profiles' token-file variables naming the file in it.
+    own_token: Option<OwnToken>,
     /// 0: no spec; otherwise a spec.
     has_spec: bool,
-    volumes: (Vec<&'static str>, u8),
+    volumes: (Vec<(&'static str, Value)>, u8),
     init: (Vec<ContainerBody>, u8),
     containers: (Vec<ContainerBody>, u8),
     names: Vec<&'static str>,
     windows: bool,
+}
+
+#[derive(Debug, Clone)]
+struct OwnToken {
+    volume: &'static str,
+    dir: &'static str,
+    audience: &'static str,
+    file: &'static str,
+    sub_path: bool,
+}
+
+fn own_token() -> impl Strategy<Value = OwnToken> {
+    (
+        prop::sample::select(&["mine", "data", "cce-pod-identity-token", "eks-pod-identity-token"][..]),
+        prop::sample::select(
+            &[
+                "/own",
+                "/own/",
+                "/var/run/secrets/service.cce.pods/serviceaccount",
+                "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount",
+            ][..],
+        ),
+        prop::sample::select(AUDIENCES),
+        prop::sample::select(TOKEN_FILES),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(volume, dir, audience, file, sub_path)| OwnToken {
+            volume,
+            dir,
+            audience,
+            file,
+            sub_path,
+        })
 }
 
 fn pod_input() -> impl Strategy<Value = PodInput> {
@@ -201,10 +300,22 @@ fn pod_input() -> impl Strategy<Value = PodInput> {
             prop::option::of((proptest::collection::vec(any::<bool>(), 8), any::<bool>())),
             prop::option::weighted(0.2, prop::sample::select(vec![UID, "someone-elses-uid", ""])),
             prop::option::weighted(0.2, prop::sample::select(vec!["false", "true", ""])),
+            prop::bool::weighted(0.05),
+            prop::option::weighted(0.2, prop::sample::select(vec!["3600", "100", "999999", "1h"])),
+            prop::option::weighted(0.2, prop::sample::select(vec![300, 7200, 1 << 40])),
+            any::<u64>(),
+            prop::option::weighted(0.3, own_token()),
         ),
         (
             prop::bool::weighted(0.9),
-            (subsequence(VOLUME_NAMES, 0..=VOLUME_NAMES.len()), 0u8..3),
+            (
+                subsequence(VOLUME_NAMES, 0..=VOLUME_NAMES.len()).prop_flat_map(|names| {
+                    let n = names.len();
+                    (Just(names), proptest::collection::vec(volume_source(), n))
+                        .prop_map(|(names, sources)| names.into_iter().zip(sources).collect())
+                }),
+                0u8..3,
+            ),
             (proptest::collection::vec(container_body(), 0..3), 0u8..3),
             (proptest::collection::vec(container_body(), 0..4), 0u8..3),
             Just(CONTAINER_NAMES.to_vec()).prop_shuffle(),
@@ -213,7 +324,18 @@ fn pod_input() -> impl Strategy<Value = PodInput> {
     )
         .prop_map(
             |(
-                (metadata_shape, annotation_keys, skip, existing_association, inject_label),
+                (
+                    metadata_shape,
+                    annotation_keys,
+                    skip,
+                    existing_association,
+                    inject_label,
+                    mirror,
+                    token_expiration,
+                    association_lifetime,
+                    seed,
+                    own_token,
+                ),
                 (has_spec, volumes, init, containers, names, windows),
             )| PodInput {
                 metadata_shape,
@@ -221,6 +343,11 @@ fn pod_input() -> impl Strategy<Value = PodInput> {
                 skip,
                 existing_association,
                 inject_label,
+                mirror,
+                token_expiration,
+                association_lifetime,
+                seed,
+                own_token,
                 has_spec,
                 volumes,
                 init,
@@ -229,6 +356,39 @@ fn pod_input() -> impl Strategy<Value = PodInput> {
                 windows,
             },
         )
+}
+
+/// Mounts the user's own token volume in `c` and points both token-file variables into it.
+fn add_own_token(c: &mut Value, own: &OwnToken) {
+    let dir = own.dir.trim_end_matches('/');
+    let mounts = c
+        .as_object_mut()
+        .unwrap()
+        .entry("volumeMounts")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .unwrap();
+    mounts.retain(|m| m["mountPath"].as_str().unwrap().trim_end_matches('/') != dir);
+    let mut m = json!({"name": own.volume, "mountPath": own.dir});
+    if own.sub_path {
+        m["subPath"] = json!(own.file);
+    }
+    mounts.push(m);
+    let env = c
+        .as_object_mut()
+        .unwrap()
+        .entry("env")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .unwrap();
+    let file = format!("{dir}/{}", own.file);
+    for name in [
+        "HC_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    ] {
+        env.retain(|e| e["name"] != name);
+        env.push(json!({"name": name, "value": file}));
+    }
 }
 
 fn build_pod(input: &PodInput) -> Value {
@@ -245,10 +405,22 @@ fn build_pod(input: &PodInput) -> Value {
             .volumes
             .0
             .iter()
-            .map(|n| json!({"name": n, "emptyDir": {}}))
+            .map(|(n, source)| {
+                let mut v = source.clone();
+                v["name"] = json!(n);
+                v
+            })
             .collect();
         if let Some(v) = list(vols, input.volumes.1) {
             spec.insert("volumes".into(), v);
+        }
+        if let Some(own) = &input.own_token {
+            let v = json!({"name": own.volume, "projected": {"sources": [{"serviceAccountToken":
+                {"audience": own.audience, "expirationSeconds": 7200, "path": own.file}}]}});
+            let vols = spec.entry("volumes").or_insert_with(|| json!([]));
+            let vols = vols.as_array_mut().unwrap();
+            vols.retain(|x| x["name"] != own.volume);
+            vols.push(v);
         }
         for (field, (bodies, shape), init) in [
             ("initContainers", &input.init, true),
@@ -259,7 +431,11 @@ fn build_pod(input: &PodInput) -> Value {
                 .map(|b| {
                     let name = names.next().expect("enough names");
                     all_names.push(*name);
-                    build_container(name, b.clone(), init)
+                    let mut c = build_container(name, b.clone(), init);
+                    if let Some(own) = &input.own_token {
+                        add_own_token(&mut c, own);
+                    }
+                    c
                 })
                 .collect();
             if let Some(cs) = list(cs, *shape) {
@@ -297,6 +473,12 @@ fn build_pod(input: &PodInput) -> Value {
             }
             if let Some(v) = input.existing_association {
                 a.insert(ASSOCIATION_ANNOTATION.into(), json!(v));
+            }
+            if input.mirror {
+                a.insert(MIRROR_ANNOTATION.into(), json!("3f2a9c"));
+            }
+            if let Some(v) = input.token_expiration {
+                a.insert(TOKEN_EXPIRATION_ANNOTATION.into(), json!(v));
             }
             meta.insert("annotations".into(), Value::Object(a));
         }
@@ -386,16 +568,98 @@ fn containers(pod: &Value) -> impl Iterator<Item = &Value> {
 fn mutate_value<'i>(
     pod: &Value,
     inj: &'i Injection,
-) -> Result<pod_identity_webhook::webhook::mutation::Mutation<'i>, Skip> {
+    a: &Association,
+    seed: u64,
+) -> Result<Mutation<'i>, Skip> {
     let bytes = serde_json::to_vec(pod).unwrap();
     let view = Pod::from_slice(&bytes).expect("a generated pod always parses");
-    mutate(&view, &association(), inj)
+    mutate(&view, a, inj, seed)
+}
+
+fn volume<'p>(pod: &'p Value, name: &str) -> Option<&'p Value> {
+    pod["spec"]["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name)
+}
+
+/// Whether `volume` projects a service-account token for the profile's audience at `file`.
+fn projects(volume: Option<&Value>, profile: &Profile, file: &str) -> bool {
+    let Some(sources) = volume.and_then(|v| v["projected"]["sources"].as_array()) else {
+        return false;
+    };
+    sources.iter().any(|s| {
+        let t = &s["serviceAccountToken"];
+        t["audience"] == profile.audience && t["path"] == file
+    })
+}
+
+fn has_sub_path(mount: &Value) -> bool {
+    ["subPath", "subPathExpr"]
+        .iter()
+        .any(|k| mount[*k].as_str().is_some_and(|s| !s.is_empty()))
+}
+
+/// Whether, in `pod`, container `c` has the file `file` holding a token with the profile's
+/// audience: a whole-volume mount of a volume that projects one at the rest of the path.
+fn provides(pod: &Value, c: &Value, file: &str, profile: &Profile) -> bool {
+    let mounts = c["volumeMounts"].as_array().into_iter().flatten();
+    mounts.filter(|m| !has_sub_path(m)).any(|m| {
+        let dir = m["mountPath"].as_str().unwrap().trim_end_matches('/');
+        let rest = file.strip_prefix(dir).and_then(|r| r.strip_prefix('/'));
+        rest.is_some_and(|rest| projects(volume(pod, m["name"].as_str().unwrap()), profile, rest))
+    })
+}
+
+fn env_entry<'c>(c: &'c Value, name: &str) -> Option<&'c Value> {
+    c["env"].as_array()?.iter().find(|e| e["name"] == name)
+}
+
+/// The README's decision, written from the pod's side: a container can have the identity when
+/// nothing of the user's stands at the token path or under the volume name (or what stands
+/// there is the token itself), and its token-file variable, if the user set one, names a file
+/// a token mount provides once the injected volume and mount are in place.
+fn can_serve(pod: &Value, c: &Value, profile: &Profile) -> bool {
+    let theirs = volume(pod, profile.volume_name);
+    let foreign = theirs.is_some() && !projects(theirs, profile, profile.token_file);
+    let mounts: Vec<&Value> = c["volumeMounts"].as_array().into_iter().flatten().collect();
+    let at_path = mounts
+        .iter()
+        .find(|m| m["mountPath"].as_str().unwrap().trim_end_matches('/') == profile.mount_path);
+    let mount_ok = !foreign && at_path.is_none_or(|m| m["name"] == profile.volume_name && !has_sub_path(m));
+    let Some(var) = env_entry(c, profile.token_file_env) else {
+        return mount_ok;
+    };
+    let Some(file) = var["value"].as_str() else {
+        return false;
+    };
+    // The pod as it would be with the injected volume (if it has none of that name) and
+    // mount (if nothing is in the way) added.
+    let mut ready = pod.clone();
+    let mut container = c.clone();
+    if theirs.is_none() {
+        let ours = json!({"name": profile.volume_name, "projected": {"sources": [
+            {"serviceAccountToken": {"audience": profile.audience, "path": profile.token_file}}]}});
+        match ready["spec"]["volumes"].as_array_mut() {
+            Some(vs) => vs.push(ours),
+            None => ready["spec"]["volumes"] = json!([ours]),
+        }
+    }
+    if mount_ok && at_path.is_none() {
+        let ours = json!({"name": profile.volume_name, "mountPath": profile.mount_path});
+        match container["volumeMounts"].as_array_mut() {
+            Some(ms) => ms.push(ours),
+            None => container["volumeMounts"] = json!([ours]),
+        }
+    }
+    provides(&ready, &container, file, profile)
 }
 
 /// Every property for one pod and one profile.
-fn check(pod: &Value, provider: Provider) {
+fn check(pod: &Value, provider: Provider, input: &PodInput) {
     let inj = injection(provider);
     let profile = provider.profile();
+    let assoc = association_with(input.association_lifetime);
     let skipped: Vec<&str> = pod["metadata"]["annotations"][SKIP_CONTAINERS_ANNOTATION]
         .as_str()
         .map(|s| s.split(',').map(str::trim).collect())
@@ -407,9 +671,17 @@ fn check(pod: &Value, provider: Provider) {
         .filter(|n| !skipped.contains(n))
         .collect();
 
-    let mutation = match mutate_value(pod, &inj) {
+    let mutation = match mutate_value(pod, &inj, &assoc, input.seed) {
         Err(Skip::OptedOut) => {
             assert_eq!(pod["metadata"]["labels"][INJECT_LABEL], "false");
+            return;
+        }
+        Err(Skip::MirrorPod) => {
+            assert!(pod["metadata"]["annotations"].get(MIRROR_ANNOTATION).is_some());
+            return;
+        }
+        Err(Skip::NoContainers) => {
+            assert!(all.is_empty(), "{pod}");
             return;
         }
         Err(Skip::AllContainersSkipped) => {
@@ -419,7 +691,8 @@ fn check(pod: &Value, provider: Provider) {
         Ok(m) => m,
     };
     assert_ne!(pod["metadata"]["labels"][INJECT_LABEL], "false");
-    assert!(all.is_empty() || !targets.is_empty());
+    assert!(pod["metadata"]["annotations"].get(MIRROR_ANNOTATION).is_none());
+    assert!(!targets.is_empty());
 
     // The patch applies as a whole, and step by step under the API server's rules.
     let mut whole = pod.clone();
@@ -435,59 +708,80 @@ fn check(pod: &Value, provider: Provider) {
             "the result changes a user field: {op:?}"
         );
     }
+    assert_unique("volume", names_of(out["spec"].get("volumes"), "name"));
 
-    // The pod has the token volume (the user's of that name, or ours) and the annotation.
-    let vols = names_of(out["spec"].get("volumes"), "name");
-    assert_unique("volume", vols.clone());
-    assert!(vols.contains(&profile.volume_name), "{out}");
-    let annotation = &out["metadata"]["annotations"][ASSOCIATION_ANNOTATION];
-    match pod["metadata"]["annotations"].get(ASSOCIATION_ANNOTATION) {
-        Some(user) => assert_eq!(annotation, user),
-        None => assert_eq!(annotation, UID),
-    }
-
+    let (mut served, mut unserved) = (0, 0);
     for c in containers(&out) {
         let name = c["name"].as_str().unwrap();
         let paths: Vec<&str> = names_of(c.get("volumeMounts"), "mountPath")
             .into_iter()
             .map(|p| p.trim_end_matches('/'))
             .collect();
-        assert_unique(&format!("mountPath in {name}"), paths.clone());
-        let env = names_of(c.get("env"), "name");
-        assert_unique(&format!("env name in {name}"), env.clone());
+        assert_unique(&format!("mountPath in {name}"), paths);
+        assert_unique(&format!("env name in {name}"), names_of(c.get("env"), "name"));
         let before = all.iter().find(|b| b["name"] == name).unwrap();
         if !targets.contains(&name) {
             assert_eq!(c, *before, "skipped container {name} changed");
             continue;
         }
-        for wanted in [profile.endpoint_env, profile.token_file_env] {
-            assert!(env.contains(&wanted), "{name} lacks {wanted}: {c}");
-        }
-        let mount_names = names_of(c.get("volumeMounts"), "name");
-        assert!(
-            paths.contains(&profile.mount_path) || mount_names.contains(&profile.volume_name),
-            "{name} has nothing at the token path: {c}"
+        let file = env_entry(c, profile.token_file_env).and_then(|e| e["value"].as_str());
+        let has_identity = file.is_some_and(|f| provides(&out, c, f, profile))
+            && env_entry(c, profile.endpoint_env).is_some();
+        // The decision is the documented one.
+        assert_eq!(
+            has_identity,
+            can_serve(pod, before, profile),
+            "{name}: identity {has_identity} against the decision\nin:  {before}\nout: {c}\nvolumes: {}",
+            out["spec"]["volumes"]
         );
-        let ours = json!({"name": profile.volume_name, "mountPath": profile.mount_path, "readOnly": true});
-        let added_mount = c["volumeMounts"].as_array().is_some_and(|ms| {
-            ms.contains(&ours)
-                && !before["volumeMounts"]
-                    .as_array()
-                    .is_some_and(|b| b.contains(&ours))
-        });
-        if added_mount {
-            // Added only when nothing of the user's was there.
-            let b_names = names_of(before.get("volumeMounts"), "name");
-            let b_paths: Vec<&str> = names_of(before.get("volumeMounts"), "mountPath")
-                .into_iter()
-                .map(|p| p.trim_end_matches('/'))
-                .collect();
-            assert!(!b_names.contains(&profile.volume_name) && !b_paths.contains(&profile.mount_path));
+        if has_identity {
+            served += 1;
+            if env_entry(before, profile.token_file_env).is_none() {
+                assert_eq!(file, Some(profile.token_path().as_str()));
+            }
+        } else {
+            // Never an env var naming a file no mount provides: a container left without the
+            // identity is left as it was, and a warning says which and why.
+            unserved += 1;
+            assert_eq!(c, *before, "{name} was changed but has no identity");
+            let prefix = format!("container {name:?}: ");
+            assert!(
+                mutation.warnings.iter().any(|w| w.starts_with(&prefix)),
+                "no warning names {name}: {:?}",
+                mutation.warnings
+            );
+        }
+    }
+    assert_eq!((mutation.served, mutation.unserved), (served, unserved));
+
+    let annotation = &out["metadata"]["annotations"][ASSOCIATION_ANNOTATION];
+    if served == 0 {
+        assert_eq!(&out, pod, "nothing is added when no container has the identity");
+    } else {
+        match pod["metadata"]["annotations"].get(ASSOCIATION_ANNOTATION) {
+            Some(user) => assert_eq!(annotation, user),
+            None => assert_eq!(annotation, UID),
+        }
+    }
+
+    // An added token's lifetime is one the API server takes; the default one is spread.
+    if let (None, Some(v)) = (
+        volume(pod, profile.volume_name),
+        volume(&out, profile.volume_name),
+    ) {
+        let seconds = v["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"]
+            .as_i64()
+            .unwrap();
+        assert!((MIN_TOKEN_EXPIRATION..=MAX_TOKEN_EXPIRATION).contains(&seconds));
+        let annotated = pod["metadata"]["annotations"].get(TOKEN_EXPIRATION_ANNOTATION);
+        if input.association_lifetime.is_none() && annotated.is_none() {
+            assert!((79_200..=86_400).contains(&seconds), "{seconds}");
         }
     }
 
     // Idempotent: the webhook on its own output adds nothing (reinvocationPolicy: IfNeeded).
-    let again = mutate_value(&out, &inj).expect("the result is not skipped");
+    let again =
+        mutate_value(&out, &inj, &assoc, input.seed.wrapping_add(1)).expect("the result is not skipped");
     assert!(
         again.patch.is_empty(),
         "second run patched again: {:?}",
@@ -500,12 +794,12 @@ proptest! {
 
     #[test]
     fn cce_patches_follow_the_api_server_rules(input in pod_input()) {
-        check(&build_pod(&input), Provider::Cce);
+        check(&build_pod(&input), Provider::Cce, &input);
     }
 
     #[test]
     fn eks_patches_follow_the_api_server_rules(input in pod_input()) {
-        check(&build_pod(&input), Provider::Eks);
+        check(&build_pod(&input), Provider::Eks, &input);
     }
 }
 

@@ -76,7 +76,9 @@ fn check_injected(
         .expect("token volume");
     let sat = &v["projected"]["sources"][0]["serviceAccountToken"];
     assert_eq!(sat["audience"], p.audience, "{name}");
-    assert_eq!(sat["expirationSeconds"], 86400, "{name}");
+    // The default lifetime, spread per pod over its last twelfth.
+    let seconds = sat["expirationSeconds"].as_i64().unwrap();
+    assert!((79_200..=86_400).contains(&seconds), "{name}: {seconds}");
     assert_eq!(sat["path"], p.token_file, "{name}");
     let skipped: Vec<String> = patched["metadata"]["annotations"]["podidentity.io/skip-containers"]
         .as_str()
@@ -318,4 +320,178 @@ async fn health_readiness_and_metrics() {
     assert_eq!(r.status(), 404);
     let r = c.get(server.url("/mutate")).send().await.unwrap();
     assert_eq!(r.status(), 405);
+}
+
+/// Fixture 01's pod with `edit` applied, as a review with request uid `uid`.
+fn edited(prefix: &str, uid: &str, edit: impl FnOnce(&mut Value)) -> (Vec<u8>, Value) {
+    let body: Value = serde_json::from_slice(&fixture(prefix)).unwrap();
+    let mut object = body["request"]["object"].clone();
+    edit(&mut object);
+    let ns = body["request"]["namespace"].as_str().unwrap().to_owned();
+    (review_of(&object, &ns, uid), object)
+}
+
+fn lifetime(pod: &Value, p: &profile::Profile) -> i64 {
+    let v = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == p.volume_name)
+        .expect("token volume");
+    v["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_pods_are_skipped_with_a_reason() {
+    let server = TestServer::start(Provider::Cce).await;
+    let (body, _) = edited("01-", "mirror-1", |pod| {
+        pod["metadata"]["annotations"] =
+            serde_json::json!({"kubernetes.io/config.mirror": "5d41402abc4b2a76"});
+    });
+    let response = server.review(&server.h1(), body).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "{response}");
+    let warning = response["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("static pod") && warning.contains("not injected"),
+        "{warning}"
+    );
+    assert_eq!(server.state.metrics.admissions(Outcome::Skipped), 1);
+}
+
+/// A user's volume under the injected name that is not the token: admitted as it is, with a
+/// warning naming the volume, instead of env vars pointing at a file that will not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_volume_is_admitted_unchanged_with_a_warning() {
+    let server = TestServer::start(Provider::Cce).await;
+    let (body, _) = edited("01-", "conflict-1", |pod| {
+        pod["spec"]["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "cce-pod-identity-token", "emptyDir": {}}));
+    });
+    let response = server.review(&server.h2(), body).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "{response}");
+    let warning = response["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("volume \"cce-pod-identity-token\" is not the pod identity token"),
+        "{warning}"
+    );
+    assert_eq!(server.state.metrics.admissions(Outcome::Unchanged), 1);
+}
+
+/// The pods of one ReplicaSet arrive identical and nameless (generateName): each admission's
+/// uid spreads their tokens' lifetimes, the same review always gets the same lifetime, and the
+/// webhook's own output needs nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicaset_pods_get_spread_token_lifetimes() {
+    let server = TestServer::start(Provider::Cce).await;
+    let c = server.h2();
+    let mut seen = HashSet::new();
+    for i in 0..40 {
+        let uid = format!("6f1c2a8e-0000-4000-8000-{i:012}");
+        let (body, object) = edited("13-", &uid, |_| {});
+        assert!(object["metadata"].get("name").is_none());
+        let (pod, _) = apply(&server.review(&c, body.clone()).await, &object);
+        let seconds = lifetime(&pod, &profile::CCE);
+        assert!((79_200..=86_400).contains(&seconds), "{seconds}");
+        let (again, _) = apply(&server.review(&c, body).await, &object);
+        assert_eq!(
+            lifetime(&again, &profile::CCE),
+            seconds,
+            "deterministic per review"
+        );
+        let second = server.review(&c, review_of(&pod, "pi-demo", "again")).await;
+        assert!(second.get("patch").is_none(), "{second}");
+        seen.insert(seconds);
+    }
+    assert!(seen.len() >= 35, "40 pods, only {} lifetimes", seen.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn association_and_annotation_lifetimes_reach_the_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("associations.yaml");
+    std::fs::write(
+        &file,
+        "associations:\n\
+         - {namespace: pi-demo, serviceAccount: app, agencyName: a, tokenExpirationSeconds: 3600}\n\
+         - {namespace: pi-demo, serviceAccount: worker, agencyName: w, tokenExpirationSeconds: 300}\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(Provider::Cce, |c| {
+        c.source = pod_identity_webhook::testing::AssociationSource::File(file);
+    })
+    .await;
+    let c = server.h1();
+    let annotate = |value: &'static str| {
+        move |pod: &mut Value| {
+            pod["metadata"]["annotations"] = serde_json::json!({"podidentity.io/token-expiration": value});
+        }
+    };
+    for (prefix, edit, want, warning) in [
+        ("01-", annotate("1800"), 1800, None),
+        ("01-", annotate("7200"), 3600, Some("may only lower")),
+        ("01-", annotate("60"), 600, Some("60 is outside")),
+        ("01-", annotate(" 3600 "), 3600, None),
+        ("13-", annotate("2400"), 600, Some("may only lower")),
+    ] {
+        let (body, object) = edited(prefix, "u", edit);
+        let response = server.review(&c, body).await;
+        let (pod, _) = apply(&response, &object);
+        assert_eq!(lifetime(&pod, &profile::CCE), want, "{prefix} {warning:?}");
+        let warnings = response["warnings"].to_string();
+        match warning {
+            Some(w) => assert!(warnings.contains(w), "{w}: {warnings}"),
+            None => assert!(response.get("warnings").is_none(), "{warnings}"),
+        }
+    }
+    // The worker association's 300 s is raised to the API server's minimum, with a warning.
+    let (body, object) = edited("13-", "u", |_| {});
+    let response = server.review(&c, body).await;
+    assert_eq!(lifetime(&apply(&response, &object).0, &profile::CCE), 600);
+    assert!(
+        response["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("association tokenExpirationSeconds 300 is outside"),
+        "{response}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eks_region_variables_reach_the_pod_and_keep_the_users() {
+    let server = TestServer::start_with(Provider::Eks, |c| {
+        let mut settings =
+            pod_identity_webhook::webhook::mutation::Settings::new(&profile::EKS, None, 86_400);
+        settings.region = Some("eu-west-1".into());
+        c.injection = pod_identity_webhook::webhook::mutation::Injection::new(&profile::EKS, settings);
+    })
+    .await;
+    let c = server.h2();
+    let (body, object) = edited("08-", "u", |pod| {
+        pod["spec"]["containers"][1]["env"] = serde_json::json!([
+            {"name": "AWS_DEFAULT_REGION", "value": "ap-southeast-1"},
+            {"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "legacy"},
+        ]);
+    });
+    let (pod, _) = apply(&server.review(&c, body).await, &object);
+    let app = &pod["spec"]["containers"][0];
+    assert_eq!(env(app, "AWS_REGION"), Some("eu-west-1"));
+    assert_eq!(env(app, "AWS_DEFAULT_REGION"), Some("eu-west-1"));
+    assert_eq!(env(app, "AWS_STS_REGIONAL_ENDPOINTS"), Some("regional"));
+    let helper = &pod["spec"]["containers"][1];
+    assert_eq!(env(helper, "AWS_DEFAULT_REGION"), Some("ap-southeast-1"));
+    assert_eq!(
+        env(helper, "AWS_REGION"),
+        None,
+        "not set against the user's region"
+    );
+    assert_eq!(env(helper, "AWS_STS_REGIONAL_ENDPOINTS"), Some("legacy"));
+    assert!(env(helper, "AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some());
+    let again = server.review(&c, review_of(&pod, "pi-demo", "again")).await;
+    assert!(again.get("patch").is_none(), "{again}");
 }

@@ -2,7 +2,8 @@
 //!
 //! The injected volume, mount and env vars are the same for every pod, so they are rendered
 //! once (in [`Injection`](super::Injection)) and each operation borrows that text; writing a
-//! patch is then copying bytes, not building and serializing a `serde_json::Value` tree.
+//! patch is then copying bytes, not building and serializing a `serde_json::Value` tree. The
+//! one per-pod part, the token's lifetime, is a number written between two prepared halves.
 
 use std::borrow::Cow;
 
@@ -11,8 +12,52 @@ use std::borrow::Cow;
 pub struct Add<'a> {
     /// A JSON pointer with its tokens escaped (`~0`, `~1`).
     pub path: String,
-    /// The value as JSON text.
-    pub value: Cow<'a, str>,
+    pub value: Value<'a>,
+}
+
+/// The value of an operation, as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value<'a> {
+    Text(Cow<'a, str>),
+    /// `head`, the number, `tail`: prepared text with a per-pod number in it.
+    Spliced {
+        head: &'a str,
+        number: i64,
+        tail: &'a str,
+    },
+}
+
+impl Value<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Text(text) => out.extend_from_slice(text.as_bytes()),
+            Value::Spliced { head, number, tail } => {
+                out.extend_from_slice(head.as_bytes());
+                out.extend_from_slice(itoa::Buffer::new().format(*number).as_bytes());
+                out.extend_from_slice(tail.as_bytes());
+            }
+        }
+    }
+
+    /// Bytes [`write`](Self::write) appends, at most.
+    fn len(&self) -> usize {
+        match self {
+            Value::Text(text) => text.len(),
+            Value::Spliced { head, tail, .. } => head.len() + 20 + tail.len(),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(text: &'a str) -> Self {
+        Value::Text(Cow::Borrowed(text))
+    }
+}
+
+impl From<String> for Value<'_> {
+    fn from(text: String) -> Self {
+        Value::Text(Cow::Owned(text))
+    }
 }
 
 /// A JSON Patch (RFC 6902) made of `add` operations only.
@@ -34,7 +79,7 @@ impl Patch<'_> {
             out.extend_from_slice(br#"{"op":"add","path":"#);
             write_str(out, &op.path);
             out.extend_from_slice(br#","value":"#);
-            out.extend_from_slice(op.value.as_bytes());
+            op.value.write(out);
             out.push(b'}');
         }
         out.push(b']');
@@ -127,11 +172,19 @@ mod tests {
         let patch = Patch(vec![
             Add {
                 path: "/spec/volumes/-".into(),
-                value: Cow::Borrowed(r#"{"name":"v"}"#),
+                value: r#"{"name":"v"}"#.into(),
             },
             Add {
                 path: "/metadata/annotations/a~1b".into(),
-                value: Cow::Owned(str_literal("x\"y")),
+                value: str_literal("x\"y").into(),
+            },
+            Add {
+                path: "/spec/volumes/-".into(),
+                value: Value::Spliced {
+                    head: r#"{"n":"#,
+                    number: i64::MIN,
+                    tail: "}",
+                },
             },
         ]);
         let json: serde_json::Value = serde_json::from_slice(&patch.to_json()).unwrap();
@@ -140,9 +193,11 @@ mod tests {
             serde_json::json!([
                 {"op": "add", "path": "/spec/volumes/-", "value": {"name": "v"}},
                 {"op": "add", "path": "/metadata/annotations/a~1b", "value": "x\"y"},
+                {"op": "add", "path": "/spec/volumes/-", "value": {"n": i64::MIN}},
             ])
         );
-        assert_eq!(patch.to_json_patch().0.len(), 2);
+        assert!(patch.to_json().len() <= patch.0.iter().map(|op| op.value.len() + 64).sum());
+        assert_eq!(patch.to_json_patch().0.len(), 3);
         assert_eq!(Patch::default().to_json(), b"[]");
     }
 }

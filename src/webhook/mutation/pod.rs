@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// A string that borrows from the input when it can.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,8 +53,14 @@ pub struct Pod<'a> {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 #[serde(remote = "Self")]
 pub struct Metadata<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Str<'a>>,
+    /// A controller's pods have only this at admission: the name is generated afterwards.
+    #[serde(borrow, default)]
+    pub generate_name: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub namespace: Option<Str<'a>>,
     #[serde(borrow, default)]
@@ -75,7 +81,7 @@ pub struct Spec<'a> {
     #[serde(borrow, default)]
     pub node_selector: Option<NodeSelector<'a>>,
     #[serde(borrow, default)]
-    pub volumes: Option<Vec<Named<'a>>>,
+    pub volumes: Option<Vec<Volume<'a>>>,
     #[serde(borrow, default)]
     pub init_containers: Option<Vec<Container<'a>>>,
     #[serde(borrow, default)]
@@ -89,19 +95,117 @@ pub struct Container<'a> {
     #[serde(borrow, default)]
     pub name: Str<'a>,
     #[serde(borrow, default)]
-    pub env: Option<Vec<Named<'a>>>,
+    pub env: Option<Vec<EnvVar<'a>>>,
     #[serde(borrow, default)]
     pub volume_mounts: Option<Vec<Mount<'a>>>,
     #[serde(borrow, default)]
     pub restart_policy: Option<Str<'a>>,
 }
 
-/// A list item identified by `name` (volumes, env vars).
+/// A pod volume: its name, and for a projected volume the service-account tokens in it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(remote = "Self")]
-pub struct Named<'a> {
+pub struct Volume<'a> {
     #[serde(borrow, default)]
     pub name: Str<'a>,
+    #[serde(borrow, default)]
+    pub projected: Option<Projected<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
+pub struct Projected<'a> {
+    #[serde(borrow, default)]
+    pub sources: Option<Tokens<'a>>,
+}
+
+/// One item of a projected volume's `sources`; only a `serviceAccountToken` matters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[serde(remote = "Self")]
+struct Source<'a> {
+    #[serde(borrow, default)]
+    service_account_token: Option<Token<'a>>,
+}
+
+/// A projected service-account token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
+pub struct Token<'a> {
+    #[serde(borrow, default)]
+    pub audience: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub path: Str<'a>,
+}
+
+/// The service-account tokens of a projected volume that name an audience. A token without
+/// one (the API server's own `kube-api-access-*` volume in every pod) is never the pod
+/// identity token, so the common pod keeps nothing here and allocates nothing.
+#[derive(Debug, Default)]
+pub struct Tokens<'a>(pub Vec<Token<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Tokens<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Tokens<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of projected volume sources")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Tokens<'a>, S::Error> {
+                let mut out = Vec::new();
+                while let Some(source) = seq.next_element::<Source<'de>>()? {
+                    out.extend(source.service_account_token.filter(|t| t.audience.is_some()));
+                }
+                Ok(Tokens(out))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
+
+/// An env var: its name, and its `value` only for the token-file variables (the one value the
+/// decision reads). Other values are skipped unread: they are arbitrary user text, often with
+/// escapes (`&` arrives as `\u0026`) that would send the whole review off the fast reader.
+#[derive(Debug, Default)]
+pub struct EnvVar<'a> {
+    pub name: Str<'a>,
+    /// `None` when the variable is set through `valueFrom` (or its value was not kept).
+    pub value: Option<Str<'a>>,
+}
+
+impl<'de: 'a, 'a> FromMap<'de> for EnvVar<'a> {
+    const EXPECTING: &'static str = "struct EnvVar";
+    fn from_map<M: MapAccess<'de>>(mut m: M) -> Result<Self, M::Error> {
+        let mut out = EnvVar::default();
+        let mut value = None;
+        while let Some(key) = m.next_key::<Str<'de>>()? {
+            match key.as_str() {
+                "name" => out.name = m.next_value()?,
+                // The API server writes `name` first; a `value` before it is kept until the
+                // name says whether it is needed.
+                "value" if out.name.as_str().is_empty() || keeps_value(out.name.as_str()) => {
+                    value = m.next_value::<Option<Str<'de>>>()?;
+                }
+                _ => {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        out.value = value.filter(|_| keeps_value(out.name.as_str()));
+        Ok(out)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for EnvVar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        map_only(d)
+    }
+}
+
+/// Whether an env var's value matters to the decision: the token-file variable of a profile.
+fn keeps_value(name: &str) -> bool {
+    crate::profile::PROFILES.iter().any(|p| p.token_file_env == name)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +216,24 @@ pub struct Mount<'a> {
     pub name: Str<'a>,
     #[serde(borrow, default)]
     pub mount_path: Str<'a>,
+    #[serde(borrow, default)]
+    pub sub_path: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub sub_path_expr: Option<Str<'a>>,
+}
+
+impl Mount<'_> {
+    /// The mount shows a part of its volume, not the whole of it.
+    pub fn has_sub_path(&self) -> bool {
+        [&self.sub_path, &self.sub_path_expr]
+            .iter()
+            .any(|s| s.as_ref().is_some_and(|s| !s.as_str().is_empty()))
+    }
+
+    /// The mount path without a trailing `/` (the same directory to the kubelet).
+    pub fn dir(&self) -> &str {
+        self.mount_path.as_str().trim_end_matches('/')
+    }
 }
 
 /// A view read from a JSON object only. serde's derive also reads a struct from an array of
@@ -160,7 +282,10 @@ map_only!(
     Metadata => "struct Metadata",
     Spec => "struct Spec",
     Container => "struct Container",
-    Named => "struct Named",
+    Volume => "struct Volume",
+    Projected => "struct Projected",
+    Source => "struct Source",
+    Token => "struct Token",
     Mount => "struct Mount",
 );
 
@@ -205,6 +330,8 @@ picked_map!(
     Annotations {
         skip_containers => crate::webhook::mutation::SKIP_CONTAINERS_ANNOTATION,
         association => crate::webhook::mutation::ASSOCIATION_ANNOTATION,
+        token_expiration => crate::webhook::mutation::TOKEN_EXPIRATION_ANNOTATION,
+        mirror => crate::webhook::mutation::MIRROR_ANNOTATION,
     }
 );
 picked_map!(
@@ -218,22 +345,39 @@ impl<'a> Pod<'a> {
         serde_json::from_slice(bytes)
     }
 
-    /// The pod's service account; the API server's default when none is named.
+    /// The pod's service account, read as the API server reads it: `serviceAccountName`,
+    /// else (absent or empty) the deprecated `serviceAccount`, else `default`.
     pub fn service_account(&self) -> &str {
+        fn named<'s>(s: Option<&'s Str<'_>>) -> Option<&'s str> {
+            s.map(Str::as_str).filter(|s| !s.is_empty())
+        }
         let spec = self.spec.as_ref();
-        spec.and_then(|s| s.service_account_name.as_ref())
-            .or_else(|| spec.and_then(|s| s.service_account.as_ref()))
-            .map(Str::as_str)
-            .filter(|s| !s.is_empty())
+        named(spec.and_then(|s| s.service_account_name.as_ref()))
+            .or_else(|| named(spec.and_then(|s| s.service_account.as_ref())))
             .unwrap_or("default")
     }
 
-    pub fn namespace(&self) -> Option<&str> {
+    /// A string of the metadata, when present and not empty.
+    fn metadata_str(&self, field: for<'m> fn(&'m Metadata<'a>) -> Option<&'m Str<'a>>) -> Option<&str> {
         self.metadata
             .as_ref()
-            .and_then(|m| m.namespace.as_ref())
+            .and_then(field)
             .map(Str::as_str)
             .filter(|s| !s.is_empty())
+    }
+
+    /// `metadata.name`, when the pod has one yet (not with `generateName`).
+    pub fn name(&self) -> Option<&str> {
+        self.metadata_str(|m| m.name.as_ref())
+    }
+
+    /// `metadata.generateName`.
+    pub fn generate_name(&self) -> Option<&str> {
+        self.metadata_str(|m| m.generate_name.as_ref())
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.metadata_str(|m| m.namespace.as_ref())
     }
 
     pub fn label_inject(&self) -> Option<&str> {
@@ -284,6 +428,72 @@ mod tests {
         assert_eq!(pod.service_account(), "default");
         let pod = Pod::from_slice(br#"{"spec":{"serviceAccount":"legacy"}}"#).unwrap();
         assert_eq!(pod.service_account(), "legacy");
+        // An empty name falls back to the deprecated field, as the API server's conversion does.
+        let pod = Pod::from_slice(br#"{"spec":{"serviceAccountName":"","serviceAccount":"app"}}"#).unwrap();
+        assert_eq!(pod.service_account(), "app");
+        let pod =
+            Pod::from_slice(br#"{"spec":{"serviceAccountName":"new","serviceAccount":"old"}}"#).unwrap();
+        assert_eq!(pod.service_account(), "new");
+    }
+
+    #[test]
+    fn keeps_only_the_token_file_values_and_tokens_with_an_audience() {
+        let json = br#"{"metadata":{"name":"p","generateName":"g-"},"spec":{"volumes":[
+            {"name":"kube-api-access","projected":{"sources":[{"serviceAccountToken":{"expirationSeconds":3607,"path":"token"}},{"configMap":{"name":"kube-root-ca.crt"}}]}},
+            {"name":"t","projected":{"sources":[{"configMap":{"name":"x"}},{"serviceAccountToken":{"audience":"a","path":"f"}}]}},
+            {"name":"e","emptyDir":{}}],
+            "containers":[{"name":"c","env":[
+                {"name":"URL","value":"https://x/?a=1\u0026b=2"},
+                {"value":"/before/name","name":"HC_CONTAINER_AUTHORIZATION_TOKEN_FILE"},
+                {"value":"dropped","name":"OTHER"},
+                {"name":"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE","value":"/t/f"},
+                {"name":"HC_CONTAINER_CREDENTIALS_FULL_URI","valueFrom":{"fieldRef":{"fieldPath":"x"}}}],
+            "volumeMounts":[{"name":"t","mountPath":"/t/","subPath":"","subPathExpr":"$(X)"}]}]}}"#;
+        let pod = Pod::from_slice(json).unwrap();
+        assert_eq!((pod.name(), pod.generate_name()), (Some("p"), Some("g-")));
+        let spec = pod.spec.as_ref().unwrap();
+        let vols = spec.volumes.as_ref().unwrap();
+        assert!(
+            vols[0]
+                .projected
+                .as_ref()
+                .unwrap()
+                .sources
+                .as_ref()
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        let tokens = &vols[1].projected.as_ref().unwrap().sources.as_ref().unwrap().0;
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(
+            (
+                tokens[0].audience.as_ref().unwrap().as_str(),
+                tokens[0].path.as_str()
+            ),
+            ("a", "f")
+        );
+        assert!(vols[2].projected.is_none());
+        let c = &spec.containers.as_ref().unwrap()[0];
+        let values: Vec<(&str, Option<&str>)> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.as_ref().map(Str::as_str)))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                ("URL", None),
+                ("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", Some("/before/name")),
+                ("OTHER", None),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", Some("/t/f")),
+                ("HC_CONTAINER_CREDENTIALS_FULL_URI", None),
+            ]
+        );
+        let m = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(m.dir(), "/t");
+        assert!(m.has_sub_path());
     }
 
     #[test]
@@ -302,6 +512,8 @@ mod tests {
             br#"{"spec":{"initContainers":[[]]}}"#,
             br#"{"spec":{"volumes":[["cce-pod-identity-token"]]}}"#,
             br#"{"spec":{"containers":[{"name":"c","env":[["HC_CONTAINER_CREDENTIALS_FULL_URI"]]}]}}"#,
+            br#"{"spec":{"volumes":[{"name":"v","projected":[]}]}}"#,
+            br#"{"spec":{"volumes":[{"name":"v","projected":{"sources":[[]]}}]}}"#,
             br#"{"spec":{"containers":[{"name":"c","volumeMounts":[["n","/p"]]}]}}"#,
         ] {
             let err = Pod::from_slice(json).unwrap_err().to_string();

@@ -266,7 +266,7 @@ impl Admission {
             return deny("pod CREATE review has no namespace".into());
         };
         let index = self.associations.load();
-        let decision = decide(&pod, namespace, &index, &self.injection);
+        let decision = decide(&pod, namespace, &index, &self.injection, uid);
         let name = req.name.as_ref().map(Str::as_str).unwrap_or("");
         tracing::debug!(
             uid,
@@ -277,16 +277,35 @@ impl Admission {
             "admission"
         );
         match decision {
-            Decision::Inject { mutation, .. } if !mutation.patch.is_empty() => {
+            Decision::Inject { mutation, .. } => {
+                if mutation.unserved > 0 {
+                    // The pod starts without credentials in some container: the operator
+                    // should be able to see why, not only the user who created it.
+                    tracing::info!(uid, namespace, name, warnings = ?mutation.warnings, "pod identity not injected everywhere");
+                }
+                let outcome = match mutation.patch.is_empty() {
+                    true => Outcome::Unchanged,
+                    false => Outcome::Mutated,
+                };
                 let r = ResponseOut {
                     patch: mutation.patch,
                     warnings: mutation.warnings,
                     ..allowed(uid)
                 };
-                (Outcome::Mutated, r)
+                (outcome, r)
             }
-            Decision::Inject { .. } | Decision::NoAssociation => allow(Outcome::Unchanged),
-            Decision::Skipped(_) => allow(Outcome::Skipped),
+            Decision::NoAssociation => allow(Outcome::Unchanged),
+            Decision::Skipped(skip) => {
+                let r = ResponseOut {
+                    warnings: skip
+                        .warns()
+                        .then(|| skip.reason().to_owned())
+                        .into_iter()
+                        .collect(),
+                    ..allowed(uid)
+                };
+                (Outcome::Skipped, r)
+            }
         }
     }
 }
@@ -315,8 +334,6 @@ fn denied<'u>(uid: &'u str, code: u16, reason: &'static str, message: String) ->
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
@@ -357,6 +374,38 @@ mod tests {
             assert!(fast_read(&text).is_some(), "{name} as stored");
             assert!(fast_read(&compact(&text)).is_some(), "{name} compact");
         }
+    }
+
+    #[test]
+    fn escaped_env_values_and_projected_tokens_stay_on_the_fast_reader() {
+        // The API server writes `&` as `\u0026`: a URL in an env var is common, and its value
+        // is not read, so it must not send the review to serde_json. A projected token's
+        // strings are plain and read.
+        let text = compact(&fixture(
+            "02-pod-init-env-fieldref-volumes-sa-app-apply-dryrun.json",
+        ));
+        let env = r#""env":["#;
+        assert!(text.contains(env));
+        let text = text.replacen(
+            env,
+            r#""env":[{"name":"DB_URL","value":"postgres://db/app?a=1\u0026b=\"2\""},"#,
+            1,
+        );
+        let volumes = r#""volumes":["#;
+        let text = text.replacen(
+            volumes,
+            r#""volumes":[{"name":"t","projected":{"sources":[{"serviceAccountToken":{"audience":"service.cce.pods","expirationSeconds":600,"path":"t"}}]}},"#,
+            1,
+        );
+        let read = fast_read(&text).expect("the fast reader takes it");
+        assert!(
+            read.contains("DB_URL") && read.contains("service.cce.pods"),
+            "{read}"
+        );
+        // A token-file value is kept; with an escape it goes to serde_json, which reads it.
+        let kept = text.replacen("\"DB_URL\"", "\"HC_CONTAINER_AUTHORIZATION_TOKEN_FILE\"", 1);
+        assert!(fast_read(&kept).is_none());
+        assert!(serde_json::from_str::<ReviewIn<Pod>>(&kept).is_ok());
     }
 
     /// A JSON value in text, with whitespace, escapes and numbers of every shape.
@@ -473,7 +522,7 @@ mod tests {
             let r = ResponseOut {
                 patch: Patch(vec![Add {
                     path: "/metadata/annotations/a~1b".into(),
-                    value: Cow::Owned(value),
+                    value: value.into(),
                 }]),
                 warnings: vec!["one \"quoted\"".into(), "two".into()],
                 ..allowed("u")

@@ -23,7 +23,10 @@ pub const PROJECT: &str = "proj-1";
 pub const CLUSTER: &str = "46db1d50-b49f-48e5-a312-27645af73405";
 
 pub struct RunningAgent {
+    /// The credential endpoint on the first listen address.
     pub url: String,
+    /// The same on every listen address.
+    pub urls: Vec<String>,
     pub admin: String,
     pub metrics: Arc<AgentMetrics>,
     pub cache: Arc<Cache>,
@@ -85,13 +88,18 @@ pub async fn start_agent(
     // reqwest clients in the tests use the process-wide provider.
     crate::common::crypto();
     let mut config = AgentConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
+        vec!["127.0.0.1:0".parse().unwrap()],
         "127.0.0.1:0".parse().unwrap(),
         provider,
     );
     tweak(&mut config);
     let agent = Agent::bind(config, backend, None, Arc::default()).await.unwrap();
-    let url = format!("http://{}/v1/credentials", agent.local_addr());
+    let urls: Vec<String> = agent
+        .local_addrs()
+        .iter()
+        .map(|a| format!("http://{a}/v1/credentials"))
+        .collect();
+    let url = urls[0].clone();
     let admin = format!("http://{}", agent.admin_addr());
     let (metrics, cache) = (agent.metrics(), agent.cache());
     let (tx, rx) = oneshot::channel::<()>();
@@ -100,6 +108,7 @@ pub async fn start_agent(
     }));
     RunningAgent {
         url,
+        urls,
         admin,
         metrics,
         cache,
