@@ -199,6 +199,11 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub(crate) listen: Vec<SocketAddr>,
+    /// A credential endpoint address to answer on when the host has it (e.g.
+    /// `[fd00:ec2::23]:80` on nodes with IPv6), skipped with a warning when it has not;
+    /// repeatable.
+    #[arg(long, env = "POD_IDENTITY_AGENT_LISTEN_IF_PRESENT", value_delimiter = ',')]
+    pub(crate) listen_if_present: Vec<SocketAddr>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(
         long,

@@ -43,6 +43,8 @@ fn default_limits() -> Limits {
 pub struct AgentConfig {
     /// The credential endpoint's addresses (e.g. 169.254.170.23:80 and [fd00:ec2::23]:80).
     pub listen: Vec<SocketAddr>,
+    /// Addresses answered on when the host has them, skipped with a warning when not.
+    pub listen_if_present: Vec<SocketAddr>,
     pub admin_listen: SocketAddr,
     pub provider: Provider,
     /// Host header values (without port) the credential endpoint answers to besides its own
@@ -58,6 +60,7 @@ impl AgentConfig {
     pub fn new(listen: Vec<SocketAddr>, admin_listen: SocketAddr, provider: Provider) -> Self {
         AgentConfig {
             listen,
+            listen_if_present: Vec::new(),
             admin_listen,
             provider,
             allowed_hosts: Vec::new(),
@@ -73,7 +76,11 @@ impl AgentConfig {
     /// each listen address and the extra `allowed_hosts`.
     pub fn hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = LINK_LOCAL_HOSTS.iter().map(|h| h.to_string()).collect();
-        let own = self.listen.iter().map(|a| a.ip().to_string());
+        let own = self
+            .listen
+            .iter()
+            .chain(&self.listen_if_present)
+            .map(|a| a.ip().to_string());
         for host in ["localhost".to_owned(), "127.0.0.1".to_owned()]
             .into_iter()
             .chain(own)
@@ -91,6 +98,7 @@ impl AgentConfig {
 /// then serves until SIGTERM or SIGINT.
 pub async fn run(args: AgentArgs) -> Result<(), StartError> {
     let mut config = AgentConfig::new(args.listen, args.admin_listen, args.provider);
+    config.listen_if_present = args.listen_if_present;
     config.allowed_hosts.extend(args.allowed_hosts);
     config.limits = args.limits.limits(config.limits)?;
     config.cache = CacheConfig {
@@ -176,6 +184,16 @@ impl Agent {
         let mut listeners = Vec::with_capacity(config.listen.len());
         for addr in &config.listen {
             listeners.push(Listener::bind(*addr, None).await?);
+        }
+        for addr in &config.listen_if_present {
+            match Listener::bind(*addr, None).await {
+                Ok(l) => listeners.push(l),
+                // Not configured on this host (a node without IPv6, say): the others serve.
+                Err(e) if e.source.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    tracing::warn!(%addr, "not an address of this host: not answering on it");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let admin = Listener::bind(config.admin_listen, None).await?;
         let allowed_hosts = config.hosts();

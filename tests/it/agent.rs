@@ -313,3 +313,21 @@ async fn agent_answers_on_ipv6_and_ipv4_at_once() {
         "one cache behind both addresses"
     );
 }
+
+/// `--listen-if-present`: an address the host has is answered on; one it has not (a node
+/// without IPv6, here a documentation address no interface carries) is skipped, and the agent
+/// serves on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_the_host_lacks_are_skipped_when_optional() {
+    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |c| {
+        c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.listen_if_present = vec!["[::1]:0".parse().unwrap(), "192.0.2.77:0".parse().unwrap()];
+    })
+    .await;
+    assert_eq!(agent.urls.len(), 2, "{:?}", agent.urls);
+    assert!(agent.urls[1].starts_with("http://[::1]:"), "{:?}", agent.urls);
+    let token = pod_token("pi-demo", "app", "app-1", AUD);
+    for url in &agent.urls {
+        assert_eq!(call(url, Some(&token), None).await.0, 200, "{url}");
+    }
+}
