@@ -98,26 +98,6 @@ async fn stalled_body(c: reqwest::Client, url: String, declared: usize, sent: us
     (r.map_or(0, |r| r.status().as_u16()), start.elapsed())
 }
 
-/// An HTTPS client trusting `ca`, connecting from `source`.
-fn client_from(ca: &[u8], http: Http, source: [u8; 4]) -> reqwest::Client {
-    let mut tls = tls_client_config(&[ca]);
-    tls.alpn_protocols = vec![if http == Http::H2 {
-        b"h2".to_vec()
-    } else {
-        b"http/1.1".to_vec()
-    }];
-    let b = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .local_address(std::net::IpAddr::from(source))
-        .timeout(Duration::from_secs(20));
-    let b = if http == Http::H2 {
-        b.http2_prior_knowledge()
-    } else {
-        b.http1_only()
-    };
-    b.build().unwrap()
-}
-
 /// Posts `body` to `url` until `stop`; counts answers that pass `good` and the others.
 fn keep_asking(
     c: reqwest::Client,
@@ -199,7 +179,7 @@ async fn the_webhook_bounds_stalled_bodies_and_idle_connections() {
     // The API server: another address than the clients that misbehave.
     let stop = Arc::new(AtomicBool::new(false));
     let legit = keep_asking(
-        client_from(&ca, Http::H2, [127, 0, 0, 2]),
+        client_from(&[&ca], Http::H2, Some([127, 0, 0, 2].into())),
         url("/mutate"),
         None,
         fixture("01-"),
@@ -449,15 +429,7 @@ async fn the_exchange_bounds_stalled_bodies_and_idle_connections() {
     let iam = doubles::iam().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let kubeconfig = d.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {{server: 'http://{}'}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c\n  context: {{cluster: s, user: u}}\ncurrent-context: c\n",
-            api.addr
-        ),
-    )
-    .unwrap();
+    let kubeconfig = api.kubeconfig(d, "t");
     std::fs::write(d.join("operator-token"), "operator-iam-token").unwrap();
     let certs = d.join("certs");
     pod_identity_webhook::certs::write(&certs, &pod_identity_webhook::certs::generate_local(1).unwrap())
@@ -505,7 +477,7 @@ async fn the_exchange_bounds_stalled_bodies_and_idle_connections() {
     let stop = Arc::new(AtomicBool::new(false));
     let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
     let legit = keep_asking(
-        client_from(&ca, Http::H2, [127, 0, 0, 2]),
+        client_from(&[&ca], Http::H2, Some([127, 0, 0, 2].into())),
         assume.clone(),
         Some(agent_token(NODE)),
         serde_json::to_vec(&serde_json::json!({ "token": token })).unwrap(),

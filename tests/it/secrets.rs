@@ -65,15 +65,7 @@ async fn no_secret_reaches_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // A kubeconfig for the exchange's TokenReview and watch, pointing at the stand-in.
-    let kubeconfig = d.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {{server: 'http://{}'}}\nusers:\n- name: u\n  user: {{token: kube-bearer-secret}}\ncontexts:\n- name: c\n  context: {{cluster: s, user: u}}\ncurrent-context: c\n",
-            api.addr
-        ),
-    )
-    .unwrap();
+    let kubeconfig = api.kubeconfig(d, "kube-bearer-secret");
     // The IAM operator's key pair as a mounted Secret would hold it.
     std::fs::write(d.join("access-key"), "AKOPERATOR\n").unwrap();
     std::fs::write(d.join("secret-key"), "operator-secret-key-value").unwrap();

@@ -280,6 +280,11 @@ pub async fn until_ready(client: &reqwest::Client, url: &str, end: std::time::In
 
 /// A real HTTPS client trusting `cas`, pinned to one HTTP version through ALPN.
 pub fn client(cas: &[&[u8]], http: Http) -> reqwest::Client {
+    client_from(cas, http, None)
+}
+
+/// The same, connecting from `source` (another loopback address is another client).
+pub fn client_from(cas: &[&[u8]], http: Http, source: Option<std::net::IpAddr>) -> reqwest::Client {
     let mut tls = tls_client_config(cas);
     tls.alpn_protocols = vec![if http == Http::H2 {
         b"h2".to_vec()
@@ -289,6 +294,7 @@ pub fn client(cas: &[&[u8]], http: Http) -> reqwest::Client {
     let b = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .tls_info(true)
+        .local_address(source)
         .timeout(Duration::from_secs(20));
     let b = if http == Http::H2 {
         b.http2_prior_knowledge()
