@@ -214,8 +214,15 @@ pub struct AgentArgs {
     /// Where credentials come from.
     #[arg(long, env = "POD_IDENTITY_BACKEND", value_enum)]
     pub(crate) backend: BackendKind,
+    /// Where associations come from: with one, cached credentials follow them (an
+    /// association deleted or pointed elsewhere drops what was issued under it at once).
     #[command(flatten)]
     pub(crate) source: SourceArgs,
+    /// This agent's node (from the downward API, spec.nodeName): its pods are watched and the
+    /// credentials of those that are gone are dropped and not refreshed (needs list and watch
+    /// on pods).
+    #[arg(long, env = "POD_IDENTITY_NODE_NAME")]
+    pub(crate) node_name: Option<String>,
     /// Base URL of the assume-agency API (the cloud's CCE endpoint, or `exchange`).
     #[arg(long, env = "POD_IDENTITY_CCE_ENDPOINT")]
     pub(crate) cce_endpoint: Option<String>,

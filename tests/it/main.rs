@@ -10,6 +10,7 @@ mod bad_input;
 mod cli;
 mod exchange;
 mod kubernetes;
+mod lifecycle;
 mod manifests;
 mod operations;
 mod pod_security;
