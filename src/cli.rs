@@ -78,6 +78,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply the mutation to a Pod manifest or AdmissionReview offline and print the result.
     Mutate(MutateArgs),
+    /// Explain why a pod (a manifest) has or would get credentials, or not, and what to do.
+    /// Exit status: 0 credentials, 1 not injected, 3 created without them (recreate it), 2 error.
+    Explain(ExplainArgs),
     /// Generate a CA and a serving certificate for the webhook and print the caBundle.
     Certs(CertsArgs),
     /// Print the PodIdentityAssociation CustomResourceDefinition (YAML).
@@ -468,6 +471,27 @@ pub struct MutateArgs {
     #[arg(long)]
     pub(crate) patch: bool,
     /// Pod manifest or AdmissionReview (YAML or JSON); `-` reads standard input.
+    pub(crate) input: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    /// Association file (YAML or JSON); for a live pod, default: the cluster's
+    /// PodIdentityAssociations.
+    #[arg(long, env = "POD_IDENTITY_ASSOCIATIONS")]
+    pub(crate) associations: Option<PathBuf>,
+    /// Namespace of the pod (default: the manifest's, else `default`).
+    #[arg(long)]
+    pub(crate) namespace: Option<String>,
+    /// A label of the pod's namespace, KEY=VALUE; repeat for each (default: from a Namespace
+    /// document in the input).
+    #[arg(long = "namespace-label")]
+    pub(crate) namespace_labels: Vec<String>,
+    #[command(flatten)]
+    pub(crate) injection: InjectionArgs,
+    /// Pod manifest (e.g. `kubectl get pod -o yaml`), optionally with its Namespace and a
+    /// MutatingWebhookConfiguration (else the shipped one); `-` reads standard input; or
+    /// NAMESPACE/NAME of a live pod, read with the kubeconfig.
     pub(crate) input: PathBuf,
 }
 

@@ -111,19 +111,10 @@ async fn a_deleted_or_repointed_association_changes_the_next_answer_within_two_s
     );
 }
 
-/// The CCE double's calls for `token`.
-fn calls_for(cce: &doubles::Double, token: &str) -> usize {
-    cce.calls().iter().filter(|c| c.body["token"] == token).count()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_pods_credentials_are_dropped_and_never_refreshed() {
-    let api = StandIn::start(false).await;
-    api.apply_pod(pod("pi-demo", "stays", NODE));
-    api.apply_pod(pod("pi-demo", "goes", NODE));
-    api.apply_pod(pod("pi-demo", "elsewhere", "node-b"));
+/// The agent on the tests' node following its pods, with the CCE double as upstream issuing
+/// two-second credentials, refreshed after one.
+async fn agent_on_node(api: &StandIn) -> (doubles::Double, RunningAgent, tempfile::TempDir) {
     let cce = doubles::cce().await;
-    // Two-second credentials are refreshed after one.
     cce.set_lifetime(2);
     let dir = tempfile::tempdir().unwrap();
     let client = api.client().await;
@@ -140,6 +131,21 @@ async fn a_deleted_pods_credentials_are_dropped_and_never_refreshed() {
         },
     )
     .await;
+    (cce, agent, dir)
+}
+
+/// The CCE double's calls for `token`.
+fn calls_for(cce: &doubles::Double, token: &str) -> usize {
+    cce.calls().iter().filter(|c| c.body["token"] == token).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pods_credentials_are_dropped_and_never_refreshed() {
+    let api = StandIn::start(false).await;
+    api.apply_pod(pod("pi-demo", "stays", NODE));
+    api.apply_pod(pod("pi-demo", "goes", NODE));
+    api.apply_pod(pod("pi-demo", "elsewhere", "node-b"));
+    let (cce, agent, _dir) = agent_on_node(&api).await;
     let c = reqwest::Client::new();
     let stays = pod_token("pi-demo", "app", "stays", AUD);
     let goes = pod_token("pi-demo", "app", "goes", AUD);
@@ -170,23 +176,7 @@ async fn without_permission_to_list_pods_the_agent_says_so_and_keeps_refreshing(
     let (logs, _guard) = Logs::capture();
     let api = StandIn::start(false).await;
     api.forbid_pods();
-    let cce = doubles::cce().await;
-    cce.set_lifetime(2);
-    let dir = tempfile::tempdir().unwrap();
-    let client = api.client().await;
-    let agent = start_agent(
-        Provider::Cce,
-        cce_backend(&cce.url, dir.path(), Duration::from_secs(4)),
-        |c| {
-            c.cache.min_remaining = Duration::from_millis(100);
-            c.refresh_interval = Duration::from_millis(100);
-            c.pods = Some(NodePods {
-                client,
-                node: NODE.into(),
-            });
-        },
-    )
-    .await;
+    let (cce, agent, _dir) = agent_on_node(&api).await;
     let c = reqwest::Client::new();
     let token = pod_token("pi-demo", "app", "gone-already", AUD);
     assert_eq!(ask(&c, &agent.url, &token).await.0, 200);

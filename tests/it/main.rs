@@ -9,6 +9,7 @@ mod agent;
 mod bad_input;
 mod cli;
 mod exchange;
+mod explain;
 mod kubernetes;
 mod lifecycle;
 mod manifests;

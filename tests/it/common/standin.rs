@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -58,6 +58,8 @@ fn on_node(node: &Option<String>, object: &Value) -> bool {
 struct Inner {
     associations: Store,
     pods: Store,
+    /// Namespaces by name, for GET only.
+    namespaces: BTreeMap<String, Value>,
     rv: u64,
     compacted: u64,
     /// Pods may not be listed or watched (403), as without the RBAC for it.
@@ -97,6 +99,8 @@ impl StandIn {
                 "/api/v1/pods",
                 get(|s: State<StandIn>, q: Query<HashMap<String, String>>| handle(s, q, Kind::Pod)),
             )
+            .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
+            .route("/api/v1/namespaces/{name}", get(get_namespace))
             .route(
                 "/apis/authentication.k8s.io/v1/tokenreviews",
                 axum::routing::post(token_review),
@@ -185,6 +189,12 @@ impl StandIn {
     /// Creates or replaces a pod (`metadata.namespace`/`name`, `spec.nodeName`).
     pub fn apply_pod(&self, obj: Value) {
         self.apply_kind(Kind::Pod, obj);
+    }
+
+    /// Creates or replaces a Namespace (served to GET only).
+    pub fn apply_namespace(&self, obj: Value) {
+        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+        self.inner.lock().unwrap().namespaces.insert(name, obj);
     }
 
     /// Deletes the pod `namespace/name`.
@@ -277,6 +287,43 @@ impl Store {
             .retain(|(node, w)| !on_node(node, &event["object"]) || w.send(bytes.clone()).is_ok());
         self.log.push((rv, event));
     }
+}
+
+fn found(object: Option<Value>) -> Response {
+    match object {
+        Some(o) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            o.to_string(),
+        )
+            .into_response(),
+        None => {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "not found", "reason": "NotFound", "code": 404});
+            (
+                StatusCode::NOT_FOUND,
+                [("content-type", "application/json")],
+                status.to_string(),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn get_pod(State(s): State<StandIn>, Path((ns, name)): Path<(String, String)>) -> Response {
+    found(
+        s.inner
+            .lock()
+            .unwrap()
+            .pods
+            .objects
+            .get(&format!("{ns}/{name}"))
+            .cloned(),
+    )
+}
+
+async fn get_namespace(State(s): State<StandIn>, Path(name): Path<String>) -> Response {
+    found(s.inner.lock().unwrap().namespaces.get(&name).cloned())
 }
 
 fn line(v: &Value) -> Bytes {
