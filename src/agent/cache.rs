@@ -632,6 +632,73 @@ mod tests {
         );
     }
 
+    /// An unsigned service-account token for `ns/sa` in pod `pod` (uid `<pod>-uid`).
+    fn token(ns: &str, sa: &str, pod: &str) -> String {
+        use base64::Engine;
+        let claims = serde_json::json!({"sub": format!("system:serviceaccount:{ns}:{sa}"),
+            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa}, "pod": {"name": pod, "uid": format!("{pod}-uid")}}});
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("e30.{}.c2ln", b64.encode(claims.to_string()))
+    }
+
+    fn index(agency_of_a: &str) -> Index {
+        let assoc = |sa: &str, agency: &str| {
+            crate::association::AssociationSpec {
+                namespace: "ns".into(),
+                service_account: sa.into(),
+                agency_name: Some(agency.into()),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap()
+        };
+        Index::build([assoc("a", agency_of_a), assoc("b", "agency-b")]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_follow_the_association_they_were_given_under() {
+        let (reader, writer) = crate::association::store();
+        writer.replace(index("agency-1"));
+        let backend = Arc::new(Scripted {
+            calls: AtomicUsize::new(0),
+            lifetime_ms: 60_000,
+            fail: Mutex::new(None),
+        });
+        let cache = Cache::new(fast(), backend.clone(), Arc::default(), Some(reader));
+        let (a, b) = (token("ns", "a", "pa"), token("ns", "b", "pb"));
+        assert_eq!(cache.get(&a, LOCAL).await.unwrap().access_key_id, "AK1");
+        assert_eq!(cache.get(&b, LOCAL).await.unwrap().access_key_id, "AK2");
+        assert_eq!(cache.follow_associations(), 0, "the index did not change");
+        // The same association (same uid) pointed at another agency.
+        writer.replace(index("agency-2"));
+        assert_eq!(
+            cache.get(&a, LOCAL).await.unwrap().access_key_id,
+            "AK3",
+            "asked again at once, before any sweep"
+        );
+        writer.replace(index("agency-3"));
+        assert_eq!(cache.follow_associations(), 1, "only a's answer is dropped");
+        assert!(cache.fetched_at(&a).is_none());
+        assert_eq!(cache.get(&b, LOCAL).await.unwrap().access_key_id, "AK2");
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn answers_for_pods_that_are_gone_are_dropped() {
+        let (cache, _) = setup(60_000, fast());
+        let (p1, p2) = (token("ns", "a", "p1"), token("ns", "a", "p2"));
+        cache.get(&p1, LOCAL).await.unwrap();
+        cache.get(&p2, LOCAL).await.unwrap();
+        assert_eq!(cache.forget_pod("p1-uid"), 1);
+        assert!(cache.fetched_at(&p1).is_none());
+        // A relist that misses p2 drops it, unless its answer is newer than the list.
+        let live = HashSet::new();
+        let before = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+        assert_eq!(cache.keep_pods(&live, before), 0, "fetched after the list began");
+        assert_eq!(cache.keep_pods(&live, jiff::Timestamp::now()), 1);
+        assert!(cache.is_empty());
+    }
+
     #[tokio::test]
     async fn the_lru_bound_holds() {
         let (cache, _) = setup(
