@@ -78,6 +78,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply the mutation to a Pod manifest or AdmissionReview offline and print the result.
     Mutate(MutateArgs),
+    /// Explain why a pod (a manifest) has or would get credentials, or not, and what to do.
+    /// Exit status: 0 credentials, 1 not injected, 3 created without them (recreate it), 2 error.
+    Explain(ExplainArgs),
     /// Generate a CA and a serving certificate for the webhook and print the caBundle.
     Certs(CertsArgs),
     /// Print the PodIdentityAssociation CustomResourceDefinition (YAML).
@@ -219,8 +222,15 @@ pub struct AgentArgs {
     /// Where credentials come from.
     #[arg(long, env = "POD_IDENTITY_BACKEND", value_enum)]
     pub(crate) backend: BackendKind,
+    /// Where associations come from: with one, cached credentials follow them (an
+    /// association deleted or pointed elsewhere drops what was issued under it at once).
     #[command(flatten)]
     pub(crate) source: SourceArgs,
+    /// This agent's node (from the downward API, spec.nodeName): its pods are watched and the
+    /// credentials of those that are gone are dropped and not refreshed (needs list and watch
+    /// on pods).
+    #[arg(long, env = "POD_IDENTITY_NODE_NAME")]
+    pub(crate) node_name: Option<String>,
     /// Base URL of the assume-agency API (the cloud's CCE endpoint, or `exchange`).
     #[arg(long, env = "POD_IDENTITY_CCE_ENDPOINT")]
     pub(crate) cce_endpoint: Option<String>,
@@ -466,6 +476,27 @@ pub struct MutateArgs {
     #[arg(long)]
     pub(crate) patch: bool,
     /// Pod manifest or AdmissionReview (YAML or JSON); `-` reads standard input.
+    pub(crate) input: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    /// Association file (YAML or JSON); for a live pod, default: the cluster's
+    /// PodIdentityAssociations.
+    #[arg(long, env = "POD_IDENTITY_ASSOCIATIONS")]
+    pub(crate) associations: Option<PathBuf>,
+    /// Namespace of the pod (default: the manifest's, else `default`).
+    #[arg(long)]
+    pub(crate) namespace: Option<String>,
+    /// A label of the pod's namespace, KEY=VALUE; repeat for each (default: from a Namespace
+    /// document in the input).
+    #[arg(long = "namespace-label")]
+    pub(crate) namespace_labels: Vec<String>,
+    #[command(flatten)]
+    pub(crate) injection: InjectionArgs,
+    /// Pod manifest (e.g. `kubectl get pod -o yaml`), optionally with its Namespace and a
+    /// MutatingWebhookConfiguration (else the shipped one); `-` reads standard input; or
+    /// NAMESPACE/NAME of a live pod, read with the kubeconfig.
     pub(crate) input: PathBuf,
 }
 

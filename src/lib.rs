@@ -46,6 +46,15 @@ pub mod testing {
     pub use crate::http::{Limits, ServeMetrics};
     pub use crate::metrics::{InputMetrics, Source};
 
+    /// The `PodIdentityAssociation`s `client` reaches, followed into a [`Reader`] as the
+    /// programs follow them, until the returned guard is dropped.
+    pub fn watch_associations(client: kube::Client) -> (Reader, Box<dyn std::any::Any + Send>) {
+        let (reader, writer) = store();
+        let source =
+            crate::association::kubernetes::KubeSource::start(client, writer, Default::default(), None);
+        (reader, Box::new(source))
+    }
+
     /// Serves `router` exactly as the webhook serves `/mutate`: its reloading certificate from
     /// `cert_dir`, its accept loop and limits. The load test's floor runs on this.
     pub async fn serve_like_the_webhook(

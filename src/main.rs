@@ -16,6 +16,13 @@ fn main() -> ExitCode {
         Command::Agent(args) => block_on(agent::run(args)),
         Command::Exchange(args) => block_on(exchange::run(args)),
         Command::Mutate(args) => webhook::offline::command(args).map_err(Into::into),
+        Command::Explain(args) => match webhook::explain::command(args) {
+            Ok(verdict) => return ExitCode::from(verdict.code()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Certs(args) => certs::command(args).map_err(Into::into),
         Command::Crd => {
             print!("{}", pod_identity_webhook::crd_yaml());

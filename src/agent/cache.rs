@@ -6,8 +6,13 @@
 //! node's; refreshes of cached credentials draw on a budget of their own, so a flood of misses
 //! never lets cached credentials run out; and a refused token is remembered for a short while,
 //! so repeating it costs no upstream call.
+//!
+//! Entries follow what they were issued under: with an association source, an entry (or a
+//! remembered refusal) whose service account's association is gone or names another
+//! uid/agency/role is dropped, at the next request for it and at the next refresher tick
+//! after the index changes; an entry whose pod the pod watch saw go is dropped at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -18,6 +23,8 @@ use futures::future::{BoxFuture, Shared};
 
 use super::backend::Backend;
 use super::metrics::AgentMetrics;
+use super::token;
+use crate::association::{Index, Reader};
 use crate::budget::{KeyedBuckets, TokenBucket, TokenHash};
 use crate::cloud::{Credentials, UpstreamError};
 
@@ -81,12 +88,53 @@ pub enum CacheError {
     ExpiringTooSoon(u64),
 }
 
+/// Whose token an entry holds, from its claims (unverified: the upstream verifies it; this
+/// only decides what to forget).
+#[derive(Debug, Clone, Default)]
+struct Owner {
+    /// (namespace, service account).
+    subject: Option<(String, String)>,
+    pod_uid: Option<String>,
+}
+
+impl Owner {
+    fn of(token: &str) -> Self {
+        // Expiry is the upstream's concern, not this bookkeeping's.
+        match token::claims(token, i64::MIN) {
+            Ok(c) => Owner {
+                subject: Some((c.namespace, c.service_account)),
+                pod_uid: c.pod_uid,
+            },
+            Err(_) => Owner::default(),
+        }
+    }
+}
+
+/// The association an answer was given under: its uid and target. `None` when the service
+/// account had none in the agent's index.
+type Grant = Option<(String, String)>;
+
+fn grant(index: &Index, owner: &Owner) -> Grant {
+    let (ns, sa) = owner.subject.as_ref()?;
+    index.get(ns, sa).map(|a| (a.uid.clone(), a.target().to_owned()))
+}
+
 struct Entry {
     /// Kept to refresh ahead of time, as the pod would present it again anyway.
     token: Arc<str>,
     creds: Credentials,
     fetched: jiff::Timestamp,
     next_refresh: Instant,
+    owner: Owner,
+    grant: Grant,
+}
+
+/// A refusal the upstream gave, remembered until `until` while the association stands.
+struct Refused {
+    error: UpstreamError,
+    until: Instant,
+    owner: Owner,
+    grant: Grant,
 }
 
 type Flight = Shared<BoxFuture<'static, Result<Credentials, UpstreamError>>>;
@@ -108,7 +156,11 @@ pub struct Cache {
     /// Refreshes.
     refresh_bucket: TokenBucket,
     /// Tokens the upstream refused, with the refusal and when it stops being repeated.
-    refused: Mutex<lru::LruCache<Key, (UpstreamError, Instant)>>,
+    refused: Mutex<lru::LruCache<Key, Refused>>,
+    /// The associations answers are checked against, when the agent follows them.
+    associations: Option<Reader>,
+    /// The index the last sweep saw, to sweep again only when it changed.
+    swept: Mutex<Option<Arc<Index>>>,
 }
 
 fn key(token: &str) -> Key {
@@ -120,6 +172,7 @@ impl Cache {
         config: CacheConfig,
         backend: Arc<dyn Backend>,
         metrics: Arc<AgentMetrics>,
+        associations: Option<Reader>,
     ) -> Arc<Self> {
         let capacity = NonZeroUsize::new(config.capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Arc::new(Cache {
@@ -132,7 +185,23 @@ impl Cache {
             metrics,
             entries: Mutex::new(lru::LruCache::new(capacity)),
             inflight: Mutex::new(HashMap::new()),
+            associations,
+            swept: Mutex::new(None),
         })
+    }
+
+    /// Whether an answer given under `grant` still stands: always when the agent does not
+    /// follow associations.
+    fn stands(&self, owner: &Owner, given: &Grant) -> bool {
+        match &self.associations {
+            Some(r) => grant(&r.load(), owner) == *given,
+            None => true,
+        }
+    }
+
+    /// What an answer for `owner` is given under now.
+    fn grant_now(&self, owner: &Owner) -> Grant {
+        self.associations.as_ref().and_then(|r| grant(&r.load(), owner))
     }
 
     /// Credentials for `token`, asked for by `client`: cached if they have enough life left,
@@ -149,7 +218,7 @@ impl Cache {
         {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = entries.get(&k) {
-                if e.creds.remaining(now) > min {
+                if e.creds.remaining(now) > min && self.stands(&e.owner, &e.grant) {
                     self.metrics.cache_hit();
                     return Ok(e.creds.clone());
                 }
@@ -197,10 +266,14 @@ impl Cache {
     }
 
     async fn fetch_and_store(&self, k: Key, token: Arc<str>) -> Result<Credentials, UpstreamError> {
+        // Taken before the call: an association that changes during it makes the answer
+        // stale, and the next request asks again.
+        let owner = Owner::of(&token);
+        let grant = self.grant_now(&owner);
         let result = self.call_upstream(&token).await;
         match &result {
             Ok(creds) => {
-                let entry = self.entry(token, creds.clone());
+                let entry = self.entry(token, creds.clone(), owner, grant);
                 self.entries
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -208,11 +281,16 @@ impl Cache {
             }
             Err(e) if e.is_auth() || e.status() == 400 => {
                 self.entries.lock().unwrap_or_else(|e| e.into_inner()).pop(&k);
-                let until = Instant::now() + self.config.negative_ttl;
+                let refused = Refused {
+                    error: e.clone(),
+                    until: Instant::now() + self.config.negative_ttl,
+                    owner,
+                    grant,
+                };
                 self.refused
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .put(k, (e.clone(), until));
+                    .put(k, refused);
             }
             Err(_) => {}
         }
@@ -220,11 +298,12 @@ impl Cache {
         result
     }
 
-    /// The upstream's recent refusal of this token, if it is still remembered.
+    /// The upstream's recent refusal of this token, if it is still remembered and the
+    /// association it was given under stands.
     fn refusal(&self, k: &Key) -> Option<UpstreamError> {
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         match refused.get(k) {
-            Some((e, until)) if Instant::now() < *until => Some(e.clone()),
+            Some(r) if Instant::now() < r.until && self.stands(&r.owner, &r.grant) => Some(r.error.clone()),
             Some(_) => {
                 refused.pop(k);
                 None
@@ -240,7 +319,7 @@ impl Cache {
         result
     }
 
-    fn entry(&self, token: Arc<str>, creds: Credentials) -> Entry {
+    fn entry(&self, token: Arc<str>, creds: Credentials, owner: Owner, grant: Grant) -> Entry {
         let now = jiff::Timestamp::now();
         let life = creds.remaining(now).max(0.0);
         let ahead = self.config.refresh_before.as_secs_f64().min(life / 2.0);
@@ -250,6 +329,8 @@ impl Cache {
             creds,
             fetched: now,
             next_refresh,
+            owner,
+            grant,
         }
     }
 
@@ -270,16 +351,22 @@ impl Cache {
     /// wait; an auth failure evicts them.
     pub(crate) fn refresh_due(self: &Arc<Self>) -> usize {
         let now = Instant::now();
-        let due: Vec<(Key, Arc<str>)> = {
+        self.follow_associations();
+        let due: Vec<(Key, Arc<str>, Owner, Grant)> = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             entries
                 .iter()
                 .filter(|(_, e)| e.next_refresh <= now)
-                .map(|(k, e)| (*k, e.token.clone()))
+                .map(|(k, e)| (*k, e.token.clone(), e.owner.clone(), e.grant.clone()))
                 .collect()
         };
         let mut started = 0;
-        for (k, token) in due {
+        for (k, token, owner, given) in due {
+            // Stored stale (its association changed while it was fetched): not renewed.
+            if !self.stands(&owner, &given) {
+                self.entries.lock().unwrap_or_else(|e| e.into_inner()).pop(&k);
+                continue;
+            }
             if self
                 .inflight
                 .lock()
@@ -304,9 +391,10 @@ impl Cache {
             started += 1;
             let this = self.clone();
             tokio::spawn(async move {
+                let grant = this.grant_now(&owner);
                 match this.call_upstream(&token).await {
                     Ok(creds) => {
-                        let entry = this.entry(token, creds);
+                        let entry = this.entry(token, creds, owner, grant);
                         let mut entries = this.entries.lock().unwrap_or_else(|e| e.into_inner());
                         // Only if still cached: an eviction meanwhile wins.
                         if let Some(slot) = entries.peek_mut(&k) {
@@ -327,6 +415,47 @@ impl Cache {
             });
         }
         started
+    }
+
+    /// When the association index changed since the last look, drops every entry and
+    /// remembered refusal given under an association that is gone or names another
+    /// uid/target, so they are neither served nor refreshed. Returns how many it dropped.
+    pub(crate) fn follow_associations(&self) -> usize {
+        let Some(reader) = &self.associations else {
+            return 0;
+        };
+        let index = Arc::clone(&reader.load());
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if swept.as_ref().is_some_and(|s| Arc::ptr_eq(s, &index)) {
+                return 0;
+            }
+            *swept = Some(index.clone());
+        }
+        let stale = |owner: &Owner, given: &Grant| grant(&index, owner) != *given;
+        let dropped = retain(&self.entries, |e| !stale(&e.owner, &e.grant));
+        retain(&self.refused, |r| !stale(&r.owner, &r.grant));
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "associations changed: credentials issued under them dropped"
+            );
+        }
+        dropped
+    }
+
+    /// Drops the entries of the pod with `uid` (it is gone); returns how many.
+    pub(crate) fn forget_pod(&self, uid: &str) -> usize {
+        retain(&self.entries, |e| e.owner.pod_uid.as_deref() != Some(uid))
+    }
+
+    /// After a full list of the node's pods (`live`, listed from `listed`): drops the entries
+    /// fetched before that list for pods not in it; returns how many.
+    pub(crate) fn keep_pods(&self, live: &HashSet<String>, listed: jiff::Timestamp) -> usize {
+        retain(&self.entries, |e| match &e.owner.pod_uid {
+            Some(uid) => live.contains(uid) || e.fetched >= listed,
+            None => true,
+        })
     }
 
     /// Runs [`refresh_due`](Self::refresh_due) every `every` until the cache is dropped elsewhere.
@@ -359,6 +488,16 @@ impl Cache {
             .peek(&key(token))
             .map(|e| e.fetched)
     }
+}
+
+/// Keeps the values of `cache` for which `keep` holds; returns how many it dropped.
+fn retain<V>(cache: &Mutex<lru::LruCache<Key, V>>, keep: impl Fn(&V) -> bool) -> usize {
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let gone: Vec<Key> = cache.iter().filter(|(_, v)| !keep(v)).map(|(k, _)| *k).collect();
+    for k in &gone {
+        cache.pop(k);
+    }
+    gone.len()
 }
 
 #[cfg(test)]
@@ -401,7 +540,7 @@ mod tests {
             fail: Mutex::new(None),
         });
         (
-            Cache::new(config, backend.clone(), Arc::new(AgentMetrics::default())),
+            Cache::new(config, backend.clone(), Arc::new(AgentMetrics::default()), None),
             backend,
         )
     }
@@ -491,6 +630,73 @@ mod tests {
                 message: "association deleted".into()
             })
         );
+    }
+
+    /// An unsigned service-account token for `ns/sa` in pod `pod` (uid `<pod>-uid`).
+    fn token(ns: &str, sa: &str, pod: &str) -> String {
+        use base64::Engine;
+        let claims = serde_json::json!({"sub": format!("system:serviceaccount:{ns}:{sa}"),
+            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa}, "pod": {"name": pod, "uid": format!("{pod}-uid")}}});
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("e30.{}.c2ln", b64.encode(claims.to_string()))
+    }
+
+    fn index(agency_of_a: &str) -> Index {
+        let assoc = |sa: &str, agency: &str| {
+            crate::association::AssociationSpec {
+                namespace: "ns".into(),
+                service_account: sa.into(),
+                agency_name: Some(agency.into()),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap()
+        };
+        Index::build([assoc("a", agency_of_a), assoc("b", "agency-b")]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_follow_the_association_they_were_given_under() {
+        let (reader, writer) = crate::association::store();
+        writer.replace(index("agency-1"));
+        let backend = Arc::new(Scripted {
+            calls: AtomicUsize::new(0),
+            lifetime_ms: 60_000,
+            fail: Mutex::new(None),
+        });
+        let cache = Cache::new(fast(), backend.clone(), Arc::default(), Some(reader));
+        let (a, b) = (token("ns", "a", "pa"), token("ns", "b", "pb"));
+        assert_eq!(cache.get(&a, LOCAL).await.unwrap().access_key_id, "AK1");
+        assert_eq!(cache.get(&b, LOCAL).await.unwrap().access_key_id, "AK2");
+        assert_eq!(cache.follow_associations(), 0, "the index did not change");
+        // The same association (same uid) pointed at another agency.
+        writer.replace(index("agency-2"));
+        assert_eq!(
+            cache.get(&a, LOCAL).await.unwrap().access_key_id,
+            "AK3",
+            "asked again at once, before any sweep"
+        );
+        writer.replace(index("agency-3"));
+        assert_eq!(cache.follow_associations(), 1, "only a's answer is dropped");
+        assert!(cache.fetched_at(&a).is_none());
+        assert_eq!(cache.get(&b, LOCAL).await.unwrap().access_key_id, "AK2");
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn answers_for_pods_that_are_gone_are_dropped() {
+        let (cache, _) = setup(60_000, fast());
+        let (p1, p2) = (token("ns", "a", "p1"), token("ns", "a", "p2"));
+        cache.get(&p1, LOCAL).await.unwrap();
+        cache.get(&p2, LOCAL).await.unwrap();
+        assert_eq!(cache.forget_pod("p1-uid"), 1);
+        assert!(cache.fetched_at(&p1).is_none());
+        // A relist that misses p2 drops it, unless its answer is newer than the list.
+        let live = HashSet::new();
+        let before = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+        assert_eq!(cache.keep_pods(&live, before), 0, "fetched after the list began");
+        assert_eq!(cache.keep_pods(&live, jiff::Timestamp::now()), 1);
+        assert!(cache.is_empty());
     }
 
     #[tokio::test]

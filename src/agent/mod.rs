@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cache;
 mod handlers;
 pub mod metrics;
+mod pods;
 pub mod token;
 
 use std::future::Future;
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::association::source;
+use crate::association::source::{self, AssociationSource};
 use crate::association::{Reader, store};
 use crate::cli::{AgentArgs, ArgError, BackendKind, seconds};
 use crate::cluster;
@@ -26,6 +27,7 @@ use crate::sampled::Sampled;
 use backend::{Backend, CceBackend, LocalBackend};
 use cache::{Cache, CacheConfig};
 use metrics::AgentMetrics;
+pub use pods::NodePods;
 
 /// The link-local address the injected endpoint uses, in both address families.
 pub const LINK_LOCAL_HOSTS: [&str; 2] = ["169.254.170.23", "fd00:ec2::23"];
@@ -54,6 +56,8 @@ pub struct AgentConfig {
     /// How often the background refresher looks for credentials due for refresh.
     pub refresh_interval: Duration,
     pub limits: Limits,
+    /// The node whose pods are followed, so credentials of pods that are gone are dropped.
+    pub pods: Option<NodePods>,
 }
 
 impl AgentConfig {
@@ -67,6 +71,7 @@ impl AgentConfig {
             cache: CacheConfig::default(),
             refresh_interval: Duration::from_secs(1),
             limits: default_limits(),
+            pods: None,
         }
     }
 }
@@ -114,30 +119,35 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
         ..CacheConfig::default()
     };
     let metrics = Arc::new(AgentMetrics::default());
-    let (backend, associations, _source): (Arc<dyn Backend>, _, _) = match args.backend {
+    // Every backend's cached credentials follow the associations when a source is named;
+    // the local backend also reads its answers from them.
+    let source = args.source.source(args.cluster_id.clone())?;
+    let cluster = match source.needs_cluster() || args.node_name.is_some() {
+        true => Some(cluster::watch_client(cluster::config().await?)?),
+        false => None,
+    };
+    let (associations, writer) = store();
+    let _source = source::start(
+        &source,
+        writer,
+        cluster.as_ref(),
+        metrics.inputs.clone(),
+        Duration::from_secs(2),
+    )?;
+    let follows = source != AssociationSource::None;
+    if let (Some(client), Some(node)) = (cluster, args.node_name) {
+        config.pods = Some(NodePods { client, node });
+    }
+    let backend: Arc<dyn Backend> = match args.backend {
         BackendKind::Local => {
             tracing::warn!(
                 "DEVELOPMENT ONLY: --backend local trusts token claims without verifying signatures and hands out FAKE credentials"
             );
-            let source = args.source.source(args.cluster_id.clone())?;
-            let cluster = match source.needs_cluster() {
-                true => Some(cluster::watch_client(cluster::config().await?)?),
-                false => None,
-            };
-            let (associations, writer) = store();
-            let running = source::start(
-                &source,
-                writer,
-                cluster.as_ref(),
-                metrics.inputs.clone(),
-                Duration::from_secs(2),
-            )?;
-            let backend = LocalBackend {
+            Arc::new(LocalBackend {
                 associations: associations.clone(),
                 audience: args.provider.profile().audience,
                 lifetime: seconds("local-lifetime", args.local_lifetime)?,
-            };
-            (Arc::new(backend), Some(associations), Some(running))
+            })
         }
         BackendKind::Cce => {
             let need = |v: Option<String>, flag: &str| {
@@ -146,16 +156,16 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
             let endpoint = need(args.cce_endpoint, "--cce-endpoint")?;
             let project = need(args.project_id, "--project-id")?;
             let cluster = need(args.cluster_id, "--cluster-id")?;
-            let backend = CceBackend::new(
+            Arc::new(CceBackend::new(
                 args.auth.client(4.0)?,
                 &endpoint,
                 &project,
                 &cluster,
                 args.auth.auth()?,
-            )?;
-            (Arc::new(backend), None, None)
+            )?)
         }
     };
+    let associations = (follows || args.backend == BackendKind::Local).then_some(associations);
     let agent = Agent::bind(config, backend, associations, metrics).await?;
     agent.run(http::termination()).await;
     Ok(())
@@ -170,11 +180,12 @@ pub struct Agent {
     readiness: Arc<Readiness>,
     refresh_interval: Duration,
     limits: Limits,
+    pods: Option<NodePods>,
 }
 
 impl Agent {
-    /// Binds both listeners. `associations`, when the backend reads any, gates `/readyz`
-    /// until its source has synced.
+    /// Binds both listeners. `associations`, when the agent follows any, gates `/readyz`
+    /// until its source has synced, and cached credentials follow them.
     pub async fn bind(
         config: AgentConfig,
         backend: Arc<dyn Backend>,
@@ -197,7 +208,7 @@ impl Agent {
         }
         let admin = Listener::bind(config.admin_listen, None).await?;
         let allowed_hosts = config.hosts();
-        let cache = Cache::new(config.cache, backend, metrics.clone());
+        let cache = Cache::new(config.cache, backend, metrics.clone(), associations.clone());
         let readiness = match associations {
             Some(a) => Readiness::default().require_flag(a.synced(), "associations not synced"),
             None => Readiness::default(),
@@ -216,6 +227,7 @@ impl Agent {
             readiness: Arc::new(readiness),
             refresh_interval: config.refresh_interval,
             limits: config.limits,
+            pods: config.pods,
         })
     }
 
@@ -238,8 +250,12 @@ impl Agent {
 
     /// Serves both ports until `shutdown` completes, then finishes in-flight requests and
     /// returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let refresher = self.state.cache.spawn_refresher(self.refresh_interval);
+        let _pods = match self.pods.take() {
+            Some(pods) => pods::follow(pods, self.state.cache.clone()).await,
+            None => None,
+        };
         let addrs: Vec<String> = self.local_addrs().iter().map(ToString::to_string).collect();
         tracing::info!(addrs = addrs.join(", "), admin = %self.admin_addr(), provider = %self.state.provider, "credential agent listening (http)");
         let stop = Shutdown::on(async move {

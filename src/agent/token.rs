@@ -48,6 +48,8 @@ pub struct Claims {
     pub namespace: String,
     pub service_account: String,
     pub pod_name: Option<String>,
+    /// The uid of the pod the token is bound to: tells a pod from its same-named successor.
+    pub pod_uid: Option<String>,
     pub audiences: Vec<String>,
 }
 
@@ -82,6 +84,8 @@ struct KubeClaims {
 #[derive(Deserialize)]
 struct Named {
     name: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
 }
 
 /// Reads the claims of `token` and checks it has not expired at `now` (unix seconds).
@@ -124,6 +128,7 @@ pub fn claims(token: &str, now: i64) -> Result<Claims, TokenError> {
         namespace,
         service_account,
         pod_name: pod.and_then(|p| p.name.clone()),
+        pod_uid: pod.and_then(|p| p.uid.clone()),
         audiences: match raw.aud {
             Audience::None => vec![],
             Audience::One(a) => vec![a],
@@ -141,7 +146,7 @@ mod tests {
         let payload = serde_json::json!({
             "aud": [audience], "exp": exp,
             "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
-            "kubernetes.io": {"namespace": namespace, "pod": {"name": pod}, "serviceaccount": {"name": service_account}},
+            "kubernetes.io": {"namespace": namespace, "pod": {"name": pod, "uid": format!("{pod}-uid")}, "serviceaccount": {"name": service_account}},
         });
         format!("e30.{}.c2ln", b64.encode(payload.to_string()))
     }
@@ -164,6 +169,7 @@ mod tests {
             ("pi-demo", "app")
         );
         assert_eq!(c.pod_name.as_deref(), Some("app-1"));
+        assert_eq!(c.pod_uid.as_deref(), Some("app-1-uid"));
         assert_eq!(c.audiences, ["service.cce.pods"]);
         assert_eq!(claims(&t, 2_000_000_000), Err(TokenError::Expired(2_000_000_000)));
     }

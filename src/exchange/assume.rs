@@ -59,6 +59,8 @@ pub(super) struct Issued {
     namespace: String,
     service_account: String,
     association_uid: String,
+    /// The agency it was issued for: an association edited to another is a new answer.
+    agency: String,
     body: Bytes,
 }
 
@@ -120,14 +122,15 @@ async fn answer(
     let hash = TokenHash::of(&token);
     seen.pod_token = Some(hash);
     if let Some(issued) = s.issued.get(&hash) {
-        // Given again only while the association stands, and only to an agent on the same
-        // node: another node's agent goes on to be refused below, without evicting the entry.
-        let current = s
+        // Given again only while the association stands unchanged, and only to an agent on
+        // the same node: another node's agent goes on to be refused below, without evicting
+        // the entry.
+        let stands = s
             .associations
             .load()
             .get(&issued.namespace, &issued.service_account)
-            .map(|a| a.uid.clone());
-        if current.as_deref() != Some(issued.association_uid.as_str()) {
+            .is_some_and(|a| a.uid == issued.association_uid && a.target() == issued.agency);
+        if !stands {
             s.issued.forget(&hash);
         } else if issued.node == caller.node {
             s.metrics.cache_hit(Token::Pod);
@@ -239,6 +242,7 @@ async fn answer(
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
             association_uid: association.uid.clone(),
+            agency: agency.to_owned(),
             body: body.clone(),
         },
     );

@@ -3,6 +3,7 @@
 //! shared HTTP stack. The decision itself is in [`decide`]; the wire format in [`wire`].
 
 pub mod decide;
+pub mod explain;
 pub mod metrics;
 pub mod mutation;
 pub mod offline;

@@ -23,6 +23,9 @@ pub enum OfflineError {
     Parse { input: String, message: String },
     #[error("{input}: holds no document (expected Pod manifests or an AdmissionReview)")]
     Empty { input: String },
+    /// `explain` of a live pod: the cluster could not be read.
+    #[error("reading the cluster: {0}")]
+    Live(String),
     #[error("--patch needs exactly one Pod in the input, found {0}")]
     ManyPods(usize),
     #[error("{input}: document {number}{pod}: {message}")]
@@ -40,16 +43,7 @@ pub enum OfflineError {
 pub fn command(args: MutateArgs) -> Result<(), OfflineError> {
     let index = file::load(&args.associations)?;
     let injection = args.injection.injection()?;
-    let mut text = String::new();
-    let result = if args.input.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text)
-    } else {
-        std::fs::File::open(&args.input).and_then(|mut f| f.read_to_string(&mut text))
-    };
-    result.map_err(|source| OfflineError::Read {
-        path: args.input.clone(),
-        source,
-    })?;
+    let text = read_input(&args.input)?;
     let name = input_name(&args.input);
     let input = Input {
         name: &name,
@@ -63,7 +57,22 @@ pub fn command(args: MutateArgs) -> Result<(), OfflineError> {
     Ok(())
 }
 
-fn input_name(path: &Path) -> String {
+/// The text of `path`, or of standard input for `-`.
+pub(super) fn read_input(path: &Path) -> Result<String, OfflineError> {
+    let mut text = String::new();
+    let result = if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text))
+    };
+    result.map_err(|source| OfflineError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text)
+}
+
+pub(super) fn input_name(path: &Path) -> String {
     match path.as_os_str() == "-" {
         true => "<stdin>".to_owned(),
         false => path.display().to_string(),
@@ -99,14 +108,7 @@ pub fn run(
         input: input.name.to_owned(),
         message,
     };
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(input.text) {
-        // serde_yaml's positions are in the user's text: they point into the file.
-        let v = <Value as serde::Deserialize>::deserialize(doc).map_err(|e| parse(e.to_string()))?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
+    let docs = documents(input)?;
     if docs.is_empty() {
         return Err(OfflineError::Empty {
             input: input.name.to_owned(),
@@ -185,6 +187,22 @@ pub fn run(
         text.push_str(&serde_yaml::to_string(doc).map_err(|e| parse(e.to_string()))?);
     }
     Ok((text, reports))
+}
+
+/// The YAML or JSON documents of `input`, empty ones left out.
+pub(super) fn documents(input: &Input<'_>) -> Result<Vec<Value>, OfflineError> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(input.text) {
+        // serde_yaml's positions are in the user's text: they point into the file.
+        let v = <Value as serde::Deserialize>::deserialize(doc).map_err(|e| OfflineError::Parse {
+            input: input.name.to_owned(),
+            message: e.to_string(),
+        })?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
 }
 
 /// What happened to a pod with an association, in words.

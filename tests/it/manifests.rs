@@ -378,6 +378,28 @@ fn agent_and_exchange_manifests_fit_the_binary() {
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["automountServiceAccountToken"], false);
+    // It follows the associations and its own node's pods, with read-only RBAC: pods are
+    // list and watch only.
+    let agent = &pod["containers"][0];
+    assert!(
+        agent["args"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("--source=kubernetes"))
+    );
+    assert_eq!(
+        agent["env"][0],
+        serde_json::json!({"name": "POD_IDENTITY_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
+    );
+    let role = find(&docs, "ClusterRole", "pod-identity-agent");
+    assert_eq!(
+        role["rules"][1],
+        serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]})
+    );
+    assert_eq!(
+        find(&docs, "ClusterRoleBinding", "pod-identity-agent")["subjects"][0]["name"],
+        pod["serviceAccountName"]
+    );
     // The agent has a namespace of its own (Pod Security: see pod_security below).
     let agent_ns = ds["metadata"]["namespace"].as_str().unwrap();
     assert_eq!(agent_ns, "pod-identity-agent");

@@ -85,6 +85,16 @@ pub async fn start_agent(
     backend: Arc<dyn Backend>,
     tweak: impl FnOnce(&mut AgentConfig),
 ) -> RunningAgent {
+    start_agent_following(provider, backend, None, tweak).await
+}
+
+/// The agent with its cached credentials following `associations`.
+pub async fn start_agent_following(
+    provider: Provider,
+    backend: Arc<dyn Backend>,
+    associations: Option<Reader>,
+    tweak: impl FnOnce(&mut AgentConfig),
+) -> RunningAgent {
     // reqwest clients in the tests use the process-wide provider.
     crate::common::crypto();
     let mut config = AgentConfig::new(
@@ -93,7 +103,9 @@ pub async fn start_agent(
         provider,
     );
     tweak(&mut config);
-    let agent = Agent::bind(config, backend, None, Arc::default()).await.unwrap();
+    let agent = Agent::bind(config, backend, associations, Arc::default())
+        .await
+        .unwrap();
     let urls: Vec<String> = agent
         .local_addrs()
         .iter()
@@ -169,13 +181,28 @@ pub async fn start_exchange_tweaked(
     let token_file = dir.join("operator-token");
     std::fs::write(&token_file, "operator-iam-token").unwrap();
     let auth = CloudAuth::TokenFile(TokenFile::new(token_file));
-    exchange(api, iam_url, auth, tweak).await
+    exchange(api, iam_url, auth, fixture_store(), tweak).await
+}
+
+/// The exchange over plain HTTP with its associations from `associations` (e.g. a watch of
+/// the stand-in) instead of the fixtures.
+pub async fn start_exchange_on(
+    api: &StandIn,
+    iam_url: &str,
+    dir: &Path,
+    associations: Reader,
+) -> RunningExchange {
+    let token_file = dir.join("operator-token");
+    std::fs::write(&token_file, "operator-iam-token").unwrap();
+    let auth = CloudAuth::TokenFile(TokenFile::new(token_file));
+    exchange(api, iam_url, auth, associations, |_| {}).await
 }
 
 async fn exchange(
     api: &StandIn,
     iam_url: &str,
     auth: CloudAuth,
+    associations: Reader,
     tweak: impl FnOnce(&mut ExchangeConfig),
 ) -> RunningExchange {
     crate::common::crypto();
@@ -186,7 +213,7 @@ async fn exchange(
     let tls = config.cert_dir.is_some();
     let metrics = Arc::new(ExchangeMetrics::default());
     let reviewer = Arc::new(KubeReviewer::new(api.config(), Duration::from_secs(1)).unwrap());
-    let exchange = Exchange::bind(config, reviewer, fixture_store(), iam, metrics.clone())
+    let exchange = Exchange::bind(config, reviewer, associations, iam, metrics.clone())
         .await
         .unwrap();
     let scheme = if tls { "https" } else { "http" };
@@ -204,7 +231,7 @@ async fn exchange(
 
 /// The exchange over plain HTTP, signing its IAM calls with `key`.
 pub async fn start_exchange_signed(api: &StandIn, iam_url: &str, key: AccessKey) -> RunningExchange {
-    exchange(api, iam_url, CloudAuth::AkSk(key), |_| {}).await
+    exchange(api, iam_url, CloudAuth::AkSk(key), fixture_store(), |_| {}).await
 }
 
 /// A token for `namespace/sa` in pod `pod` on the tests' node, valid for an hour, with `audience`.

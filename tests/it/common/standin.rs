@@ -1,7 +1,8 @@
 //! An in-process stand-in for the Kubernetes API server, serving list and watch for
-//! `podidentityassociations.podidentity.io` the way kube-apiserver does: a list with a
-//! resourceVersion, then a chunked stream of newline-delimited watch events from it, and `410
-//! Gone` for a resourceVersion that was compacted away. "Down" drops every connection.
+//! `podidentityassociations.podidentity.io` and for pods (with the `spec.nodeName` field
+//! selector) the way kube-apiserver does: a list with a resourceVersion, then a chunked stream
+//! of newline-delimited watch events from it, and `410 Gone` for a resourceVersion that was
+//! compacted away. "Down" drops every connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,16 +31,42 @@ pub enum ReviewAnswer {
     Status(u16),
 }
 
+/// The kinds of object served.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Association,
+    Pod,
+}
+
+/// The objects of one kind, their history and their watchers.
+#[derive(Default)]
+struct Store {
+    objects: BTreeMap<String, Value>,
+    /// Watch events by resourceVersion; those at or below `Inner::compacted` are gone.
+    log: Vec<(u64, Value)>,
+    /// Each watch with the node its field selector restricts it to.
+    watchers: Vec<(Option<String>, mpsc::UnboundedSender<Bytes>)>,
+}
+
+/// Whether `object` passes a `spec.nodeName=<node>` field selector.
+fn on_node(node: &Option<String>, object: &Value) -> bool {
+    node.as_ref()
+        .is_none_or(|n| object["spec"]["nodeName"].as_str() == Some(n))
+}
+
 #[derive(Default)]
 struct Inner {
-    objects: BTreeMap<String, Value>,
+    associations: Store,
+    pods: Store,
+    /// Namespaces by name, for GET only.
+    namespaces: BTreeMap<String, Value>,
     rv: u64,
-    /// Watch events by resourceVersion; those at or below `compacted` are gone.
-    log: Vec<(u64, Value)>,
     compacted: u64,
-    watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    /// Pods may not be listed or watched (403), as without the RBAC for it.
+    forbid_pods: bool,
     down: bool,
     lists: u64,
+    pod_lists: u64,
     reviews: u64,
     review_answer: ReviewAnswer,
     /// Reviews by the audience asked for.
@@ -64,7 +91,16 @@ impl StandIn {
         let addr = listener.local_addr().unwrap();
         let s = StandIn { addr, inner, hold };
         let app = Router::new()
-            .route(PATH, get(handle))
+            .route(
+                PATH,
+                get(|s: State<StandIn>, q: Query<HashMap<String, String>>| handle(s, q, Kind::Association)),
+            )
+            .route(
+                "/api/v1/pods",
+                get(|s: State<StandIn>, q: Query<HashMap<String, String>>| handle(s, q, Kind::Pod)),
+            )
+            .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
+            .route("/api/v1/namespaces/{name}", get(get_namespace))
             .route(
                 "/apis/authentication.k8s.io/v1/tokenreviews",
                 axum::routing::post(token_review),
@@ -146,13 +182,51 @@ impl StandIn {
         self.inner.lock().unwrap().lists
     }
 
-    /// Creates or replaces an object, as `kubectl apply` would.
-    pub fn apply(&self, mut obj: Value) {
+    /// Pod lists served (not counting refusals).
+    pub fn pod_lists(&self) -> u64 {
+        self.inner.lock().unwrap().pod_lists
+    }
+
+    /// Refuses pod lists and watches with 403, as an API server does without the RBAC.
+    pub fn forbid_pods(&self) {
+        self.inner.lock().unwrap().forbid_pods = true;
+    }
+
+    /// Creates or replaces an association, as `kubectl apply` would.
+    pub fn apply(&self, obj: Value) {
+        self.apply_kind(Kind::Association, obj);
+    }
+
+    pub fn delete(&self, name: &str) {
+        self.delete_kind(Kind::Association, name);
+    }
+
+    /// Creates or replaces a pod (`metadata.namespace`/`name`, `spec.nodeName`).
+    pub fn apply_pod(&self, obj: Value) {
+        self.apply_kind(Kind::Pod, obj);
+    }
+
+    /// Creates or replaces a Namespace (served to GET only).
+    pub fn apply_namespace(&self, obj: Value) {
+        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+        self.inner.lock().unwrap().namespaces.insert(name, obj);
+    }
+
+    /// Deletes the pod `namespace/name`.
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        self.delete_kind(Kind::Pod, &format!("{namespace}/{name}"));
+    }
+
+    fn apply_kind(&self, what: Kind, mut obj: Value) {
         let mut g = self.inner.lock().unwrap();
         g.rv += 1;
         let rv = g.rv;
         let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
-        let kind = if g.objects.contains_key(&name) {
+        let key = match obj["metadata"]["namespace"].as_str() {
+            Some(ns) if what == Kind::Pod => format!("{ns}/{name}"),
+            _ => name.clone(),
+        };
+        let kind = if g.store(what).objects.contains_key(&key) {
             "MODIFIED"
         } else {
             "ADDED"
@@ -162,19 +236,19 @@ impl StandIn {
         meta.entry("uid").or_insert(json!(format!("uid-{name}")));
         meta.entry("creationTimestamp")
             .or_insert(json!("2026-11-23T10:00:00Z"));
-        g.objects.insert(name, obj.clone());
-        Self::emit(&mut g, rv, json!({"type": kind, "object": obj}));
+        g.store(what).objects.insert(key, obj.clone());
+        g.store(what).emit(rv, json!({"type": kind, "object": obj}));
     }
 
-    pub fn delete(&self, name: &str) {
+    fn delete_kind(&self, what: Kind, key: &str) {
         let mut g = self.inner.lock().unwrap();
-        let Some(mut obj) = g.objects.remove(name) else {
+        let Some(mut obj) = g.store(what).objects.remove(key) else {
             return;
         };
         g.rv += 1;
         let rv = g.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        Self::emit(&mut g, rv, json!({"type": "DELETED", "object": obj}));
+        g.store(what).emit(rv, json!({"type": "DELETED", "object": obj}));
     }
 
     /// Compacts history and ends every watch with `410 Gone`, forcing clients to relist.
@@ -182,8 +256,13 @@ impl StandIn {
         let mut g = self.inner.lock().unwrap();
         g.compacted = g.rv;
         let gone = line(&gone_event());
-        for w in g.watchers.drain(..) {
-            let _ = w.send(gone.clone());
+        let Inner {
+            associations, pods, ..
+        } = &mut *g;
+        for store in [associations, pods] {
+            for (_, w) in store.watchers.drain(..) {
+                let _ = w.send(gone.clone());
+            }
         }
     }
 
@@ -201,15 +280,65 @@ impl StandIn {
             for c in g.conns.drain(..) {
                 c.abort();
             }
-            g.watchers.clear();
+            g.associations.watchers.clear();
+            g.pods.watchers.clear();
         }
     }
+}
 
-    fn emit(g: &mut Inner, rv: u64, event: Value) {
-        let bytes = line(&event);
-        g.log.push((rv, event));
-        g.watchers.retain(|w| w.send(bytes.clone()).is_ok());
+impl Inner {
+    fn store(&mut self, what: Kind) -> &mut Store {
+        match what {
+            Kind::Association => &mut self.associations,
+            Kind::Pod => &mut self.pods,
+        }
     }
+}
+
+impl Store {
+    fn emit(&mut self, rv: u64, event: Value) {
+        let bytes = line(&event);
+        self.watchers
+            .retain(|(node, w)| !on_node(node, &event["object"]) || w.send(bytes.clone()).is_ok());
+        self.log.push((rv, event));
+    }
+}
+
+fn found(object: Option<Value>) -> Response {
+    match object {
+        Some(o) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            o.to_string(),
+        )
+            .into_response(),
+        None => {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "not found", "reason": "NotFound", "code": 404});
+            (
+                StatusCode::NOT_FOUND,
+                [("content-type", "application/json")],
+                status.to_string(),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn get_pod(State(s): State<StandIn>, Path((ns, name)): Path<(String, String)>) -> Response {
+    found(
+        s.inner
+            .lock()
+            .unwrap()
+            .pods
+            .objects
+            .get(&format!("{ns}/{name}"))
+            .cloned(),
+    )
+}
+
+async fn get_namespace(State(s): State<StandIn>, Path(name): Path<String>) -> Response {
+    found(s.inner.lock().unwrap().namespaces.get(&name).cloned())
 }
 
 fn line(v: &Value) -> Bytes {
@@ -223,18 +352,43 @@ fn gone_event() -> Value {
         "message": "too old resource version", "reason": "Expired", "code": 410}})
 }
 
-async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>, what: Kind) -> Response {
     let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let node: Option<String> = q
+        .get("fieldSelector")
+        .and_then(|f| f.strip_prefix("spec.nodeName="))
+        .map(str::to_owned);
+    if what == Kind::Pod && s.inner.lock().unwrap().forbid_pods {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "pods is forbidden: User \"system:serviceaccount:pod-identity-agent:pod-identity-agent\" cannot list resource \"pods\" in API group \"\" at the cluster scope",
+            "reason": "Forbidden", "code": 403});
+        return (
+            StatusCode::FORBIDDEN,
+            [("content-type", "application/json")],
+            status.to_string(),
+        )
+            .into_response();
+    }
     if !watching {
         let mut hold = s.hold.subscribe();
         let _ = hold.wait_for(|held| !held).await;
         let mut g = s.inner.lock().unwrap();
-        g.lists += 1;
+        let (api_version, kind) = match what {
+            Kind::Association => {
+                g.lists += 1;
+                ("podidentity.io/v1alpha1", "PodIdentityAssociationList")
+            }
+            Kind::Pod => {
+                g.pod_lists += 1;
+                ("v1", "PodList")
+            }
+        };
+        let rv = g.rv;
         let list = json!({
-            "apiVersion": "podidentity.io/v1alpha1",
-            "kind": "PodIdentityAssociationList",
-            "metadata": {"resourceVersion": g.rv.to_string()},
-            "items": g.objects.values().cloned().collect::<Vec<_>>(),
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"resourceVersion": rv.to_string()},
+            "items": g.store(what).objects.values().filter(|o| on_node(&node, o)).cloned().collect::<Vec<_>>(),
         });
         return (
             StatusCode::OK,
@@ -250,12 +404,13 @@ async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String
         if from < g.compacted {
             let _ = tx.send(line(&gone_event()));
         } else {
-            for (rv, event) in &g.log {
-                if *rv > from {
+            let store = g.store(what);
+            for (rv, event) in &store.log {
+                if *rv > from && on_node(&node, &event["object"]) {
                     let _ = tx.send(line(event));
                 }
             }
-            g.watchers.push(tx);
+            store.watchers.push((node, tx));
         }
     }
     let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -276,6 +431,18 @@ pub fn association(ns: &str, sa: &str, agency: &str) -> Value {
         "kind": "PodIdentityAssociation",
         "metadata": {"name": format!("{ns}.{sa}")},
         "spec": {"namespace": ns, "serviceAccount": sa, "agencyName": agency},
+    })
+}
+
+/// A running pod `namespace/name` with uid `<name>-uid` (as `common::pod_token` binds its
+/// tokens to) on `node`.
+pub fn pod(namespace: &str, name: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("{name}-uid")},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running"},
     })
 }
 
