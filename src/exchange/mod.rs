@@ -4,8 +4,9 @@
 //! TokenReview API, redeems it only for the agent on the pod's node, finds the association (the
 //! same index as the other programs), obtains temporary credentials for its agency from IAM
 //! (temporary credentials through an agency) within a per-service-account budget, and answers
-//! exactly the API's response. This module is its composition root; the handler is in
-//! [`assume`].
+//! exactly the API's response. It also serves the association API family (create, list, show,
+//! update, delete) on the `PodIdentityAssociation` objects, for users whom cluster RBAC allows.
+//! This module is its composition root; the handlers are in [`assume`] and [`associations`].
 
 mod associations;
 mod assume;

@@ -230,6 +230,19 @@ async fn every_refusal_has_its_status_and_code() {
     assert_refused(&not_served, 404, "CCE.01404001", "other-cluster");
     let anonymous = api.call(None, Method::GET, "", None).await;
     assert_refused(&anonymous, 401, "CCE.01401010", "X-Auth-Token");
+    // An AK/SK signature alone is no Kubernetes identity.
+    let r = reqwest::Client::new()
+        .get(api.collection())
+        .header(
+            "Authorization",
+            "SDK-HMAC-SHA256 Access=AKEXAMPLE, SignedHeaders=host;x-sdk-date, Signature=00",
+        )
+        .header("X-Sdk-Date", "20261201T150000Z")
+        .send()
+        .await
+        .unwrap();
+    let got = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+    assert_refused(&got, 401, "CCE.01401010", "X-Auth-Token");
     let mut req = reqwest::Client::new().get(api.collection());
     req = req.header("X-Auth-Token", "not-a-jwt");
     let r = req.send().await.unwrap();
@@ -292,6 +305,13 @@ async fn an_update_conflicting_once_is_retried_twice_is_409() {
         )
         .await;
     assert_eq!((status, &body["agencyName"]), (200, &json!("agency-b")), "{body}");
+    // The other writer's change, made between the read and the write, is kept.
+    let other = json!({"key": "writer-2", "value": "other"});
+    assert_eq!(body["tags"][1], other, "{body}");
+    assert_eq!(
+        api.standin.object("pi-demo.app").unwrap()["spec"]["tags"][1],
+        other
+    );
     api.standin.interfere(2);
     let got = api
         .call(

@@ -154,8 +154,8 @@ impl StandIn {
         self.inner.lock().unwrap().access_reviews
     }
 
-    /// The next `n` replaces each find the object changed by another writer just before (its
-    /// resourceVersion moved on), so they conflict.
+    /// The next `n` replaces each find the object changed by another writer just before (a
+    /// tag `writer-<resourceVersion>: other` added), so they conflict.
     pub fn interfere(&self, n: u32) {
         self.inner.lock().unwrap().interfere = n;
     }
@@ -362,6 +362,14 @@ async fn replace(State(s): State<StandIn>, Path(name): Path<String>, body: Bytes
         let rv = g.rv;
         let mut changed = current.clone();
         changed["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let tags = changed["spec"]
+            .as_object_mut()
+            .unwrap()
+            .entry("tags")
+            .or_insert(json!([]));
+        tags.as_array_mut()
+            .unwrap()
+            .push(json!({"key": format!("writer-{rv}"), "value": "other"}));
         g.objects.insert(name.clone(), changed.clone());
         StandIn::emit(&mut g, rv, json!({"type": "MODIFIED", "object": changed}));
     }
