@@ -7,6 +7,7 @@
 //! admission needs (no tags, no timestamps), and a caller reads its own writes.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -50,7 +51,19 @@ fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -
 
 type Answer = Result<Response, Refused>;
 
-fn answer(result: Answer) -> Response {
+/// `operation`'s answer once the caller is admitted for `verb`, or the refusal in the cloud's
+/// error body.
+async fn admitted(
+    s: &ApiState,
+    (project_id, cluster_id): (&str, &str),
+    headers: &HeaderMap,
+    verb: &str,
+    operation: impl Future<Output = Answer>,
+) -> Response {
+    let result = match s.admit(project_id, cluster_id, headers, verb).await {
+        Ok(()) => operation.await,
+        Err(r) => Err(r),
+    };
     result.unwrap_or_else(|r| error_response(r.status, r.code, &r.message))
 }
 
@@ -60,76 +73,44 @@ fn record(status: StatusCode, value: &impl serde::Serialize) -> Response {
 
 pub(super) async fn create(
     State(s): State<Arc<ApiState>>,
-    Path((project_id, cluster_id)): Path<(String, String)>,
+    Path((project, cluster)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer(
-        async {
-            s.admit(&project_id, &cluster_id, &headers, "create").await?;
-            s.create(&body).await
-        }
-        .await,
-    )
+    admitted(&s, (&project, &cluster), &headers, "create", s.create(&body)).await
 }
 
 pub(super) async fn list(
     State(s): State<Arc<ApiState>>,
-    Path((project_id, cluster_id)): Path<(String, String)>,
+    Path((project, cluster)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    answer(
-        async {
-            s.admit(&project_id, &cluster_id, &headers, "list").await?;
-            let records: Vec<Association> = s.all().await?.iter().filter_map(|o| s.record_of(o)).collect();
-            Ok(record(StatusCode::OK, &records))
-        }
-        .await,
-    )
+    admitted(&s, (&project, &cluster), &headers, "list", s.list()).await
 }
 
 pub(super) async fn show(
     State(s): State<Arc<ApiState>>,
-    Path((project_id, cluster_id, id)): Path<(String, String, String)>,
+    Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    answer(
-        async {
-            s.admit(&project_id, &cluster_id, &headers, "get").await?;
-            let obj = s.find(&id).await?;
-            Ok(record(StatusCode::OK, &s.to_record(&obj)?))
-        }
-        .await,
-    )
+    admitted(&s, (&project, &cluster), &headers, "get", s.show(&id)).await
 }
 
 pub(super) async fn update(
     State(s): State<Arc<ApiState>>,
-    Path((project_id, cluster_id, id)): Path<(String, String, String)>,
+    Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    answer(
-        async {
-            s.admit(&project_id, &cluster_id, &headers, "update").await?;
-            s.update(&id, &body).await
-        }
-        .await,
-    )
+    admitted(&s, (&project, &cluster), &headers, "update", s.update(&id, &body)).await
 }
 
 pub(super) async fn delete(
     State(s): State<Arc<ApiState>>,
-    Path((project_id, cluster_id, id)): Path<(String, String, String)>,
+    Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    answer(
-        async {
-            s.admit(&project_id, &cluster_id, &headers, "delete").await?;
-            s.delete(&id).await
-        }
-        .await,
-    )
+    admitted(&s, (&project, &cluster), &headers, "delete", s.delete(&id)).await
 }
 
 impl ApiState {
@@ -239,6 +220,21 @@ impl ApiState {
             }
             Err(e) => Err(kube_failed(e)),
         }
+    }
+
+    async fn list(&self) -> Answer {
+        let records: Vec<Association> = self
+            .all()
+            .await?
+            .iter()
+            .filter_map(|o| self.record_of(o))
+            .collect();
+        Ok(record(StatusCode::OK, &records))
+    }
+
+    async fn show(&self, id: &str) -> Answer {
+        let obj = self.find(id).await?;
+        Ok(record(StatusCode::OK, &self.to_record(&obj)?))
     }
 
     async fn update(&self, id: &str, body: &[u8]) -> Answer {

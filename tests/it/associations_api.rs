@@ -87,6 +87,12 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// An update of association `uid` by the admin.
+    async fn put(&self, uid: &str, body: Value) -> (u16, Value) {
+        self.call(Some("admin"), Method::PUT, &format!("/{uid}"), Some(body))
+            .await
+    }
+
     async fn create(&self, body: Value) -> (u16, Value) {
         self.call(Some("admin"), Method::POST, "", Some(body)).await
     }
@@ -130,14 +136,7 @@ async fn create_list_show_update_delete_through_the_objects() {
         .await;
     assert_eq!((status, &shown), (200, &created));
 
-    let (status, updated) = api
-        .call(
-            Some("admin"),
-            Method::PUT,
-            &format!("/{uid}"),
-            Some(json!({"agencyName": "agency-b"})),
-        )
-        .await;
+    let (status, updated) = api.put(&uid, json!({"agencyName": "agency-b"})).await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["agencyName"], "agency-b");
     assert_eq!(
@@ -187,35 +186,14 @@ async fn every_refusal_has_its_status_and_code() {
         .await;
     assert_refused(&unknown, 400, "CCE.01400004", "unknown field `agency`");
     let immutable = api
-        .call(
-            Some("admin"),
-            Method::PUT,
-            &format!("/{uid}"),
-            Some(json!({"agencyName": "y", "namespace": "other"})),
-        )
+        .put(&uid, json!({"agencyName": "y", "namespace": "other"}))
         .await;
     assert_refused(&immutable, 400, "CCE.01400005", "namespace is immutable");
-    let immutable = api
-        .call(
-            Some("admin"),
-            Method::PUT,
-            &format!("/{uid}"),
-            Some(json!({"serviceAccount": "other"})),
-        )
-        .await;
+    let immutable = api.put(&uid, json!({"serviceAccount": "other"})).await;
     assert_refused(&immutable, 400, "CCE.01400005", "serviceAccount is immutable");
-    let unknown = api
-        .call(
-            Some("admin"),
-            Method::PUT,
-            &format!("/{uid}"),
-            Some(json!({"agencyName": "y", "tags": []})),
-        )
-        .await;
+    let unknown = api.put(&uid, json!({"agencyName": "y", "tags": []})).await;
     assert_refused(&unknown, 400, "CCE.01400004", "unknown field `tags`");
-    let no_agency = api
-        .call(Some("admin"), Method::PUT, &format!("/{uid}"), Some(json!({})))
-        .await;
+    let no_agency = api.put(&uid, json!({})).await;
     assert_refused(&no_agency, 400, "CCE.01400003", "agencyName");
     for method in [Method::GET, Method::PUT, Method::DELETE] {
         let body = (method == Method::PUT).then(|| json!({"agencyName": "y"}));
