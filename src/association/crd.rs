@@ -353,5 +353,9 @@ mod tests {
         let record = serde_json::to_value(&a).unwrap();
         assert_eq!(record["tokenExpirationSeconds"], 3600);
         assert!(to_association(&object("wrong", spec("pi-demo", "app")), None).is_err());
+        // The association API's record of its last spec change wins over the last write.
+        obj.metadata.annotations = Some([(MODIFIED_AT.to_owned(), "2026-11-20T09:00:00Z".to_owned())].into());
+        let a = to_association(&obj, None).unwrap();
+        assert_eq!(a.modified_at.as_deref(), Some("2026-11-20T09:00:00Z"));
     }
 }
