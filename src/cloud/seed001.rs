@@ -35,3 +35,40 @@ pub struct Association {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub modified_at: Option<String>,
 }
+
+/// The create request body (`tokenExpirationSeconds` is this project's addition, as in the
+/// record). Unknown fields are refused so a misspelt one is not silently dropped.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct CreateAssociation {
+    #[serde(default)]
+    pub(crate) namespace: String,
+    #[serde(default)]
+    pub(crate) service_account: String,
+    #[serde(default)]
+    pub(crate) agency_name: Option<String>,
+    #[serde(default)]
+    pub(crate) tags: Vec<Tag>,
+    #[serde(default)]
+    pub(crate) token_expiration_seconds: Option<i64>,
+}
+
+/// The update request body: only `agencyName` changes. `namespace` and `serviceAccount` are
+/// read so that an attempt to change them is refused as immutable rather than as unknown.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct UpdateAssociation {
+    #[serde(default)]
+    pub(crate) agency_name: Option<String>,
+    #[serde(default)]
+    pub(crate) namespace: Option<String>,
+    #[serde(default)]
+    pub(crate) service_account: Option<String>,
+}
+
+/// The collection route (create, list) and the item route (show, update, delete), in axum
+/// path syntax.
+pub(crate) const COLLECTION: &str =
+    "/api/v3/projects/{project_id}/clusters/{cluster_id}/pod-identity-associations";
+pub(crate) const ITEM: &str =
+    "/api/v3/projects/{project_id}/clusters/{cluster_id}/pod-identity-associations/{association_id}";

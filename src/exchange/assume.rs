@@ -16,11 +16,10 @@ use axum::response::Response;
 use super::iam::{self, Iam};
 use super::metrics::{ExchangeMetrics, Token};
 use super::recent::Recent;
-use super::refusal::{Reason, Refusal, SampledLog, Seen};
+use super::refusal::{Reason, Refusal, SampledLog, Seen, error_response};
 use super::review::{self, Holder, TokenReviewer};
 use crate::association::Reader;
 use crate::budget::{KeyedBuckets, TokenHash};
-use crate::cloud::error::CloudError;
 use crate::cloud::seed000::{AssumeAgencyRequest, AssumedAgency, Subject};
 use crate::cloud::{Credentials, UpstreamError};
 use crate::http;
@@ -88,11 +87,7 @@ pub(super) async fn assume(
 
 /// The refusal in the cloud API's error shape; a 429 says when to retry.
 fn refuse(r: &Refusal) -> Response {
-    let body = CloudError {
-        error_code: r.code.to_owned(),
-        error_msg: r.message.clone(),
-    };
-    let mut resp = http::json(r.status, serde_json::to_vec(&body).unwrap_or_default());
+    let mut resp = error_response(r.status, r.code, &r.message);
     if let Some(wait) = r.retry_after {
         let secs = wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64;
         resp.headers_mut()
@@ -140,10 +135,10 @@ async fn answer(
     s.metrics.review(Token::Pod);
     let review = s
         .reviewer
-        .review(&token, CCE.audience)
+        .review(&token, Some(CCE.audience))
         .await
         .map_err(unavailable)?;
-    let pod = review::holder(review, CCE.audience).map_err(|why| {
+    let pod = review::holder(review, Some(CCE.audience)).map_err(|why| {
         Refusal::new(
             StatusCode::UNAUTHORIZED,
             "CCE.01401001",
@@ -252,23 +247,18 @@ async fn answer(
 /// The caller's `X-Auth-Token`, reviewed for the exchange's audience: it must be the agents'
 /// service account, bound to a node.
 async fn authenticate(s: &ExchangeState, seen: &mut Seen, headers: &HeaderMap) -> Result<Caller, Refusal> {
-    let token = headers
-        .get(AUTH_TOKEN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "CCE.01401010",
-                Reason::NoCallerToken,
-                format!(
-                    "X-Auth-Token is missing: this API serves the node agents, which send their \
+    let token = auth_token(headers).ok_or_else(|| {
+        Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "CCE.01401010",
+            Reason::NoCallerToken,
+            format!(
+                "X-Auth-Token is missing: this API serves the node agents, which send their \
                      service-account token (audience {})",
-                    s.caller_audience
-                ),
-            )
-        })?;
+                s.caller_audience
+            ),
+        )
+    })?;
     let hash = TokenHash::of(token);
     seen.caller_token = Some(hash);
     let reviewed = match s.callers.get(&hash) {
@@ -281,10 +271,10 @@ async fn authenticate(s: &ExchangeState, seen: &mut Seen, headers: &HeaderMap) -
             // A failure to ask is not remembered: only what the API server said.
             let review = s
                 .reviewer
-                .review(token, &s.caller_audience)
+                .review(token, Some(&s.caller_audience))
                 .await
                 .map_err(unavailable)?;
-            let reviewed = review::holder(review, &s.caller_audience);
+            let reviewed = review::holder(review, Some(&s.caller_audience));
             s.callers.put(hash, reviewed.clone());
             reviewed
         }
@@ -316,6 +306,15 @@ async fn authenticate(s: &ExchangeState, seen: &mut Seen, headers: &HeaderMap) -
     }
     let node = holder.node.ok_or_else(|| no_node_binding("the agent's token"))?;
     Ok(Caller { node })
+}
+
+/// The caller's token: the `X-Auth-Token` header, trimmed, when not empty.
+pub(super) fn auth_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTH_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// The body's `token`.

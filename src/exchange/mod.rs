@@ -4,9 +4,11 @@
 //! TokenReview API, redeems it only for the agent on the pod's node, finds the association (the
 //! same index as the other programs), obtains temporary credentials for its agency from IAM
 //! (temporary credentials through an agency) within a per-service-account budget, and answers
-//! exactly the API's response. This module is its composition root; the handler is in
-//! [`assume`].
+//! exactly the API's response. It also serves the association API family (create, list, show,
+//! update, delete) on the `PodIdentityAssociation` objects, for users whom cluster RBAC allows.
+//! This module is its composition root; the handlers are in [`assume`] and [`associations`].
 
+mod associations;
 mod assume;
 pub mod iam;
 pub mod metrics;
@@ -21,13 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use crate::association::source;
 use crate::association::{Reader, store};
 use crate::budget::KeyedBuckets;
 use crate::cli::{ArgError, ExchangeArgs, seconds};
-use crate::cloud::seed000;
+use crate::cloud::{seed000, seed001};
 use crate::cluster;
 use crate::error::StartError;
 use crate::http::health::{self, Readiness};
@@ -156,8 +158,9 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         ..ExchangeConfig::new(args.listen, &args.project_id, &args.cluster_id)
     };
     let review_deadline = seconds("review-timeout", args.review_timeout)?;
+    let objects = cluster::request_client(kube_config.clone(), review_deadline)?;
     let reviewer = Arc::new(KubeReviewer::new(kube_config, review_deadline)?);
-    let exchange = Exchange::bind(config, reviewer, associations, iam, metrics).await?;
+    let exchange = Exchange::bind(config, reviewer, objects, associations, iam, metrics).await?;
     exchange.run(http::termination()).await;
     Ok(())
 }
@@ -166,15 +169,19 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
 pub struct Exchange {
     listener: Listener,
     state: Arc<assume::ExchangeState>,
+    api: Arc<associations::ApiState>,
     readiness: Arc<Readiness>,
     limits: Limits,
     _cert: Option<ReloadingCert>,
 }
 
 impl Exchange {
+    /// `cluster` is the client of the API server that stores the associations the association
+    /// API serves (calls through it must end in time: `cluster::request_client`).
     pub async fn bind(
         config: ExchangeConfig,
         reviewer: Arc<dyn TokenReviewer>,
+        cluster: kube::Client,
         associations: Reader,
         iam: Iam,
         metrics: Arc<ExchangeMetrics>,
@@ -193,6 +200,12 @@ impl Exchange {
         if let Some(cert) = &cert {
             readiness = readiness.require(cert.valid_now(), "the serving certificate has expired");
         }
+        let api = Arc::new(associations::ApiState {
+            project_id: config.project_id.clone(),
+            cluster_id: config.cluster_id.clone(),
+            reviewer: reviewer.clone(),
+            objects: kube::Api::all(cluster),
+        });
         let state = Arc::new(assume::ExchangeState {
             project_id: config.project_id,
             cluster_id: config.cluster_id,
@@ -210,6 +223,7 @@ impl Exchange {
         Ok(Exchange {
             listener,
             state,
+            api,
             readiness: Arc::new(readiness),
             limits: config.limits,
             _cert: cert,
@@ -227,6 +241,20 @@ impl Exchange {
         let app = Router::new()
             .route(seed000::ROUTE, post(assume::assume))
             .with_state(self.state)
+            .merge(
+                Router::new()
+                    .route(
+                        seed001::COLLECTION,
+                        post(associations::create).get(associations::list),
+                    )
+                    .route(
+                        seed001::ITEM,
+                        get(associations::show)
+                            .put(associations::update)
+                            .delete(associations::delete),
+                    )
+                    .with_state(self.api),
+            )
             .merge(health::routes(self.readiness.clone(), move || metrics.render()));
         let readiness = self.readiness;
         http::serve(

@@ -5,9 +5,21 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use axum::response::Response;
 
 use crate::budget::TokenHash;
+use crate::cloud::error::CloudError;
+use crate::http;
 use crate::sampled::Sampled;
+
+/// An answer in the cloud API's error body `{"error_code","error_msg"}`.
+pub(super) fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = CloudError {
+        error_code: code.to_owned(),
+        error_msg: message.to_owned(),
+    };
+    http::json(status, serde_json::to_vec(&body).unwrap_or_default())
+}
 
 /// Why a request was refused, as counted in `podidentity_exchange_refusals_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

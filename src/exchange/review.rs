@@ -1,10 +1,13 @@
-//! Verifying service-account tokens with the Kubernetes TokenReview API within a deadline,
-//! and what a review says about the token's holder.
+//! Verifying tokens with the Kubernetes TokenReview API and asking SubjectAccessReview what
+//! their holder may do, within a deadline; and what a review says about the token's holder.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::{Api, PostParams};
 
 use crate::cluster::{self, ClusterError};
@@ -12,20 +15,24 @@ use crate::cluster::{self, ClusterError};
 /// The API server could not be asked, or did not answer in time.
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
-    #[error("TokenReview failed: {0}")]
-    Failed(#[from] kube::Error),
-    #[error("TokenReview got no answer within {0:?}")]
-    Timeout(Duration),
+    #[error("{what} failed: {source}")]
+    Failed { what: &'static str, source: kube::Error },
+    #[error("{what} got no answer within {deadline:?}")]
+    Timeout { what: &'static str, deadline: Duration },
 }
 
-/// Verifies service-account tokens for an audience. Every review the exchange makes goes
-/// through this trait.
+/// Verifies tokens for an audience (`None`: the API server's own, as for `kubectl`), and asks
+/// whether their holder may act on `podidentityassociations.podidentity.io`. Every review the
+/// exchange makes goes through this trait.
 pub trait TokenReviewer: Send + Sync {
     fn review<'a>(
         &'a self,
         token: &'a str,
-        audience: &'a str,
+        audience: Option<&'a str>,
     ) -> BoxFuture<'a, Result<TokenReview, ReviewError>>;
+
+    /// Whether cluster RBAC lets `holder` perform `verb` on the associations (SubjectAccessReview).
+    fn may<'a>(&'a self, holder: &'a Holder, verb: &'a str) -> BoxFuture<'a, Result<bool, ReviewError>>;
 }
 
 /// TokenReview through the Kubernetes API: every review ends within `deadline`, with at most
@@ -43,10 +50,29 @@ impl KubeReviewer {
         })
     }
 
-    async fn once(&self, review: &TokenReview) -> Result<TokenReview, kube::Error> {
-        Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), review)
-            .await
+    /// `call`, retried once inside the deadline when the API server is overloaded or unreachable.
+    async fn within<T, F: Future<Output = Result<T, kube::Error>>>(
+        &self,
+        what: &'static str,
+        call: impl Fn() -> F,
+    ) -> Result<T, ReviewError> {
+        let attempts = async {
+            match call().await {
+                Err(e) if retryable(&e) => {
+                    tracing::debug!(error = %e, "{what} failed; retrying once");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    call().await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.deadline, attempts).await {
+            Ok(result) => result.map_err(|source| ReviewError::Failed { what, source }),
+            Err(_) => Err(ReviewError::Timeout {
+                what,
+                deadline: self.deadline,
+            }),
+        }
     }
 }
 
@@ -63,33 +89,53 @@ impl TokenReviewer for KubeReviewer {
     fn review<'a>(
         &'a self,
         token: &'a str,
-        audience: &'a str,
+        audience: Option<&'a str>,
     ) -> BoxFuture<'a, Result<TokenReview, ReviewError>> {
         Box::pin(async move {
             let review = TokenReview {
                 spec: TokenReviewSpec {
                     token: Some(token.to_owned()),
-                    audiences: Some(vec![audience.to_owned()]),
+                    audiences: audience.map(|a| vec![a.to_owned()]),
                 },
                 ..Default::default()
             };
-            let attempts = async {
-                match self.once(&review).await {
-                    Err(e) if retryable(&e) => {
-                        tracing::debug!(error = %e, "TokenReview failed; retrying once");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        self.once(&review).await
-                    }
-                    other => other,
-                }
+            let api = Api::<TokenReview>::all(self.client.clone());
+            let params = PostParams::default();
+            self.within("TokenReview", || api.create(&params, &review)).await
+        })
+    }
+
+    fn may<'a>(&'a self, holder: &'a Holder, verb: &'a str) -> BoxFuture<'a, Result<bool, ReviewError>> {
+        Box::pin(async move {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(holder.username.clone()),
+                    uid: holder.uid.clone(),
+                    groups: Some(holder.groups.clone()),
+                    extra: Some(holder.extra.clone()),
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some(ASSOCIATIONS_GROUP.to_owned()),
+                        resource: Some(ASSOCIATIONS_RESOURCE.to_owned()),
+                        verb: Some(verb.to_owned()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
             };
-            match tokio::time::timeout(self.deadline, attempts).await {
-                Ok(result) => Ok(result?),
-                Err(_) => Err(ReviewError::Timeout(self.deadline)),
-            }
+            let api = Api::<SubjectAccessReview>::all(self.client.clone());
+            let params = PostParams::default();
+            let answer = self
+                .within("SubjectAccessReview", || api.create(&params, &review))
+                .await?;
+            Ok(answer.status.is_some_and(|s| s.allowed))
         })
     }
 }
+
+/// The resource the association API's callers are authorised for, as RBAC names it.
+pub(crate) const ASSOCIATIONS_GROUP: &str = "podidentity.io";
+pub(crate) const ASSOCIATIONS_RESOURCE: &str = "podidentityassociations";
 
 /// The `user.extra` key naming the pod a projected token is bound to.
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
@@ -99,9 +145,13 @@ const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 
 /// Who holds an authenticated token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Holder {
+pub struct Holder {
     /// `system:serviceaccount:<namespace>:<name>` for a service account.
     pub(crate) username: String,
+    /// What SubjectAccessReview needs besides the name: the user's uid, groups and extra.
+    pub(crate) uid: Option<String>,
+    pub(crate) groups: Vec<String>,
+    pub(crate) extra: BTreeMap<String, Vec<String>>,
     pub(crate) pod: Option<String>,
     pub(crate) node: Option<String>,
 }
@@ -115,23 +165,29 @@ impl Holder {
     }
 }
 
-/// The holder of a token the API server authenticated for `audience`, or the API server's
-/// reason for refusing it (for the log: it is the API server's wording, not ours).
-pub(crate) fn holder(review: TokenReview, audience: &str) -> Result<Holder, String> {
+/// The holder of a token the API server authenticated for `audience` (`None`: its own), or
+/// the API server's reason for refusing it (for the log: it is the API server's wording, not
+/// ours).
+pub(crate) fn holder(review: TokenReview, audience: Option<&str>) -> Result<Holder, String> {
     let status = review.status.unwrap_or_default();
     if status.authenticated != Some(true) {
         return Err(status.error.unwrap_or_else(|| "not authenticated".into()));
     }
-    if !status.audiences.unwrap_or_default().iter().any(|a| a == audience) {
+    if let Some(audience) = audience
+        && !status.audiences.unwrap_or_default().iter().any(|a| a == audience)
+    {
         return Err(format!("authenticated, but not for audience {audience}"));
     }
     let user = status.user.unwrap_or_default();
-    let mut extra = user.extra.unwrap_or_default();
-    let mut first = |key: &str| extra.remove(key).and_then(|v| v.into_iter().next());
+    let extra = user.extra.unwrap_or_default();
+    let first = |key: &str| extra.get(key).and_then(|v| v.first().cloned());
     Ok(Holder {
         pod: first(POD_NAME),
         node: first(NODE_NAME),
         username: user.username.unwrap_or_default(),
+        uid: user.uid,
+        groups: user.groups.unwrap_or_default(),
+        extra,
     })
 }
 
@@ -150,13 +206,13 @@ mod tests {
             "user": {"username": "system:serviceaccount:ns:sa", "extra": {
                 "authentication.kubernetes.io/pod-name": ["p"],
                 "authentication.kubernetes.io/node-name": ["n"]}}}));
-        let h = holder(r, "a").unwrap();
+        let h = holder(r, Some("a")).unwrap();
         assert_eq!(h.service_account(), Some(("ns", "sa")));
         assert_eq!((h.pod.as_deref(), h.node.as_deref()), (Some("p"), Some("n")));
         let plain = review(
             serde_json::json!({"authenticated": true, "audiences": ["a"], "user": {"username": "alice"}}),
         );
-        let h = holder(plain, "a").unwrap();
+        let h = holder(plain, Some("a")).unwrap();
         assert_eq!(h.service_account(), None);
         assert_eq!((h.pod, h.node), (None, None));
     }
@@ -164,9 +220,15 @@ mod tests {
     #[test]
     fn refuses_what_the_api_server_refused_or_another_audience() {
         let r = review(serde_json::json!({"authenticated": false, "error": "token expired"}));
-        assert_eq!(holder(r, "a").unwrap_err(), "token expired");
+        assert_eq!(holder(r, Some("a")).unwrap_err(), "token expired");
         let r =
             review(serde_json::json!({"authenticated": true, "audiences": ["b"], "user": {"username": "x"}}));
-        assert!(holder(r, "a").unwrap_err().contains("not for audience a"));
+        assert!(
+            holder(r.clone(), Some("a"))
+                .unwrap_err()
+                .contains("not for audience a")
+        );
+        // Without an audience the API server's own decided: its answer stands.
+        assert_eq!(holder(r, None).unwrap().username, "x");
     }
 }

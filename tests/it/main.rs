@@ -6,6 +6,7 @@ mod common;
 
 mod abuse;
 mod agent;
+mod associations_api;
 mod bad_input;
 mod cli;
 mod exchange;

@@ -518,9 +518,14 @@ fn agent_and_exchange_manifests_fit_the_binary() {
         role["rules"][0],
         serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
     );
+    // The association API writes the objects for callers the SubjectAccessReview authorised.
     assert_eq!(
         role["rules"][1]["verbs"],
-        serde_json::json!(["get", "list", "watch"])
+        serde_json::json!(["get", "list", "watch", "create", "update", "delete"])
+    );
+    assert_eq!(
+        role["rules"][2],
+        serde_json::json!({"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]})
     );
 
     // Pod tokens travel from the agents to the exchange over TLS: the exchange serves the

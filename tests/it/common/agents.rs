@@ -213,9 +213,16 @@ async fn exchange(
     let tls = config.cert_dir.is_some();
     let metrics = Arc::new(ExchangeMetrics::default());
     let reviewer = Arc::new(KubeReviewer::new(api.config(), Duration::from_secs(1)).unwrap());
-    let exchange = Exchange::bind(config, reviewer, associations, iam, metrics.clone())
-        .await
-        .unwrap();
+    let exchange = Exchange::bind(
+        config,
+        reviewer,
+        api.client().await,
+        associations,
+        iam,
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
     let scheme = if tls { "https" } else { "http" };
     let url = format!("{scheme}://localhost:{}", exchange.local_addr().port());
     let (tx, rx) = oneshot::channel::<()>();

@@ -2,7 +2,9 @@
 //! `podidentityassociations.podidentity.io` and for pods (with the `spec.nodeName` field
 //! selector) the way kube-apiserver does: a list with a resourceVersion, then a chunked stream
 //! of newline-delimited watch events from it, and `410 Gone` for a resourceVersion that was
-//! compacted away. "Down" drops every connection.
+//! compacted away; create, get, replace (409 on a stale resourceVersion) and delete (with a uid
+//! precondition) of single associations; TokenReview; and SubjectAccessReview from an RBAC
+//! table the test sets. "Down" drops every connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -73,6 +75,12 @@ struct Inner {
     reviews_for: HashMap<String, u64>,
     /// Open connections, cut when the stand-in goes down.
     conns: Vec<tokio::task::AbortHandle>,
+    /// Verbs on podidentityassociations.podidentity.io, by username (RBAC).
+    rbac: HashMap<String, Vec<String>>,
+    access_reviews: u64,
+    /// Replaces still to be preceded by another writer's change (so they conflict).
+    interfere: u32,
+    created: u64,
 }
 
 #[derive(Clone)]
@@ -93,7 +101,16 @@ impl StandIn {
         let app = Router::new()
             .route(
                 PATH,
-                get(|s: State<StandIn>, q: Query<HashMap<String, String>>| handle(s, q, Kind::Association)),
+                get(|s: State<StandIn>, q: Query<HashMap<String, String>>| handle(s, q, Kind::Association))
+                    .post(create),
+            )
+            .route(
+                &format!("{PATH}/{{name}}"),
+                get(get_one).put(replace).delete(delete_one),
+            )
+            .route(
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                axum::routing::post(access_review),
             )
             .route(
                 "/api/v1/pods",
@@ -176,6 +193,28 @@ impl StandIn {
             .get(audience)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Lets `user` perform `verbs` on the associations (RBAC).
+    pub fn grant(&self, user: &str, verbs: &[&str]) {
+        let mut g = self.inner.lock().unwrap();
+        let granted = g.rbac.entry(user.to_owned()).or_default();
+        granted.extend(verbs.iter().map(|v| v.to_string()));
+    }
+
+    pub fn access_reviews(&self) -> u64 {
+        self.inner.lock().unwrap().access_reviews
+    }
+
+    /// The next `n` replaces each find the object changed by another writer just before (a
+    /// tag `writer-<resourceVersion>: other` added), so they conflict.
+    pub fn interfere(&self, n: u32) {
+        self.inner.lock().unwrap().interfere = n;
+    }
+
+    /// The object named `name`, as stored.
+    pub fn object(&self, name: &str) -> Option<Value> {
+        self.inner.lock().unwrap().associations.objects.get(name).cloned()
     }
 
     pub fn lists(&self) -> u64 {
@@ -422,6 +461,155 @@ async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+fn status(code: u16, reason: &str, message: String) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code});
+    (
+        StatusCode::from_u16(code).unwrap(),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn object_answer(code: StatusCode, obj: &Value) -> Response {
+    (code, [("content-type", "application/json")], obj.to_string()).into_response()
+}
+
+fn not_found(name: &str) -> Response {
+    status(
+        404,
+        "NotFound",
+        format!("podidentityassociations.podidentity.io \"{name}\" not found"),
+    )
+}
+
+async fn create(State(s): State<StandIn>, body: Bytes) -> Response {
+    let mut obj: Value = serde_json::from_slice(&body).unwrap();
+    let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+    let mut g = s.inner.lock().unwrap();
+    if g.associations.objects.contains_key(&name) {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("podidentityassociations.podidentity.io \"{name}\" already exists"),
+        );
+    }
+    g.rv += 1;
+    g.created += 1;
+    let rv = g.rv;
+    let meta = obj["metadata"].as_object_mut().unwrap();
+    meta.insert("resourceVersion".into(), json!(rv.to_string()));
+    meta.insert("uid".into(), json!(format!("uid-{name}-{}", g.created)));
+    meta.insert(
+        "creationTimestamp".into(),
+        json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+    );
+    g.associations.objects.insert(name, obj.clone());
+    g.associations.emit(rv, json!({"type": "ADDED", "object": obj}));
+    object_answer(StatusCode::CREATED, &obj)
+}
+
+async fn get_one(State(s): State<StandIn>, Path(name): Path<String>) -> Response {
+    match s.object(&name) {
+        Some(obj) => object_answer(StatusCode::OK, &obj),
+        None => not_found(&name),
+    }
+}
+
+/// A replace, refused with 409 unless it names the stored resourceVersion; uid and creation
+/// time are the server's.
+async fn replace(State(s): State<StandIn>, Path(name): Path<String>, body: Bytes) -> Response {
+    let mut obj: Value = serde_json::from_slice(&body).unwrap();
+    let mut g = s.inner.lock().unwrap();
+    let Some(current) = g.associations.objects.get(&name).cloned() else {
+        return not_found(&name);
+    };
+    if g.interfere > 0 {
+        g.interfere -= 1;
+        g.rv += 1;
+        let rv = g.rv;
+        let mut changed = current.clone();
+        changed["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let tags = changed["spec"]
+            .as_object_mut()
+            .unwrap()
+            .entry("tags")
+            .or_insert(json!([]));
+        tags.as_array_mut()
+            .unwrap()
+            .push(json!({"key": format!("writer-{rv}"), "value": "other"}));
+        g.associations.objects.insert(name.clone(), changed.clone());
+        g.associations
+            .emit(rv, json!({"type": "MODIFIED", "object": changed}));
+    }
+    let stored = &g.associations.objects[&name]["metadata"]["resourceVersion"];
+    if obj["metadata"]["resourceVersion"] != *stored {
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on podidentityassociations.podidentity.io \"{name}\": \
+                 the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    g.rv += 1;
+    let rv = g.rv;
+    let meta = obj["metadata"].as_object_mut().unwrap();
+    meta.insert("resourceVersion".into(), json!(rv.to_string()));
+    meta.insert("uid".into(), current["metadata"]["uid"].clone());
+    meta.insert(
+        "creationTimestamp".into(),
+        current["metadata"]["creationTimestamp"].clone(),
+    );
+    g.associations.objects.insert(name, obj.clone());
+    g.associations
+        .emit(rv, json!({"type": "MODIFIED", "object": obj}));
+    object_answer(StatusCode::OK, &obj)
+}
+
+async fn delete_one(State(s): State<StandIn>, Path(name): Path<String>, body: Bytes) -> Response {
+    let options: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let Some(current) = s.object(&name) else {
+        return not_found(&name);
+    };
+    if let Some(uid) = options["preconditions"]["uid"].as_str()
+        && current["metadata"]["uid"] != uid
+    {
+        return status(
+            409,
+            "Conflict",
+            format!("Precondition failed: UID in precondition: {uid}"),
+        );
+    }
+    s.delete(&name);
+    let done = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": name, "group": "podidentity.io", "kind": "podidentityassociations"}});
+    object_answer(StatusCode::OK, &done)
+}
+
+/// SubjectAccessReview from the RBAC table, for the associations only (anything else is denied).
+async fn access_review(State(s): State<StandIn>, body: Bytes) -> Response {
+    let review: Value = serde_json::from_slice(&body).unwrap();
+    let spec = &review["spec"];
+    let attrs = &spec["resourceAttributes"];
+    let allowed = {
+        let mut g = s.inner.lock().unwrap();
+        g.access_reviews += 1;
+        let verb = attrs["verb"].as_str().unwrap_or("");
+        attrs["group"] == "podidentity.io"
+            && attrs["resource"] == "podidentityassociations"
+            && spec["user"]
+                .as_str()
+                .and_then(|u| g.rbac.get(u))
+                .is_some_and(|verbs| verbs.iter().any(|v| v == verb || v == "*"))
+    };
+    let out = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {},
+        "spec": spec, "status": {"allowed": allowed}});
+    object_answer(StatusCode::CREATED, &out)
 }
 
 /// A well-formed association object for `<ns>/<sa>`.

@@ -1,0 +1,392 @@
+//! The seed 001 association API served: create, list, show, update and delete pod identity
+//! associations, stored only as `PodIdentityAssociation` objects in the API server (the shared
+//! state of every replica), with the caller's `X-Auth-Token` reviewed by TokenReview and its
+//! verb authorised by SubjectAccessReview, so cluster RBAC decides as it does for `kubectl`.
+//!
+//! Reads go to the API server rather than the watch-fed index: the index keeps only what
+//! admission needs (no tags, no timestamps), and a caller reads its own writes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::core::{ObjectMeta, ResourceExt};
+
+use super::refusal::error_response;
+use super::review::{self, Holder, TokenReviewer};
+use crate::association::crd::{
+    CrdTag, MODIFIED_AT, PodIdentityAssociation, PodIdentityAssociationSpec, to_association,
+};
+use crate::association::{Association, AssociationSpec};
+use crate::cloud::seed001::{CreateAssociation, UpdateAssociation};
+use crate::http;
+
+pub(super) struct ApiState {
+    pub(super) project_id: String,
+    pub(super) cluster_id: String,
+    pub(super) reviewer: Arc<dyn TokenReviewer>,
+    pub(super) objects: Api<PodIdentityAssociation>,
+}
+
+/// An answer other than success, in the cloud's error body.
+#[derive(Debug)]
+struct Refused {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refused {
+    Refused {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+type Answer = Result<Response, Refused>;
+
+/// `operation`'s answer once the caller is admitted for `verb`, or the refusal in the cloud's
+/// error body.
+async fn admitted(
+    s: &ApiState,
+    (project_id, cluster_id): (&str, &str),
+    headers: &HeaderMap,
+    verb: &str,
+    operation: impl Future<Output = Answer>,
+) -> Response {
+    let result = match s.admit(project_id, cluster_id, headers, verb).await {
+        Ok(()) => operation.await,
+        Err(r) => Err(r),
+    };
+    result.unwrap_or_else(|r| error_response(r.status, r.code, &r.message))
+}
+
+fn record(status: StatusCode, value: &impl serde::Serialize) -> Response {
+    http::json(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+pub(super) async fn create(
+    State(s): State<Arc<ApiState>>,
+    Path((project, cluster)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admitted(&s, (&project, &cluster), &headers, "create", s.create(&body)).await
+}
+
+pub(super) async fn list(
+    State(s): State<Arc<ApiState>>,
+    Path((project, cluster)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    admitted(&s, (&project, &cluster), &headers, "list", s.list()).await
+}
+
+pub(super) async fn show(
+    State(s): State<Arc<ApiState>>,
+    Path((project, cluster, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    admitted(&s, (&project, &cluster), &headers, "get", s.show(&id)).await
+}
+
+pub(super) async fn update(
+    State(s): State<Arc<ApiState>>,
+    Path((project, cluster, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    admitted(&s, (&project, &cluster), &headers, "update", s.update(&id, &body)).await
+}
+
+pub(super) async fn delete(
+    State(s): State<Arc<ApiState>>,
+    Path((project, cluster, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    admitted(&s, (&project, &cluster), &headers, "delete", s.delete(&id)).await
+}
+
+impl ApiState {
+    /// The path names this cluster, the token is the API server's and its user may `verb`.
+    async fn admit(
+        &self,
+        project_id: &str,
+        cluster_id: &str,
+        headers: &HeaderMap,
+        verb: &str,
+    ) -> Result<(), Refused> {
+        if project_id != self.project_id || cluster_id != self.cluster_id {
+            return Err(refused(
+                StatusCode::NOT_FOUND,
+                "CCE.01404001",
+                format!("cluster {cluster_id} of project {project_id} is not served here"),
+            ));
+        }
+        let user = self.authenticate(headers).await?;
+        let allowed = self.reviewer.may(&user, verb).await.map_err(unavailable)?;
+        if !allowed {
+            tracing::info!(user = %user.username, verb, "association API call refused by RBAC");
+            return Err(refused(
+                StatusCode::FORBIDDEN,
+                "CCE.01403004",
+                format!(
+                    "{} may not {verb} {}.{} (cluster RBAC decides; ask for a Role granting it)",
+                    user.username,
+                    review::ASSOCIATIONS_RESOURCE,
+                    review::ASSOCIATIONS_GROUP
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The user of `X-Auth-Token`, reviewed for the API server's own audience: a token made for
+    /// another audience (a pod's `service.cce.pods` token, say) must not act as its holder here.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Holder, Refused> {
+        let token = super::assume::auth_token(headers).ok_or_else(|| {
+            refused(
+                StatusCode::UNAUTHORIZED,
+                "CCE.01401010",
+                "X-Auth-Token is missing: send a Kubernetes bearer token (e.g. `kubectl create token`)",
+            )
+        })?;
+        let review = self.reviewer.review(token, None).await.map_err(unavailable)?;
+        review::holder(review, None).map_err(|why| {
+            tracing::info!(why, "association API token refused");
+            refused(
+                StatusCode::UNAUTHORIZED,
+                "CCE.01401011",
+                "X-Auth-Token is not a valid, unexpired Kubernetes token for the API server",
+            )
+        })
+    }
+
+    async fn create(&self, body: &[u8]) -> Answer {
+        let req: CreateAssociation = serde_json::from_slice(body).map_err(bad_body)?;
+        let valid = AssociationSpec {
+            namespace: req.namespace,
+            service_account: req.service_account,
+            agency_name: Some(req.agency_name.unwrap_or_default()),
+            tags: req.tags,
+            token_expiration_seconds: req.token_expiration_seconds,
+            ..AssociationSpec::default()
+        }
+        .validate()
+        .map_err(|e| refused(StatusCode::BAD_REQUEST, "CCE.01400003", e.to_string()))?;
+        let name = format!("{}.{}", valid.namespace, valid.service_account);
+        let obj = PodIdentityAssociation {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                annotations: Some(BTreeMap::from([(MODIFIED_AT.to_owned(), now())])),
+                ..ObjectMeta::default()
+            },
+            spec: PodIdentityAssociationSpec {
+                namespace: valid.namespace,
+                service_account: valid.service_account,
+                agency_name: valid.agency_name,
+                role_arn: None,
+                tags: valid
+                    .tags
+                    .into_iter()
+                    .map(|t| CrdTag {
+                        key: t.key,
+                        value: t.value,
+                    })
+                    .collect(),
+                token_expiration_seconds: valid.token_expiration_seconds,
+            },
+        };
+        match self.objects.create(&PostParams::default(), &obj).await {
+            Ok(created) => Ok(record(StatusCode::CREATED, &self.to_record(&created)?)),
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                let existing = self.objects.get(&name).await.map_err(kube_failed)?;
+                Err(refused(
+                    StatusCode::CONFLICT,
+                    "CCE.01409001",
+                    format!(
+                        "{}/{} already has a pod identity association ({}); a service account has at most one",
+                        obj.spec.namespace,
+                        obj.spec.service_account,
+                        existing.uid().unwrap_or_default()
+                    ),
+                ))
+            }
+            Err(e) => Err(kube_failed(e)),
+        }
+    }
+
+    async fn list(&self) -> Answer {
+        let records: Vec<Association> = self
+            .all()
+            .await?
+            .iter()
+            .filter_map(|o| self.record_of(o))
+            .collect();
+        Ok(record(StatusCode::OK, &records))
+    }
+
+    async fn show(&self, id: &str) -> Answer {
+        let obj = self.find(id).await?;
+        Ok(record(StatusCode::OK, &self.to_record(&obj)?))
+    }
+
+    async fn update(&self, id: &str, body: &[u8]) -> Answer {
+        let req: UpdateAssociation = serde_json::from_slice(body).map_err(bad_body)?;
+        let mut obj = self.find(id).await?;
+        for (field, given, current) in [
+            ("namespace", &req.namespace, &obj.spec.namespace),
+            ("serviceAccount", &req.service_account, &obj.spec.service_account),
+        ] {
+            if given.as_ref().is_some_and(|g| g != current) {
+                return Err(refused(
+                    StatusCode::BAD_REQUEST,
+                    "CCE.01400005",
+                    format!("{field} is immutable: delete the association and create another"),
+                ));
+            }
+        }
+        // One retry on a conflict, from a fresh read: a concurrent writer's change is never
+        // overwritten, and a second conflict is the caller's to resolve.
+        for attempt in 0..2 {
+            let mut spec = obj.spec.clone();
+            spec.agency_name = req.agency_name.clone();
+            self.check(&obj, &spec)?;
+            obj.spec = spec;
+            obj.annotations_mut().insert(MODIFIED_AT.to_owned(), now());
+            let name = obj.name_any();
+            match self.objects.replace(&name, &PostParams::default(), &obj).await {
+                Ok(updated) => return Ok(record(StatusCode::OK, &self.to_record(&updated)?)),
+                Err(kube::Error::Api(s)) if s.is_conflict() && attempt == 0 => {
+                    obj = match self.objects.get_opt(&name).await.map_err(kube_failed)? {
+                        Some(fresh) if fresh.uid().as_deref() == Some(id) => fresh,
+                        _ => return Err(not_found(id)),
+                    };
+                }
+                Err(kube::Error::Api(s)) if s.is_conflict() => break,
+                Err(kube::Error::Api(s)) if s.is_not_found() => return Err(not_found(id)),
+                Err(e) => return Err(kube_failed(e)),
+            }
+        }
+        Err(refused(
+            StatusCode::CONFLICT,
+            "CCE.01409002",
+            format!("association {id} was changed concurrently; read it again and retry"),
+        ))
+    }
+
+    /// The seed 001 rules on the record `spec` would make (the one validation of every source).
+    fn check(&self, obj: &PodIdentityAssociation, spec: &PodIdentityAssociationSpec) -> Result<(), Refused> {
+        let candidate = PodIdentityAssociation {
+            metadata: obj.metadata.clone(),
+            spec: spec.clone(),
+        };
+        to_association(&candidate, None)
+            .map(drop)
+            .map_err(|e| refused(StatusCode::BAD_REQUEST, "CCE.01400003", e.to_string()))
+    }
+
+    async fn delete(&self, id: &str) -> Answer {
+        let obj = self.find(id).await?;
+        // The uid precondition: an object recreated under the same name in between is another
+        // association, and stays.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(id.to_owned()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.objects.delete(&obj.name_any(), &params).await {
+            Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Err(not_found(id)),
+            Err(e) => Err(kube_failed(e)),
+        }
+    }
+
+    async fn all(&self) -> Result<Vec<PodIdentityAssociation>, Refused> {
+        Ok(self
+            .objects
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_failed)?
+            .items)
+    }
+
+    /// The object whose uid is `id` (ids are uids, names are not, so this lists).
+    async fn find(&self, id: &str) -> Result<PodIdentityAssociation, Refused> {
+        self.all()
+            .await?
+            .into_iter()
+            .find(|o| o.uid().as_deref() == Some(id))
+            .ok_or_else(|| not_found(id))
+    }
+
+    fn to_record(&self, obj: &PodIdentityAssociation) -> Result<Association, Refused> {
+        to_association(obj, Some(&self.cluster_id)).map_err(|e| {
+            refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CCE.01500001",
+                format!("association {} is not a valid record: {e}", obj.name_any()),
+            )
+        })
+    }
+
+    /// The record of a listed object; one that is not valid is logged and left out.
+    fn record_of(&self, obj: &PodIdentityAssociation) -> Option<Association> {
+        self.to_record(obj)
+            .inspect_err(|r| tracing::warn!(error = r.message, "association left out of the list"))
+            .ok()
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn not_found(id: &str) -> Refused {
+    refused(
+        StatusCode::NOT_FOUND,
+        "CCE.01404003",
+        format!("pod identity association {id} does not exist"),
+    )
+}
+
+fn bad_body(e: serde_json::Error) -> Refused {
+    refused(
+        StatusCode::BAD_REQUEST,
+        "CCE.01400004",
+        format!("the request body is not a valid association request: {e}"),
+    )
+}
+
+fn unavailable(e: review::ReviewError) -> Refused {
+    tracing::warn!(error = %e, "association API cannot review a caller");
+    refused(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "CCE.01503001",
+        "the server cannot verify tokens right now (the Kubernetes API did not answer); retry shortly",
+    )
+}
+
+/// What the API server said, for the caller: its refusal of an object (422) is the caller's
+/// to fix; anything else is ours.
+fn kube_failed(e: kube::Error) -> Refused {
+    match e {
+        kube::Error::Api(s) if s.is_invalid() => refused(StatusCode::BAD_REQUEST, "CCE.01400003", s.message),
+        e => {
+            tracing::warn!(error = %e, "association API: the Kubernetes API failed");
+            refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CCE.01503002",
+                "the Kubernetes API did not answer as expected; retry shortly (the server's log has the cause)",
+            )
+        }
+    }
+}
