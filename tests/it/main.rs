@@ -9,6 +9,7 @@ mod agent;
 mod bad_input;
 mod cli;
 mod exchange;
+mod helm;
 mod kubernetes;
 mod manifests;
 mod operations;
