@@ -748,3 +748,55 @@ fn notes_show_how_to_label_a_namespace_and_create_an_association() {
     let quiet = render(&json!({"networkPolicies": serde_json::from_str::<Value>(CIDRS).unwrap()})).notes;
     assert!(!quiet.contains("WARNING"), "{quiet}");
 }
+
+/// The README's `helm install`, as written (with example values for its variables), passes the
+/// schema and renders a deployment that passes every check.
+#[test]
+fn the_readmes_helm_install_renders_a_deployment_that_passes_the_checks() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let block = crate::readme::sh_blocks(&readme, "## Deploy with Helm")
+        .join("\n")
+        .replace("\\\n", " ");
+    let install = block
+        .lines()
+        .find(|l| l.starts_with("helm install "))
+        .expect("a helm install line");
+    assert!(install.contains(" charts/pod-identity "), "{install}");
+    assert!(
+        !install.contains("--create-namespace"),
+        "the chart creates its namespaces"
+    );
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let vars = [
+        ("$REGISTRY", "registry.example.com/platform"),
+        ("$DIGEST", digest.as_str()),
+        ("$API_SERVER_CIDR", "10.0.0.0/24"),
+        ("$NODE_CIDR", "10.0.0.0/16"),
+        ("$PROJECT_ID", "project"),
+        ("$CLUSTER_ID", "cluster"),
+        ("$DOMAIN_ID", "domain"),
+    ];
+    let mut values = json!({});
+    let mut words = install.split_whitespace();
+    while let Some(w) = words.next() {
+        if w != "--set" {
+            continue;
+        }
+        let mut setting = words.next().unwrap().to_owned();
+        for (var, value) in vars {
+            setting = setting.replace(var, value);
+        }
+        assert!(!setting.contains('$'), "an unknown variable in {setting}");
+        let (path, value) = setting.split_once('=').unwrap();
+        let mut at = &mut values;
+        for key in path.split('.') {
+            at = &mut at[key];
+        }
+        *at = value.into();
+    }
+    assert_eq!(values["image"]["digest"], digest.as_str());
+    let r = render(&values);
+    check_rendering(&values, &r);
+    assert!(!r.notes.contains("WARNING"), "{}", r.notes);
+    assert_eq!(lint_findings(&values), Vec::<String>::new());
+}
