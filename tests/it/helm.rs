@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::common::deploy::{
     args_of, assert_flags, check_webhook_contract, containers_of, find, pod_security_findings, pod_templates,
-    rbac_findings,
+    rbac_findings, verify_server_cert,
 };
 use crate::manifests::{copy_dir, try_kustomize};
 
@@ -164,32 +164,6 @@ fn b64(v: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(text).unwrap()
 }
 
-/// Whether `ca_pem` vouches for the certificate `leaf_pem` under each of `names`.
-fn verify(ca_pem: &[u8], leaf_pem: &[u8], names: &[String]) -> Result<(), String> {
-    use rustls::client::WebPkiServerVerifier;
-    use rustls::client::danger::ServerCertVerifier;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-    crate::common::crypto();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        roots
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let verifier = WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let leaf = CertificateDer::from_pem_slice(leaf_pem).map_err(|e| e.to_string())?;
-    for name in names {
-        let server = ServerName::try_from(name.clone()).unwrap();
-        verifier
-            .verify_server_cert(&leaf, &[], &server, &[], UnixTime::now())
-            .map_err(|e| format!("{name}: {e}"))?;
-    }
-    Ok(())
-}
-
 /// The webhook's caBundle against the certificate it serves, per certificate mode: generated
 /// (the caBundle is the Secret's CA and verifies its pair under every Service name),
 /// cert-manager (cainjector fills it from the Certificate whose Secret the Deployment mounts),
@@ -211,7 +185,7 @@ fn certificate_findings(values: &Value, docs: &[Value]) -> Result<(), String> {
                     return Err("the Secret's ca.crt is not the caBundle".into());
                 }
                 let names: Vec<String> = certs::SERVICE_DNS_NAMES.iter().map(|s| s.to_string()).collect();
-                verify(&ca, &b64(&secret["data"]["tls.crt"]), &names)
+                verify_server_cert(&ca, &b64(&secret["data"]["tls.crt"]), &names)
                     .map_err(|e| format!("the caBundle does not verify the serving certificate: {e}"))?;
             }
             "cert-manager" => {
@@ -240,7 +214,7 @@ fn certificate_findings(values: &Value, docs: &[Value]) -> Result<(), String> {
         let secret = find(docs, "Secret", "pod-identity-exchange-tls");
         let ca = find(docs, "ConfigMap", "pod-identity-exchange-ca");
         let host = format!("pod-identity-exchange.{ns}.svc");
-        verify(
+        verify_server_cert(
             ca["data"]["ca.crt"].as_str().unwrap().as_bytes(),
             &b64(&secret["data"]["tls.crt"]),
             &[host.clone(), format!("{host}.cluster.local")],

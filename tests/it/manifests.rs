@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::common::deploy::{
     args_of, assert_flags, check_webhook_contract, containers_of, find, help, pod_security_findings,
-    pod_templates, rbac_findings,
+    pod_templates, rbac_findings, verify_server_cert,
 };
 use crate::pod_security::{Level, violations};
 
@@ -533,39 +533,13 @@ fn agent_and_exchange_manifests_fit_the_binary() {
     assert_eq!(ca_map["data"].as_object().unwrap().len(), 1);
 
     // ... and that CA vouches for the exchange's certificate under the endpoint's name.
-    use rustls::client::WebPkiServerVerifier;
-    use rustls::client::danger::ServerCertVerifier;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-    crate::common::crypto();
-    let verifier = WebPkiServerVerifier::builder(std::sync::Arc::new(crate::common::root_store(&[
-        ca_pem.as_bytes()
-    ])))
-    .build()
+    verify_server_cert(
+        ca_pem.as_bytes(),
+        &tls_crt,
+        &[host.to_owned(), format!("{host}.cluster.local")],
+    )
     .unwrap();
-    let leaf = CertificateDer::from_pem_slice(&tls_crt).unwrap();
-    for name in [host.to_owned(), format!("{host}.cluster.local")] {
-        verifier
-            .verify_server_cert(
-                &leaf,
-                &[],
-                &ServerName::try_from(name.clone()).unwrap(),
-                &[],
-                UnixTime::now(),
-            )
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
-    assert!(
-        verifier
-            .verify_server_cert(
-                &leaf,
-                &[],
-                &ServerName::try_from("elsewhere.example").unwrap(),
-                &[],
-                UnixTime::now()
-            )
-            .is_err()
-    );
+    assert!(verify_server_cert(ca_pem.as_bytes(), &tls_crt, &["elsewhere.example".into()]).is_err());
 }
 
 /// Where the agent departs from `restricted`, each for a reason README gives: the host network

@@ -173,3 +173,29 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
     }
     findings
 }
+
+/// Whether `ca_pem` vouches for the certificate `leaf_pem` under each of `names`.
+pub fn verify_server_cert(ca_pem: &[u8], leaf_pem: &[u8], names: &[String]) -> Result<(), String> {
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    crate::common::crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let verifier = WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let leaf = CertificateDer::from_pem_slice(leaf_pem).map_err(|e| e.to_string())?;
+    for name in names {
+        let server = ServerName::try_from(name.clone()).unwrap();
+        verifier
+            .verify_server_cert(&leaf, &[], &server, &[], UnixTime::now())
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
