@@ -286,6 +286,22 @@ fn check_rendering(values: &Value, r: &Rendered) {
         policies && enabled(values, "exchange"),
         "{ctx}"
     );
+    // The webhook's port: the API server's range, and the metricsFrom peers, nothing else.
+    if policies && enabled(values, "webhook") {
+        let from = &find(docs, "NetworkPolicy", "pod-identity-webhook")["spec"]["ingress"][0]["from"];
+        let cidr = values["networkPolicies"]["apiServerCIDR"]
+            .as_str()
+            .unwrap_or("set-networkPolicies.apiServerCIDR");
+        let mut want = vec![json!({"ipBlock": {"cidr": cidr}})];
+        want.extend(
+            values["networkPolicies"]["metricsFrom"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        assert_eq!(from, &Value::Array(want), "{ctx}");
+    }
     // No Prometheus operator in an offline render: no ServiceMonitor.
     assert!(!docs.iter().any(|d| d["kind"] == "ServiceMonitor"), "{ctx}");
 
