@@ -11,6 +11,7 @@ mod bad_input;
 mod cli;
 mod exchange;
 mod explain;
+mod helm;
 mod kubernetes;
 mod lifecycle;
 mod manifests;

@@ -8,6 +8,10 @@ use pod_identity_webhook::certs;
 use pod_identity_webhook::testing::crd;
 use serde_json::Value;
 
+use crate::common::deploy::{
+    args_of, assert_flags, check_webhook_contract, containers_of, find, help, pod_security_findings,
+    pod_templates, rbac_findings, verify_server_cert,
+};
 use crate::pod_security::{Level, violations};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
@@ -51,12 +55,6 @@ pub fn try_kustomize(dir: &Path) -> Result<Vec<Value>, String> {
 
 fn kustomize(dir: &Path) -> Vec<Value> {
     try_kustomize(dir).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{kind}/{name} not rendered"))
 }
 
 /// Renders `manifests/` after `certs --out manifests/tls`, in a copy of the tree.
@@ -141,44 +139,11 @@ fn rendered_manifests_hold_every_object_as_designed() {
     );
 
     // Read-only RBAC on associations, nothing else.
-    let role = find(&docs, "ClusterRole", "pod-identity-webhook");
-    assert_eq!(
-        role["rules"],
-        serde_json::json!([{"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]}])
-    );
+    assert_eq!(rbac_findings(&docs), Vec::<String>::new());
 
     // The webhook configuration, field by field.
     let hook = &find(&docs, "MutatingWebhookConfiguration", "pod-identity-webhook")["webhooks"][0];
-    assert_eq!(hook["sideEffects"], "None");
-    assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
-    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
-    assert_eq!(hook["failurePolicy"], "Fail");
-    assert!(
-        hook["timeoutSeconds"]
-            .as_u64()
-            .is_some_and(|t| (1..=30).contains(&t))
-    );
-    assert_eq!(
-        hook["rules"],
-        serde_json::json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}])
-    );
-    let ns_sel = serde_json::to_string(&hook["namespaceSelector"]).unwrap();
-    assert!(
-        ns_sel.contains(r#"{"key":"podidentity.io/injection","operator":"In","values":["enabled"]}"#),
-        "{ns_sel}"
-    );
-    assert!(
-        ns_sel.contains(r#""values":["kube-system","pod-identity-system"]"#),
-        "{ns_sel}"
-    );
-    assert_eq!(
-        hook["objectSelector"]["matchExpressions"][0],
-        serde_json::json!({"key": "podidentity.io/inject", "operator": "NotIn", "values": ["false"]})
-    );
-    assert_eq!(
-        hook["clientConfig"]["service"],
-        serde_json::json!({"name": "pod-identity-webhook", "namespace": "pod-identity-system", "path": "/mutate", "port": 443})
-    );
+    check_webhook_contract(hook, "pod-identity-system");
     let ca = std::fs::read(tls.join(certs::CA_FILE)).unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;
     assert_eq!(
@@ -595,118 +560,13 @@ fn agent_and_exchange_manifests_fit_the_binary() {
     assert_eq!(ca_map["data"].as_object().unwrap().len(), 1);
 
     // ... and that CA vouches for the exchange's certificate under the endpoint's name.
-    use rustls::client::WebPkiServerVerifier;
-    use rustls::client::danger::ServerCertVerifier;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-    crate::common::crypto();
-    let verifier = WebPkiServerVerifier::builder(std::sync::Arc::new(crate::common::root_store(&[
-        ca_pem.as_bytes()
-    ])))
-    .build()
-    .unwrap();
-    let leaf = CertificateDer::from_pem_slice(&tls_crt).unwrap();
-    for name in [host.to_owned(), format!("{host}.cluster.local")] {
-        verifier
-            .verify_server_cert(
-                &leaf,
-                &[],
-                &ServerName::try_from(name.clone()).unwrap(),
-                &[],
-                UnixTime::now(),
-            )
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
-    assert!(
-        verifier
-            .verify_server_cert(
-                &leaf,
-                &[],
-                &ServerName::try_from("elsewhere.example").unwrap(),
-                &[],
-                UnixTime::now()
-            )
-            .is_err()
-    );
-}
-
-fn help(command: &str) -> String {
-    String::from_utf8(
-        Command::new(BIN)
-            .args([command, "--help"])
-            .output()
-            .unwrap()
-            .stdout,
+    verify_server_cert(
+        ca_pem.as_bytes(),
+        &tls_crt,
+        &[host.to_owned(), format!("{host}.cluster.local")],
     )
-    .unwrap()
-}
-
-/// `COMMAND ARGS...`: every `--flag=value` is one the subcommand has.
-fn assert_flags(command: &str, args: &[&str]) {
-    assert_eq!(args[0], command);
-    let help = help(command);
-    for a in &args[1..] {
-        let flag = a.split('=').next().unwrap();
-        assert!(
-            help.contains(&format!("{flag} <")),
-            "{flag} is not an {command} flag"
-        );
-    }
-}
-
-/// A container's `args` as strings.
-fn args_of(container: &Value) -> Vec<&str> {
-    container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect()
-}
-
-/// The pod templates of the workloads in `docs`: (kind/name, namespace, template).
-fn pod_templates(docs: &[Value]) -> Vec<(String, String, &Value)> {
-    docs.iter()
-        .filter_map(|d| {
-            let template = match d["kind"].as_str()? {
-                "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" | "Job" => &d["spec"]["template"],
-                "CronJob" => &d["spec"]["jobTemplate"]["spec"]["template"],
-                "Pod" => d,
-                _ => return None,
-            };
-            let name = format!("{}/{}", d["kind"].as_str()?, d["metadata"]["name"].as_str()?);
-            Some((name, d["metadata"]["namespace"].as_str()?.to_owned(), template))
-        })
-        .collect()
-}
-
-/// What Pod Security admission would reject in `renders` (overlays applied together), each
-/// finding naming the overlay, the workload, its namespace's level and the control.
-fn pod_security_findings(renders: &[(&str, Vec<Value>)]) -> Vec<String> {
-    let levels: std::collections::HashMap<&str, Level> = renders
-        .iter()
-        .flat_map(|(_, docs)| docs)
-        .filter(|d| d["kind"] == "Namespace")
-        .map(|d| {
-            let label = d["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str();
-            (d["metadata"]["name"].as_str().unwrap(), Level::parse(label))
-        })
-        .collect();
-    let mut findings = Vec::new();
-    for (overlay, docs) in renders {
-        for (name, ns, template) in pod_templates(docs) {
-            let Some(level) = levels.get(ns.as_str()) else {
-                findings.push(format!(
-                    "{overlay} {name}: namespace {ns} is not created by the manifests"
-                ));
-                continue;
-            };
-            for v in violations(template, *level) {
-                findings.push(format!("{overlay} {name} in {ns} ({level:?}): {v}"));
-            }
-        }
-    }
-    findings
+    .unwrap();
+    assert!(verify_server_cert(ca_pem.as_bytes(), &tls_crt, &["elsewhere.example".into()]).is_err());
 }
 
 /// Where the agent departs from `restricted`, each for a reason README gives: the host network
@@ -787,13 +647,6 @@ fn every_pod_template_meets_its_namespaces_pod_security_level() {
             c["name"]
         );
     }
-}
-
-fn containers_of(template: &Value) -> Vec<&Value> {
-    ["initContainers", "containers"]
-        .iter()
-        .flat_map(|k| template["spec"][*k].as_array().into_iter().flatten())
-        .collect()
 }
 
 /// The check fails the build when a manifest breaks its namespace's level: an overlay that

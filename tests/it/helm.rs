@@ -1,0 +1,792 @@
+//! The Helm chart `charts/pod-identity`, rendered and linted by the real Helm engine (Helm v4
+//! as a library: `helm-python-sdk` from PyPI, no helm binary) for the default values and a
+//! matrix of settings, and held to the checks the kustomize overlays pass (`common::deploy`).
+//! With the overlays' settings it renders the overlays' objects, object by object: the
+//! overlays and the chart cannot drift apart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+use pod_identity_webhook::certs;
+use pod_identity_webhook::testing::crd;
+use serde_json::{Value, json};
+
+use crate::common::deploy::{
+    args_of, assert_flags, check_webhook_contract, containers_of, find, pod_security_findings, pod_templates,
+    rbac_findings, verify_server_cert,
+};
+use crate::manifests::{copy_dir, try_kustomize};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart_dir() -> PathBuf {
+    repo().join("charts/pod-identity")
+}
+
+/// Renders (`helm template`) and lints (`helm lint --strict`) a chart with the given values;
+/// answers JSON on stdout: the manifests by template, the CRDs, the lint report, or the error.
+const SCRIPT: &str = r#"
+import json, sys
+from helm_python import chart
+req = json.load(sys.stdin)
+out = {}
+try:
+    c = chart.Chart.load(req["chart"])
+    out["manifests"] = c.render(req["values"], name="pod-identity",
+                                namespace="pod-identity-system", is_install=True)
+    out["crds"] = [f["data"] for f in c.crds]
+except Exception as e:
+    out["error"] = "%s: %s" % (type(e).__name__, e)
+out["lint"] = chart.lint(req["chart"], req["values"], strict=True)
+print(json.dumps(out))
+"#;
+
+struct Rendered {
+    /// Every object of the templates, in template order.
+    docs: Vec<Value>,
+    notes: String,
+    crds: Vec<String>,
+}
+
+fn engine(chart: &Path, values: &Value) -> Value {
+    let mut child = Command::new(crate::common::python::helm_python())
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = json!({"chart": chart, "values": values});
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "helm engine: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn try_render_chart(chart: &Path, values: &Value) -> Result<Rendered, String> {
+    let out = engine(chart, values);
+    if let Some(e) = out["error"].as_str() {
+        return Err(e.to_owned());
+    }
+    let manifests: BTreeMap<String, String> = serde_json::from_value(out["manifests"].clone()).unwrap();
+    let mut docs = Vec::new();
+    let mut notes = String::new();
+    // Helm applies in kind order; here the order of the files is enough.
+    for (name, text) in manifests {
+        if name.ends_with("NOTES.txt") {
+            notes = text;
+            continue;
+        }
+        for d in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(d)
+                .unwrap_or_else(|e| panic!("{name} is not YAML: {e}\n{text}"));
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    let crds = serde_json::from_value(out["crds"].clone()).unwrap();
+    Ok(Rendered { docs, notes, crds })
+}
+
+fn render(values: &Value) -> Rendered {
+    try_render_chart(&chart_dir(), values).unwrap_or_else(|e| panic!("{values}: {e}"))
+}
+
+/// `helm lint --strict`'s findings above info level.
+fn lint_findings(values: &Value) -> Vec<String> {
+    let out = engine(&chart_dir(), values);
+    let lint = &out["lint"];
+    assert_eq!(lint["total_charts_linted"], 1, "{lint}");
+    lint["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["severity"].as_u64().unwrap() >= 2)
+        .map(|m| format!("{}: {}", m["path"], m["error"]))
+        .chain(lint["errors"].as_array().unwrap().iter().map(|e| e.to_string()))
+        .collect()
+}
+
+const CIDRS: &str = r#"{"apiServerCIDR": "192.0.2.10/32", "nodeCIDR": "198.51.100.0/24"}"#;
+
+/// The settings that matter, one combination each: both profiles, the three certificate
+/// modes, each component off, NetworkPolicies off.
+fn matrix() -> Vec<Value> {
+    let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
+    let secret_mode = json!({"certificates": {"mode": "secret", "existingSecret": {"name": "my-webhook-tls", "caBundle": "TVlDQQ=="}},
+        "exchange": {"existingSecret": "my-exchange-tls", "caCert": "-----BEGIN CERTIFICATE-----\nMYCA\n-----END CERTIFICATE-----\n"}});
+    let mut m = vec![json!({}), json!({"networkPolicies": cidrs})];
+    for provider in ["cce", "eks"] {
+        for certs in [json!({"mode": "helm"}), json!({"mode": "cert-manager"})] {
+            m.push(json!({"provider": provider, "certificates": certs, "networkPolicies": cidrs}));
+        }
+        let mut s = secret_mode.clone();
+        s["provider"] = provider.into();
+        m.push(s);
+    }
+    m.push(json!({"provider": "eks", "awsRegion": "eu-west-1", "credentialsUri": "http://169.254.170.23/v1/credentials", "tokenExpiration": 3600}));
+    // Without the exchange the agents call the cloud's endpoint and trust its CA.
+    let cloud = json!({"cceEndpoint": "https://cce.example.com", "caCert": "-----BEGIN CERTIFICATE-----\nCLOUD\n-----END CERTIFICATE-----\n"});
+    m.push(json!({"webhook": {"enabled": false}}));
+    m.push(json!({"agent": {"enabled": false}}));
+    m.push(json!({"exchange": {"enabled": false, "caCert": cloud["caCert"]}, "agent": {"cceEndpoint": cloud["cceEndpoint"]}}));
+    m.push(json!({"agent": {"enabled": false}, "exchange": {"enabled": false}}));
+    m.push(json!({"networkPolicies": {"enabled": false}}));
+    m.push(json!({"networkPolicies": {"enabled": true, "apiServerCIDR": "10.0.0.0/24", "nodeCIDR": "10.0.0.0/16",
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}}));
+    m.push(json!({"image": {"repository": "registry.example/pod-identity-webhook", "digest": format!("sha256:{}", "0".repeat(64))}}));
+    m
+}
+
+fn enabled(values: &Value, component: &str) -> bool {
+    values[component]["enabled"].as_bool().unwrap_or(true)
+}
+
+fn b64(v: &Value) -> Vec<u8> {
+    let text: String = v.as_str().unwrap().split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+}
+
+/// The webhook's caBundle against the certificate it serves, per certificate mode: generated
+/// (the caBundle is the Secret's CA and verifies its pair under every Service name),
+/// cert-manager (cainjector fills it from the Certificate whose Secret the Deployment mounts),
+/// an existing Secret (the caBundle given, the Secret given). The same for the exchange's pair
+/// and the CA the agents trust.
+fn certificate_findings(values: &Value, docs: &[Value]) -> Result<(), String> {
+    let ns = "pod-identity-system";
+    let mode = values["certificates"]["mode"].as_str().unwrap_or("helm");
+    if enabled(values, "webhook") {
+        let hook_doc = find(docs, "MutatingWebhookConfiguration", "pod-identity-webhook");
+        let hook = &hook_doc["webhooks"][0];
+        let deploy = find(docs, "Deployment", "pod-identity-webhook");
+        let mounted = &deploy["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"];
+        match mode {
+            "helm" => {
+                let ca = b64(&hook["clientConfig"]["caBundle"]);
+                let secret = find(docs, "Secret", mounted.as_str().unwrap());
+                if b64(&secret["data"]["ca.crt"]) != ca {
+                    return Err("the Secret's ca.crt is not the caBundle".into());
+                }
+                let names: Vec<String> = certs::SERVICE_DNS_NAMES.iter().map(|s| s.to_string()).collect();
+                verify_server_cert(&ca, &b64(&secret["data"]["tls.crt"]), &names)
+                    .map_err(|e| format!("the caBundle does not verify the serving certificate: {e}"))?;
+            }
+            "cert-manager" => {
+                let from = hook_doc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+                    .as_str()
+                    .ok_or("no cert-manager.io/inject-ca-from")?;
+                let (cert_ns, cert_name) = from.split_once('/').unwrap();
+                let cert = find(docs, "Certificate", cert_name);
+                if cert_ns != ns || cert["spec"]["secretName"] != *mounted {
+                    return Err(format!("{from} does not issue the mounted {mounted}"));
+                }
+                if hook["clientConfig"].get("caBundle").is_some() {
+                    return Err("a caBundle beside cainjector's".into());
+                }
+            }
+            _ => {
+                if hook["clientConfig"]["caBundle"] != values["certificates"]["existingSecret"]["caBundle"]
+                    || *mounted != values["certificates"]["existingSecret"]["name"]
+                {
+                    return Err("not the existing Secret and its CA".into());
+                }
+            }
+        }
+    }
+    if enabled(values, "exchange") && enabled(values, "agent") && mode != "secret" {
+        let secret = find(docs, "Secret", "pod-identity-exchange-tls");
+        let ca = find(docs, "ConfigMap", "pod-identity-exchange-ca");
+        let host = format!("pod-identity-exchange.{ns}.svc");
+        verify_server_cert(
+            ca["data"]["ca.crt"].as_str().unwrap().as_bytes(),
+            &b64(&secret["data"]["tls.crt"]),
+            &[host.clone(), format!("{host}.cluster.local")],
+        )
+        .map_err(|e| format!("the agents' CA does not verify the exchange: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Everything the overlays are checked for, on one rendering of the chart with `values`.
+fn check_rendering(values: &Value, r: &Rendered) {
+    let docs = &r.docs;
+    let ctx = values.to_string();
+    // Pod Security: every template meets its namespace's level, and the namespaces are the
+    // chart's own.
+    let findings = pod_security_findings(&[("chart", docs.clone())]);
+    assert!(findings.is_empty(), "{ctx}:\n{}", findings.join("\n"));
+    assert_eq!(rbac_findings(docs), Vec::<String>::new(), "{ctx}");
+    certificate_findings(values, docs).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+
+    let has = |kind: &str, name: &str| {
+        docs.iter()
+            .any(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+    };
+    // Each component is there exactly when enabled.
+    assert_eq!(
+        has("Deployment", "pod-identity-webhook"),
+        enabled(values, "webhook"),
+        "{ctx}"
+    );
+    assert_eq!(
+        has("MutatingWebhookConfiguration", "pod-identity-webhook"),
+        enabled(values, "webhook"),
+        "{ctx}"
+    );
+    assert_eq!(
+        has("DaemonSet", "pod-identity-agent"),
+        enabled(values, "agent"),
+        "{ctx}"
+    );
+    assert_eq!(
+        has("Namespace", "pod-identity-agent"),
+        enabled(values, "agent"),
+        "{ctx}"
+    );
+    assert_eq!(
+        has("Deployment", "pod-identity-exchange"),
+        enabled(values, "exchange"),
+        "{ctx}"
+    );
+    assert_eq!(
+        has("ClusterRole", "pod-identity-exchange"),
+        enabled(values, "exchange"),
+        "{ctx}"
+    );
+    let policies = enabled(values, "networkPolicies");
+    assert_eq!(
+        has("NetworkPolicy", "pod-identity-default-deny"),
+        policies,
+        "{ctx}"
+    );
+    assert_eq!(
+        has("NetworkPolicy", "pod-identity-webhook"),
+        policies && enabled(values, "webhook"),
+        "{ctx}"
+    );
+    assert_eq!(
+        has("NetworkPolicy", "pod-identity-exchange"),
+        policies && enabled(values, "exchange"),
+        "{ctx}"
+    );
+    // The webhook's port: the API server's range, and the metricsFrom peers, nothing else.
+    if policies && enabled(values, "webhook") {
+        let from = &find(docs, "NetworkPolicy", "pod-identity-webhook")["spec"]["ingress"][0]["from"];
+        let cidr = values["networkPolicies"]["apiServerCIDR"]
+            .as_str()
+            .unwrap_or("set-networkPolicies.apiServerCIDR");
+        let mut want = vec![json!({"ipBlock": {"cidr": cidr}})];
+        want.extend(
+            values["networkPolicies"]["metricsFrom"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        assert_eq!(from, &Value::Array(want), "{ctx}");
+    }
+    // No Prometheus operator in an offline render: no ServiceMonitor.
+    assert!(!docs.iter().any(|d| d["kind"] == "ServiceMonitor"), "{ctx}");
+
+    let provider = values["provider"].as_str().unwrap_or("cce");
+    let image = match values["image"]["digest"].as_str() {
+        Some(d) => format!("{}@{d}", values["image"]["repository"].as_str().unwrap()),
+        None => "pod-identity-webhook:0.1.0".to_owned(),
+    };
+    for (name, _, template) in pod_templates(docs) {
+        for c in containers_of(template) {
+            assert_eq!(c["image"], image.as_str(), "{ctx}: {name}");
+            if let Some(command) = c["args"][0].as_str() {
+                // Every flag exists in the binary's --help.
+                assert_flags(command, &args_of(c));
+            }
+        }
+    }
+    if enabled(values, "webhook") {
+        let hook = &find(docs, "MutatingWebhookConfiguration", "pod-identity-webhook")["webhooks"][0];
+        check_webhook_contract(hook, "pod-identity-system");
+        let deploy = find(docs, "Deployment", "pod-identity-webhook");
+        let args = args_of(&deploy["spec"]["template"]["spec"]["containers"][0]);
+        assert!(
+            args.contains(&format!("--provider={provider}").as_str()),
+            "{ctx}: {args:?}"
+        );
+        let lifetime = values["tokenExpiration"].as_u64().unwrap_or(86400);
+        assert!(
+            args.contains(&format!("--token-expiration={lifetime}").as_str()),
+            "{ctx}: {args:?}"
+        );
+        if let Some(uri) = values["credentialsUri"].as_str() {
+            assert!(
+                args.contains(&format!("--credentials-uri={uri}").as_str()),
+                "{args:?}"
+            );
+        }
+        if let Some(region) = values["awsRegion"].as_str() {
+            assert!(
+                args.contains(&format!("--aws-region={region}").as_str()),
+                "{args:?}"
+            );
+        }
+    }
+    if enabled(values, "agent") {
+        let ds = find(docs, "DaemonSet", "pod-identity-agent");
+        let pod = &ds["spec"]["template"]["spec"];
+        // On every node that can run injected pods: every taint tolerated by default.
+        assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]), "{ctx}");
+        let args = args_of(&pod["containers"][0]);
+        assert!(args.contains(&format!("--provider={provider}").as_str()), "{ctx}");
+        let ca = find(docs, "ConfigMap", "pod-identity-exchange-ca");
+        if enabled(values, "exchange") {
+            assert!(args.contains(&"--cce-endpoint=https://pod-identity-exchange.pod-identity-system.svc"));
+        } else {
+            assert!(
+                args.contains(&"--cce-endpoint=https://cce.example.com"),
+                "{args:?}"
+            );
+            assert_eq!(ca["data"]["ca.crt"], values["exchange"]["caCert"]);
+        }
+    }
+}
+
+#[test]
+fn chart_renders_and_lints_clean_for_the_defaults_and_every_setting() {
+    for values in matrix() {
+        let r = render(&values);
+        check_rendering(&values, &r);
+        assert_eq!(lint_findings(&values), Vec::<String>::new(), "{values}");
+    }
+}
+
+#[test]
+fn chart_crd_is_the_one_the_code_defines() {
+    let path = chart_dir().join("crds/podidentityassociations.yaml");
+    assert_eq!(
+        std::fs::read_to_string(path).unwrap(),
+        crd::yaml(),
+        "charts/pod-identity/crds drifted: run `cargo run -- crd > charts/pod-identity/crds/podidentityassociations.yaml`"
+    );
+    // The engine loads it as the chart's CRD (installed before the templates).
+    let r = render(&json!({}));
+    assert_eq!(r.crds.len(), 1);
+    assert_eq!(r.crds[0], crd::yaml());
+}
+
+/// The labels Helm adds that the overlays do not have.
+const HELM_LABELS: [&str; 3] = [
+    "helm.sh/chart",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/instance",
+];
+
+/// An object as compared across the chart and the overlays: without Helm's labels, with
+/// kustomize's hash suffixes taken off generated names, without generated key material.
+fn normalize(mut d: Value) -> Value {
+    fn unhash(v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                for base in ["pod-identity-cloud-", "pod-identity-exchange-ca-"] {
+                    if let Some(rest) = s.strip_prefix(base)
+                        && rest.len() == 10
+                        && rest.chars().all(|c| c.is_ascii_alphanumeric())
+                    {
+                        *s = base.trim_end_matches('-').to_owned();
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(unhash),
+            Value::Object(o) => o.values_mut().for_each(unhash),
+            _ => {}
+        }
+    }
+    unhash(&mut d);
+    if let Some(labels) = d["metadata"].get_mut("labels").and_then(Value::as_object_mut) {
+        for l in HELM_LABELS {
+            labels.remove(l);
+        }
+    }
+    let generated = d["kind"] == "Secret"
+        || (d["kind"] == "ConfigMap" && d["metadata"]["name"] == "pod-identity-exchange-ca");
+    if generated && let Some(data) = d.get_mut("data").and_then(Value::as_object_mut) {
+        // Key material differs per run: compare which keys there are.
+        for v in data.values_mut() {
+            *v = Value::Null;
+        }
+    }
+    if d["kind"] == "Secret"
+        && let Some(data) = d.get_mut("data").and_then(Value::as_object_mut)
+    {
+        data.remove("ca.crt");
+    }
+    if d["kind"] == "MutatingWebhookConfiguration" && d["webhooks"][0]["clientConfig"]["caBundle"].is_string()
+    {
+        d["webhooks"][0]["clientConfig"]["caBundle"] = "CA".into();
+    }
+    if d["kind"] == "CustomResourceDefinition" {
+        d["metadata"] = json!({"name": d["metadata"]["name"]});
+    }
+    d
+}
+
+fn by_identity(docs: Vec<Value>) -> BTreeMap<String, Value> {
+    docs.into_iter()
+        .map(|d| {
+            let d = normalize(d);
+            let key = format!(
+                "{}/{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["namespace"].as_str().unwrap_or(""),
+                d["metadata"]["name"].as_str().unwrap()
+            );
+            (key, d)
+        })
+        .collect()
+}
+
+/// One source of truth: with the overlays' settings (settings.env, config.env), the chart
+/// renders exactly the objects `manifests/` + `manifests/agent` render (certificates from
+/// `certs` there, from the chart here) and `manifests/cert-manager` + `manifests/agent`
+/// (certificate mode cert-manager), object by object.
+#[test]
+fn chart_renders_the_objects_the_overlays_render() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("manifests");
+    copy_dir(&repo().join("manifests"), &m);
+    std::fs::write(
+        m.join("settings/settings.env"),
+        "IMAGE=pod-identity-webhook:0.1.0\nAPI_SERVER_CIDR=192.0.2.10/32\nNODE_CIDR=198.51.100.0/24\n",
+    )
+    .unwrap();
+    for overlay in ["tls", "agent/tls"] {
+        let out = Command::new(BIN)
+            .args(["certs", "--out"])
+            .arg(m.join(overlay))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let agent = try_kustomize(&m.join("agent")).unwrap();
+    let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
+    for (overlay, mode) in [("", "helm"), ("cert-manager", "cert-manager")] {
+        let mut overlays = try_kustomize(&m.join(overlay)).unwrap();
+        overlays.extend(agent.clone());
+        let values = json!({"certificates": {"mode": mode}, "networkPolicies": cidrs});
+        let r = render(&values);
+        let mut chart_docs = r.docs.clone();
+        for c in &r.crds {
+            chart_docs.push(serde_yaml::from_str(c).unwrap());
+        }
+        let ours = by_identity(chart_docs);
+        let theirs = by_identity(overlays);
+        let a: BTreeSet<&String> = ours.keys().collect();
+        let b: BTreeSet<&String> = theirs.keys().collect();
+        assert_eq!(
+            a, b,
+            "{mode}: the chart and manifests/{overlay} + manifests/agent hold different objects"
+        );
+        for (key, want) in &theirs {
+            assert_eq!(
+                &ours[key],
+                want,
+                "{mode}: {key} differs from manifests/{overlay}:\nchart: {}\nkustomize: {}",
+                serde_json::to_string_pretty(&ours[key]).unwrap(),
+                serde_json::to_string_pretty(want).unwrap()
+            );
+        }
+    }
+}
+
+/// The checks catch a chart that breaks Pod Security: a webhook that may escalate privileges
+/// (a template edit), and the agent put in the restricted namespace (a value).
+#[test]
+fn a_pod_security_violation_in_the_chart_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let loose = tmp.path().join("pod-identity");
+    copy_dir(&chart_dir(), &loose);
+    let file = loose.join("templates/webhook-deployment.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen(
+            "allowPrivilegeEscalation: false",
+            "allowPrivilegeEscalation: true",
+            1,
+        ),
+    )
+    .unwrap();
+    let docs = try_render_chart(&loose, &json!({})).unwrap().docs;
+    assert_eq!(
+        pod_security_findings(&[("chart", docs)]),
+        [
+            "chart Deployment/pod-identity-webhook in pod-identity-system (Restricted): Privilege Escalation: containers[webhook].securityContext.allowPrivilegeEscalation"
+        ]
+    );
+
+    let mut docs = render(&json!({})).docs;
+    for d in &mut docs {
+        if d["kind"] == "DaemonSet" {
+            d["metadata"]["namespace"] = "pod-identity-system".into();
+        }
+    }
+    let findings = pod_security_findings(&[("chart", docs)]);
+    assert!(
+        findings.iter().any(|f| f
+            .contains("DaemonSet/pod-identity-agent in pod-identity-system (Restricted): Host Namespaces")),
+        "{findings:?}"
+    );
+    // The values cannot put it there: one namespace cannot be both privileged and restricted.
+    let e = try_render_chart(
+        &chart_dir(),
+        &json!({"namespaces": {"agent": "pod-identity-system"}}),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.contains("namespaces.agent must differ from namespaces.system"),
+        "{e}"
+    );
+}
+
+/// A caBundle that is not the serving certificate's CA is caught: the caBundle of one install
+/// with the Secret of another, and a Secret whose CA is not the caBundle.
+#[test]
+fn a_ca_bundle_that_does_not_match_the_serving_certificate_is_caught() {
+    let values = json!({});
+    let a = render(&values).docs;
+    let b = render(&values).docs;
+    certificate_findings(&values, &a).unwrap();
+    let other_ca = find(&b, "MutatingWebhookConfiguration", "pod-identity-webhook")["webhooks"][0]["clientConfig"]["caBundle"].clone();
+    let mut swapped = a.clone();
+    for d in &mut swapped {
+        if d["kind"] == "MutatingWebhookConfiguration" {
+            d["webhooks"][0]["clientConfig"]["caBundle"] = other_ca.clone();
+        }
+        if d["kind"] == "Secret" && d["metadata"]["name"] == "pod-identity-webhook-tls" {
+            d["data"]["ca.crt"] = other_ca.clone();
+        }
+    }
+    let e = certificate_findings(&values, &swapped).unwrap_err();
+    assert!(
+        e.contains("the caBundle does not verify the serving certificate"),
+        "{e}"
+    );
+
+    let mut exchange = a.clone();
+    let other = find(&b, "ConfigMap", "pod-identity-exchange-ca")["data"].clone();
+    for d in &mut exchange {
+        if d["kind"] == "ConfigMap" && d["metadata"]["name"] == "pod-identity-exchange-ca" {
+            d["data"] = other.clone();
+        }
+    }
+    let e = certificate_findings(&values, &exchange).unwrap_err();
+    assert!(e.contains("the agents' CA does not verify the exchange"), "{e}");
+}
+
+/// Wrong values fail at install with the schema's message, naming the value; `helm lint`
+/// reports the same.
+#[test]
+fn bad_values_fail_with_the_schemas_message() {
+    for (values, message) in [
+        (
+            json!({"provider": "gke"}),
+            "at '/provider': value must be one of 'cce', 'eks'",
+        ),
+        (
+            json!({"tokenExpiration": -1}),
+            "at '/tokenExpiration': minimum: got -1, want 600",
+        ),
+        (
+            json!({"tokenExpiration": "1h"}),
+            "at '/tokenExpiration': got string, want integer",
+        ),
+        (
+            json!({"certificates": {"mode": "vault"}}),
+            "at '/certificates/mode': value must be one of 'helm', 'cert-manager', 'secret'",
+        ),
+        (
+            json!({"certificates": {"mode": "secret"}}),
+            "at '/certificates/existingSecret/name': minLength: got 0, want 1",
+        ),
+        (json!({"image": {"digest": "latest"}}), "at '/image/digest'"),
+        (
+            json!({"webhook": {"replicas": 0}}),
+            "at '/webhook/replicas': minimum: got 0, want 1",
+        ),
+        (
+            json!({"webhook": {"timeoutSeconds": 31}}),
+            "at '/webhook/timeoutSeconds': maximum: got 31, want 30",
+        ),
+        (
+            json!({"networkPolicies": {"apiServerCIDR": "the api server"}}),
+            "at '/networkPolicies/apiServerCIDR'",
+        ),
+        (
+            json!({"webhok": {"enabled": false}}),
+            "additional properties 'webhok' not allowed",
+        ),
+    ] {
+        let e = try_render_chart(&chart_dir(), &values)
+            .err()
+            .unwrap_or_else(|| panic!("{values} rendered"));
+        assert!(e.starts_with("HelmValuesError"), "{values}: {e}");
+        assert!(e.contains(message), "{values}: {e}");
+        assert!(
+            lint_findings(&values).iter().any(|f| f.contains(message)),
+            "{values}"
+        );
+    }
+}
+
+/// A ServiceMonitor exactly when the Prometheus operator's API is served: none in a plain
+/// render; with the gate open (a copy where the capability holds) one per Service, scraping its
+/// port with the Secret's CA.
+#[test]
+fn service_monitors_only_with_the_prometheus_operator() {
+    let gate = r#".Capabilities.APIVersions.Has "monitoring.coreos.com/v1""#;
+    let template = std::fs::read_to_string(chart_dir().join("templates/servicemonitor.yaml")).unwrap();
+    assert_eq!(template.matches(gate).count(), 1);
+    assert!(
+        !render(&json!({}))
+            .docs
+            .iter()
+            .any(|d| d["kind"] == "ServiceMonitor")
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let open = tmp.path().join("pod-identity");
+    copy_dir(&chart_dir(), &open);
+    std::fs::write(
+        open.join("templates/servicemonitor.yaml"),
+        template.replace(gate, "true"),
+    )
+    .unwrap();
+    let docs = try_render_chart(&open, &json!({})).unwrap().docs;
+    let monitors: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ServiceMonitor").collect();
+    assert_eq!(monitors.len(), 2);
+    for m in monitors {
+        let name = m["metadata"]["name"].as_str().unwrap();
+        let svc = find(&docs, "Service", name);
+        assert_eq!(
+            m["spec"]["selector"]["matchLabels"],
+            svc["metadata"]["labels"]["app.kubernetes.io/name"]
+                .as_str()
+                .map(|n| json!({"app.kubernetes.io/name": n}))
+                .unwrap()
+        );
+        let ep = &m["spec"]["endpoints"][0];
+        assert_eq!(ep["port"], svc["spec"]["ports"][0]["name"]);
+        assert_eq!(ep["path"], "/metrics");
+        let secret = find(
+            &docs,
+            "Secret",
+            ep["tlsConfig"]["ca"]["secret"]["name"].as_str().unwrap(),
+        );
+        assert!(secret["data"]["ca.crt"].is_string(), "{name}");
+    }
+    let off = try_render_chart(&open, &json!({"metrics": {"serviceMonitor": {"enabled": false}}}))
+        .unwrap()
+        .docs;
+    assert!(!off.iter().any(|d| d["kind"] == "ServiceMonitor"));
+}
+
+/// NOTES.txt says how to opt a namespace in and create the first association; the association
+/// it shows is one the CRD accepts.
+#[test]
+fn notes_show_how_to_label_a_namespace_and_create_an_association() {
+    let notes = render(&json!({})).notes;
+    assert!(
+        notes.contains("kubectl label namespace NAMESPACE podidentity.io/injection=enabled"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("create secret generic pod-identity-iam"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("WARNING: networkPolicies.apiServerCIDR"),
+        "{notes}"
+    );
+    let start = notes.find("  apiVersion: podidentity.io/").unwrap();
+    let end = notes.find("  EOF_").unwrap();
+    let yaml = notes[start..end]
+        .replace("NAMESPACE", "demo")
+        .replace("AGENCY", "demo-agency");
+    let yaml: String = yaml
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    let obj: crd::PodIdentityAssociation = serde_yaml::from_str(&yaml).unwrap();
+    kube::core::cel::validate_cel(&obj).unwrap();
+    crd::to_association(&obj, None).unwrap();
+    let quiet = render(&json!({"networkPolicies": serde_json::from_str::<Value>(CIDRS).unwrap()})).notes;
+    assert!(!quiet.contains("WARNING"), "{quiet}");
+}
+
+/// The README's `helm install`, as written (with example values for its variables), passes the
+/// schema and renders a deployment that passes every check.
+#[test]
+fn the_readmes_helm_install_renders_a_deployment_that_passes_the_checks() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let block = crate::readme::sh_blocks(&readme, "## Deploy with Helm")
+        .join("\n")
+        .replace("\\\n", " ");
+    let install = block
+        .lines()
+        .find(|l| l.starts_with("helm install "))
+        .expect("a helm install line");
+    assert!(install.contains(" charts/pod-identity "), "{install}");
+    assert!(
+        !install.contains("--create-namespace"),
+        "the chart creates its namespaces"
+    );
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let vars = [
+        ("$REGISTRY", "registry.example.com/platform"),
+        ("$DIGEST", digest.as_str()),
+        ("$API_SERVER_CIDR", "10.0.0.0/24"),
+        ("$NODE_CIDR", "10.0.0.0/16"),
+        ("$PROJECT_ID", "project"),
+        ("$CLUSTER_ID", "cluster"),
+        ("$DOMAIN_ID", "domain"),
+    ];
+    let mut values = json!({});
+    let mut words = install.split_whitespace();
+    while let Some(w) = words.next() {
+        if w != "--set" {
+            continue;
+        }
+        let mut setting = words.next().unwrap().to_owned();
+        for (var, value) in vars {
+            setting = setting.replace(var, value);
+        }
+        assert!(!setting.contains('$'), "an unknown variable in {setting}");
+        let (path, value) = setting.split_once('=').unwrap();
+        let mut at = &mut values;
+        for key in path.split('.') {
+            at = &mut at[key];
+        }
+        *at = value.into();
+    }
+    assert_eq!(values["image"]["digest"], digest.as_str());
+    let r = render(&values);
+    check_rendering(&values, &r);
+    assert!(!r.notes.contains("WARNING"), "{}", r.notes);
+    assert_eq!(lint_findings(&values), Vec::<String>::new());
+}
