@@ -35,7 +35,10 @@ pub(super) struct ExchangeState {
     pub(super) agent: String,
     pub(super) reviewer: Arc<dyn TokenReviewer>,
     pub(super) associations: Reader,
-    pub(super) iam: Iam,
+    /// Seed 000's upstream; `None` when only seed 002 is served (its route is not either).
+    pub(super) iam: Option<Iam>,
+    /// Seed 002's settings and STS; `None` when it is not served.
+    pub(super) eks: Option<super::eks::Eks>,
     pub(super) metrics: Arc<ExchangeMetrics>,
     /// IAM calls per pod service account.
     pub(super) budgets: KeyedBuckets<(String, String)>,
@@ -48,8 +51,8 @@ pub(super) struct ExchangeState {
 }
 
 /// An accepted caller: the agent on `node`.
-struct Caller {
-    node: String,
+pub(super) struct Caller {
+    pub(super) node: String,
 }
 
 /// An answer given for a pod token, and what it may be given again for.
@@ -107,14 +110,18 @@ async fn answer(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Bytes, Refusal> {
-    if project_id != s.project_id || cluster_id != s.cluster_id {
+    let Some(iam) = s
+        .iam
+        .as_ref()
+        .filter(|_| project_id == s.project_id && cluster_id == s.cluster_id)
+    else {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             "CCE.01404001",
             Reason::UnknownCluster,
             format!("cluster {cluster_id} of project {project_id} is not served here"),
         ));
-    }
+    };
     let caller = authenticate(s, seen, headers).await?;
     let token = pod_token(body)?;
     let hash = TokenHash::of(&token);
@@ -207,7 +214,7 @@ async fn answer(
         .take((namespace.to_owned(), service_account.to_owned()))
         .map_err(|wait| rate_limited(namespace, service_account, wait))?;
     let session = iam::session_name(&s.cluster_id, pod_name);
-    let result = s.iam.assume(agency, &session).await;
+    let result = iam.assume(agency, &session).await;
     s.metrics.iam(result.is_ok());
     let creds = result.map_err(|e| iam_failed(agency, e))?;
     tracing::info!(
@@ -218,7 +225,7 @@ async fn answer(
         agency,
         "agency credentials issued"
     );
-    let domain = s.iam.domain_label();
+    let domain = iam.domain_label();
     let issued = Credentials {
         assumed_agency: Some(AssumedAgency {
             urn: format!("sts::{domain}::assumed-agency:{agency}/{session}"),
@@ -247,7 +254,11 @@ async fn answer(
 
 /// The caller's `X-Auth-Token`, reviewed for the exchange's audience: it must be the agents'
 /// service account, bound to a node.
-async fn authenticate(s: &ExchangeState, seen: &mut Seen, headers: &HeaderMap) -> Result<Caller, Refusal> {
+pub(super) async fn authenticate(
+    s: &ExchangeState,
+    seen: &mut Seen,
+    headers: &HeaderMap,
+) -> Result<Caller, Refusal> {
     let token = headers
         .get(AUTH_TOKEN)
         .and_then(|v| v.to_str().ok())
@@ -333,7 +344,7 @@ fn pod_token(body: &[u8]) -> Result<String, Refusal> {
     }
 }
 
-fn no_node_binding(whose: &str) -> Refusal {
+pub(super) fn no_node_binding(whose: &str) -> Refusal {
     Refusal::new(
         StatusCode::FORBIDDEN,
         "CCE.01403003",
@@ -345,7 +356,7 @@ fn no_node_binding(whose: &str) -> Refusal {
     )
 }
 
-fn unavailable(e: review::ReviewError) -> Refusal {
+pub(super) fn unavailable(e: review::ReviewError) -> Refusal {
     let mut r = Refusal::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "CCE.01503001",
@@ -357,7 +368,7 @@ fn unavailable(e: review::ReviewError) -> Refusal {
     r
 }
 
-fn rate_limited(namespace: &str, service_account: &str, wait: Duration) -> Refusal {
+pub(super) fn rate_limited(namespace: &str, service_account: &str, wait: Duration) -> Refusal {
     let mut r = Refusal::new(
         StatusCode::TOO_MANY_REQUESTS,
         "CCE.01429001",

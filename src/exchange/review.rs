@@ -96,6 +96,8 @@ const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 /// The `user.extra` key naming the node of that pod (Kubernetes 1.30+, where the API server
 /// puts the node into projected tokens).
 const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+/// The `user.extra` key with the uid of that pod.
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
 /// Who holds an authenticated token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +105,7 @@ pub(crate) struct Holder {
     /// `system:serviceaccount:<namespace>:<name>` for a service account.
     pub(crate) username: String,
     pub(crate) pod: Option<String>,
+    pub(crate) pod_uid: Option<String>,
     pub(crate) node: Option<String>,
 }
 
@@ -130,6 +133,7 @@ pub(crate) fn holder(review: TokenReview, audience: &str) -> Result<Holder, Stri
     let mut first = |key: &str| extra.remove(key).and_then(|v| v.into_iter().next());
     Ok(Holder {
         pod: first(POD_NAME),
+        pod_uid: first(POD_UID),
         node: first(NODE_NAME),
         username: user.username.unwrap_or_default(),
     })

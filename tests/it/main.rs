@@ -8,6 +8,7 @@ mod abuse;
 mod agent;
 mod bad_input;
 mod cli;
+mod eks_auth;
 mod exchange;
 mod kubernetes;
 mod manifests;

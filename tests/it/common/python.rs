@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-const PACKAGES: [&str; 2] = ["huaweicloudsdkcore", "botocore"];
+/// The SDKs, boto3 (botocore's `eks-auth` client) and moto's server mode (an independent STS).
+const PACKAGES: [&str; 4] = ["huaweicloudsdkcore", "botocore", "boto3", "moto[server]"];
 
 static SETUP: Mutex<()> = Mutex::new(());
 
@@ -23,8 +24,10 @@ fn venv(name: &str, packages: &[&str], ready: impl Fn(&Path) -> bool) -> PathBuf
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "python3 -m venv failed");
-        let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
+        // `python -m pip`, not `bin/pip`: a venv copied from elsewhere keeps its scripts'
+        // shebangs, and its `pip` would install into the original.
+        let ok = Command::new(venv.join("bin/python"))
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
             .args(packages)
             .status()
             .is_ok_and(|s| s.success());
@@ -42,7 +45,7 @@ fn runs(program: &Path, args: &[&str]) -> bool {
 
 /// The venv's python with the SDKs installed.
 pub fn sdk_python() -> PathBuf {
-    let check = ["-c", "import huaweicloudsdkcore, botocore"];
+    let check = ["-c", "import huaweicloudsdkcore, botocore, boto3, moto.server"];
     venv("sdk-venv", &PACKAGES, |v| runs(&v.join("bin/python"), &check)).join("bin/python")
 }
 
