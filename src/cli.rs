@@ -182,6 +182,8 @@ pub enum BackendKind {
     Local,
     /// The cloud's assume-agency-for-pod-identity API (or `exchange`).
     Cce,
+    /// EKS Auth's assume-role-for-pod-identity (or `exchange --cluster-name`).
+    Eks,
 }
 
 #[derive(clap::Args)]
@@ -223,6 +225,16 @@ pub struct AgentArgs {
     pub(crate) project_id: Option<String>,
     #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
     pub(crate) cluster_id: Option<String>,
+    /// `eks`: base URL of EKS Auth (default: https://eks-auth.REGION.api.aws), or of
+    /// `exchange` (then with --auth-token-file, the agent's token, in place of SigV4).
+    #[arg(long, env = "POD_IDENTITY_EKS_ENDPOINT")]
+    pub(crate) eks_endpoint: Option<String>,
+    /// `eks`: the EKS cluster name in the request path.
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_NAME")]
+    pub(crate) cluster_name: Option<String>,
+    /// `eks`: the AWS region (of the default endpoint and of the SigV4 signature).
+    #[arg(long, env = "AWS_REGION")]
+    pub(crate) region: Option<String>,
     #[command(flatten)]
     pub(crate) auth: CloudAuthArgs,
     /// Another Host header value to answer to (besides the link-local addresses, localhost

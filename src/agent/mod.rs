@@ -17,13 +17,14 @@ use std::time::Duration;
 use crate::association::source;
 use crate::association::{Reader, store};
 use crate::cli::{AgentArgs, ArgError, BackendKind, seconds};
+use crate::cloud::auth::{CloudAuth, TokenFile};
 use crate::cluster;
 use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::{self, BindError, Limits, Listener, Shutdown};
 use crate::profile::Provider;
 use crate::sampled::Sampled;
-use backend::{Backend, CceBackend, LocalBackend};
+use backend::{Backend, CceBackend, EksBackend, LocalBackend};
 use cache::{Cache, CacheConfig};
 use metrics::AgentMetrics;
 
@@ -145,6 +146,23 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
                 &cluster,
                 args.auth.auth()?,
             )?;
+            (Arc::new(backend), None, None)
+        }
+        BackendKind::Eks => {
+            let need = |v: Option<String>, flag: &str| {
+                v.ok_or_else(|| ArgError(format!("--backend eks needs {flag}")))
+            };
+            let cluster = need(args.cluster_name, "--cluster-name")?;
+            let region = need(args.region, "--region (or AWS_REGION)")?;
+            let endpoint = args
+                .eks_endpoint
+                .unwrap_or_else(|| backend::regional_endpoint(&region));
+            let token = args
+                .auth
+                .auth_token_file
+                .clone()
+                .map(|path| CloudAuth::TokenFile(TokenFile::new(path)));
+            let backend = EksBackend::new(args.auth.client(4.0)?, &endpoint, &cluster, &region, token)?;
             (Arc::new(backend), None, None)
         }
     };

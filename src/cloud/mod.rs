@@ -11,6 +11,7 @@
 //! | [`seed003`] | IAM `assume_role` temporary credentials through an agency |
 
 pub(crate) mod auth;
+pub(crate) mod aws;
 pub(crate) mod client;
 pub(crate) mod credentials;
 pub(crate) mod error;

@@ -223,24 +223,42 @@ async fn answer(
     let cluster_arn = eks.cluster_arn(account);
     let session = session_name(&eks.cluster_name, pod_name, &random_suffix());
     let pod_uid = pod.pod_uid.clone().unwrap_or_default();
-    let tags = vec![
-        ("eks-cluster-arn", cluster_arn.clone()),
-        ("eks-cluster-name", eks.cluster_name.clone()),
-        ("kubernetes-namespace", namespace.to_owned()),
-        ("kubernetes-service-account", service_account.to_owned()),
-        ("kubernetes-pod-name", pod_name.to_owned()),
-        ("kubernetes-pod-uid", pod_uid),
-    ];
-    let call = AssumeRole {
+    let tags = match association.disable_session_tags {
+        true => Vec::new(),
+        false => vec![
+            ("eks-cluster-arn", cluster_arn),
+            ("eks-cluster-name", eks.cluster_name.clone()),
+            ("kubernetes-namespace", namespace.to_owned()),
+            ("kubernetes-service-account", service_account.to_owned()),
+            ("kubernetes-pod-name", pod_name.to_owned()),
+            ("kubernetes-pod-uid", pod_uid),
+        ],
+    };
+    let target = association.target_role_arn.as_deref();
+    let first = AssumeRole {
         role_arn,
         session_name: &session,
         tags,
-        policy: None,
+        // The session policy limits the credentials the pod gets: those of the last hop.
+        policy: association.policy.as_deref().filter(|_| target.is_none()),
         external_id: None,
     };
-    let result = eks.sts.assume(&call, None).await;
+    let result = eks.sts.assume(&first, None).await;
     s.metrics.iam(result.is_ok());
-    let assumed = result.map_err(|e| sts_failed(role_arn, e))?;
+    let mut assumed = result.map_err(|e| sts_failed(role_arn, e))?;
+    if let Some(target) = target {
+        // Role chaining: the tags are transitive, so they carry over without being sent again.
+        let chained = AssumeRole {
+            role_arn: target,
+            session_name: &session,
+            tags: Vec::new(),
+            policy: association.policy.as_deref(),
+            external_id: association.external_id.as_deref(),
+        };
+        let result = eks.sts.assume(&chained, Some(&assumed.credentials)).await;
+        s.metrics.iam(result.is_ok());
+        assumed = result.map_err(|e| sts_failed(target, e))?;
+    }
     tracing::info!(
         namespace,
         service_account,

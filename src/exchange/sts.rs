@@ -4,29 +4,12 @@
 //! Why not `aws-sdk-sts`: the SDK (with `aws-config` and its HTTPS stack) would double this
 //! crate's dependency build on a small machine for one form POST and a few XML fields.
 
-use std::time::SystemTime;
-
 use aws_credential_types::Credentials as AwsCredentials;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
 use reqwest::Url;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+use crate::cloud::aws;
 use crate::cloud::client::{ClientError, Upstream, endpoint_url};
 use crate::cloud::{Credentials, UpstreamError};
-
-/// The exchange's own AWS credentials: the environment's `AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY` and (optional) `AWS_SESSION_TOKEN`, read on every call so rotated
-/// values are used.
-fn env_credentials() -> Result<AwsCredentials, UpstreamError> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-        (Some(ak), Some(sk)) => Ok(AwsCredentials::new(ak, sk, var("AWS_SESSION_TOKEN"), None, "env")),
-        _ => Err(UpstreamError::Local(
-            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
-        )),
-    }
-}
 
 /// One `AssumeRole` call.
 #[derive(Debug, Default)]
@@ -75,13 +58,7 @@ impl Sts {
 
     /// Signs with this access key instead of the environment's.
     pub fn with_key(mut self, access_key_id: &str, secret_access_key: &str) -> Self {
-        self.key = Some(AwsCredentials::new(
-            access_key_id,
-            secret_access_key,
-            None,
-            None,
-            "fixed",
-        ));
+        self.key = Some(aws::fixed(access_key_id, secret_access_key));
         self
     }
 
@@ -101,58 +78,24 @@ impl Sts {
             ),
             None => match &self.key {
                 Some(k) => k.clone(),
-                None => env_credentials()?,
+                None => aws::env_credentials()?,
             },
         };
         let body = form(call, self.duration);
-        let headers = self.signed(&identity, body.as_bytes())?;
+        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+        let headers = aws::signed_headers(
+            &identity,
+            &self.region,
+            "sts",
+            &self.url,
+            content_type,
+            body.as_bytes(),
+        )?;
         let xml = self
             .client
             .post(&self.url, headers, body.into_bytes(), 200)
             .await?;
         parse(&String::from_utf8_lossy(&xml))
-    }
-
-    fn signed(&self, identity: &AwsCredentials, body: &[u8]) -> Result<HeaderMap, UpstreamError> {
-        let local =
-            |e: &dyn std::fmt::Display| UpstreamError::Local(format!("cannot sign the STS call: {e}"));
-        let identity = identity.clone().into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("sts")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| local(&e))?
-            .into();
-        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-        let host = host(&self.url);
-        let unsigned = [("content-type", content_type), ("host", host.as_str())];
-        let request = SignableRequest::new(
-            "POST",
-            self.url.as_str(),
-            unsigned.into_iter(),
-            SignableBody::Bytes(body),
-        )
-        .map_err(|e| local(&e))?;
-        let (instructions, _) = sign(request, &params).map_err(|e| local(&e))?.into_parts();
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        for (name, value) in instructions.headers() {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| local(&e))?;
-            headers.insert(name, HeaderValue::from_str(value).map_err(|e| local(&e))?);
-        }
-        Ok(headers)
-    }
-}
-
-/// `host[:port]` as the request carries it.
-fn host(url: &Url) -> String {
-    let h = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(p) => format!("{h}:{p}"),
-        None => h.to_owned(),
     }
 }
 

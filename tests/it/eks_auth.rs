@@ -1,7 +1,8 @@
 //! Seed 002 served by the exchange: botocore's own `eks-auth` client (boto3, from PyPI) against
 //! it, with TokenReview on the stand-in API server and STS played by a recording stand-in (to
 //! see the exact session name, tags and signature) or by moto's server mode (an independent
-//! implementation of `AssumeRole`).
+//! implementation of `AssumeRole`); and the agent's `eks` backend against a stand-in of AWS's
+//! EKS Auth (its SigV4 checked with botocore's signer) and, end to end, against the exchange.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +12,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use pod_identity_webhook::testing::{Reader, file};
+use pod_identity_webhook::agent::backend::{Backend, EksBackend};
+use pod_identity_webhook::profile::Provider;
+use pod_identity_webhook::testing::{CloudAuth, Reader, TokenFile, file, http_client};
 use serde_json::{Value, json};
 
 use crate::common::agents::*;
@@ -22,7 +25,12 @@ const EKS_AUD: &str = "pods.eks.amazonaws.com";
 const EKS_CLUSTER: &str = "edge-1";
 const APP_ROLE: &str = "arn:aws:iam::111122223333:role/app-role";
 
-/// pi-demo/app may assume `app-role`; pi-demo/worker names a role STS refuses.
+const TARGET_ROLE: &str = "arn:aws:iam::444455556666:role/target-role";
+const POLICY: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#;
+
+/// pi-demo/app may assume `app-role`; pi-demo/worker names a role STS refuses; pi-chain/app
+/// chains to `target-role`; pi-policy/app has no session tags and a session policy.
 fn associations(dir: &std::path::Path) -> Reader {
     let path = dir.join("associations.yaml");
     std::fs::write(
@@ -30,7 +38,11 @@ fn associations(dir: &std::path::Path) -> Reader {
         format!(
             "associations:\n\
              - {{namespace: pi-demo, serviceAccount: app, roleArn: \"{APP_ROLE}\", uid: a-1}}\n\
-             - {{namespace: pi-demo, serviceAccount: worker, roleArn: \"arn:aws:iam::111122223333:role/denied\"}}\n"
+             - {{namespace: pi-demo, serviceAccount: worker, roleArn: \"arn:aws:iam::111122223333:role/denied\"}}\n\
+             - {{namespace: pi-chain, serviceAccount: app, roleArn: \"{APP_ROLE}\", uid: c-1, \
+                 targetRoleArn: \"{TARGET_ROLE}\"}}\n\
+             - {{namespace: pi-policy, serviceAccount: app, roleArn: \"{APP_ROLE}\", \
+                 disableSessionTags: true, policy: '{POLICY}'}}\n"
         ),
     )
     .unwrap();
@@ -341,4 +353,303 @@ async fn moto_sts_assumes_the_associated_role() {
     let expires: jiff::Timestamp = r["credentials"]["expiration"].as_str().unwrap().parse().unwrap();
     let left = expires.as_second() - jiff::Timestamp::now().as_second();
     assert!((3500..=3700).contains(&left), "{left}");
+}
+
+/// One request EKS Auth's stand-in received.
+#[derive(Clone, Debug)]
+struct EksCall {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl EksCall {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Default)]
+struct EksStandIn {
+    calls: Arc<Mutex<Vec<EksCall>>>,
+    /// The error EKS Auth answers with, if any: its type and status.
+    error: Arc<Mutex<Option<(&'static str, u16)>>>,
+}
+
+/// A stand-in of AWS's EKS Auth: records each request and answers seed 002, or the error set.
+async fn eks_auth_standin() -> (String, EksStandIn) {
+    async fn handler(
+        State(s): State<EksStandIn>,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        s.calls.lock().unwrap().push(EksCall {
+            path: uri.path().to_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                .collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        if let Some((kind, status)) = *s.error.lock().unwrap() {
+            let body = json!({"message": format!("{kind} from the stand-in")}).to_string();
+            return (
+                StatusCode::from_u16(status).unwrap(),
+                [("x-amzn-ErrorType", kind)],
+                body,
+            )
+                .into_response();
+        }
+        let exp = jiff::Timestamp::now().as_second() + 3600;
+        let body = json!({
+            "subject": {"namespace": "pi-demo", "serviceAccount": "app"},
+            "audience": EKS_AUD,
+            "podIdentityAssociation": {"associationArn": "arn:aws:eks:us-west-2:111122223333:podidentityassociation/edge-1/a-9", "associationId": "a-9"},
+            "assumedRoleUser": {"arn": "arn:aws:sts::111122223333:assumed-role/app-role/eks-edge-1-app-1", "assumeRoleId": "AROA:eks-edge-1-app-1"},
+            "credentials": {"sessionToken": "eks-session-token", "secretAccessKey": "eks-secret", "accessKeyId": "ASIAEKS", "expiration": exp},
+        });
+        (StatusCode::OK, body.to_string()).into_response()
+    }
+    let s = EksStandIn::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/clusters/{name}/assume-role-for-pod-identity", post(handler))
+        .with_state(s.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, s)
+}
+
+/// The agent's `eks` backend towards `url`, signing with `AKIDNODE`.
+fn sigv4_backend(url: &str) -> Arc<dyn Backend> {
+    let client = http_client(None, std::time::Duration::from_secs(4)).unwrap();
+    Arc::new(
+        EksBackend::new(client, url, EKS_CLUSTER, "us-west-2", None)
+            .unwrap()
+            .with_key("AKIDNODE", "node-secret"),
+    )
+}
+
+/// botocore's SigV4 `Authorization` for the same request, key, region, service and time.
+const SIGV4_SCRIPT: &str = r#"
+import json, os
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+i = json.loads(os.environ["INPUT"])
+req = AWSRequest(method="POST", url=i["url"], data=i["body"].encode(),
+                 headers={"Content-Type": i["content_type"], "X-Amz-Date": i["date"]})
+req.context["timestamp"] = i["date"]
+auth = SigV4Auth(Credentials("AKIDNODE", "node-secret"), "eks-auth", "us-west-2")
+canonical = auth.canonical_request(req)
+signature = auth.signature(auth.string_to_sign(req, canonical), req)
+signed = auth.signed_headers(auth.headers_to_sign(req))
+print(f"AWS4-HMAC-SHA256 Credential={auth.scope(req)}, SignedHeaders={signed}, Signature={signature}")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_eks_requests_verify_with_botocores_sigv4_signer() {
+    let (url, eks) = eks_auth_standin().await;
+    let agent = start_agent(Provider::Eks, sigv4_backend(&url), |_| {}).await;
+    let token = pod_token("pi-demo", "app", "app-1", EKS_AUD);
+    let r = reqwest::Client::new()
+        .get(&agent.url)
+        .header("Authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["AccessKeyId"], "ASIAEKS");
+    assert_eq!(body["Token"], "eks-session-token");
+    assert_eq!(body["AccountId"], "111122223333");
+    let call = eks.calls.lock().unwrap()[0].clone();
+    assert_eq!(call.path, "/clusters/edge-1/assume-role-for-pod-identity");
+    assert_eq!(
+        serde_json::from_str::<Value>(&call.body).unwrap(),
+        json!({"token": token})
+    );
+    let input = json!({
+        "url": format!("{url}{}", call.path),
+        "body": call.body,
+        "content_type": call.header("content-type").unwrap(),
+        "date": call.header("x-amz-date").unwrap(),
+    })
+    .to_string();
+    let want = tokio::task::spawn_blocking(move || python::run(SIGV4_SCRIPT, &[("INPUT", &input)]))
+        .await
+        .unwrap();
+    let got = call.header("authorization").unwrap();
+    assert!(got.contains("/us-west-2/eks-auth/aws4_request"), "{got}");
+    assert_eq!(got, want.trim());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_eks_auth_error_reaches_the_sdk_as_the_cache_treats_it() {
+    let (url, eks) = eks_auth_standin().await;
+    let agent = start_agent(Provider::Eks, sigv4_backend(&url), |_| {}).await;
+    // 400s and 404 evict (the agent's 403 and 404); the rest are transient and kept as is.
+    for (n, (kind, status, agent_status)) in [
+        ("InvalidTokenException", 400, 403),
+        ("ExpiredTokenException", 400, 403),
+        ("AccessDeniedException", 400, 403),
+        ("ResourceNotFoundException", 404, 404),
+        ("ThrottlingException", 429, 429),
+        ("InternalServerException", 500, 500),
+        ("ServiceUnavailableException", 503, 503),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        *eks.error.lock().unwrap() = Some((kind, status));
+        let token = pod_token("pi-demo", "app", &format!("app-{n}"), EKS_AUD);
+        let r = reqwest::Client::new()
+            .get(&agent.url)
+            .header("Authorization", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), agent_status, "{kind}");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains(&format!("{kind} from the stand-in")),
+            "{kind}: {text}"
+        );
+    }
+}
+
+/// botocore's container credential provider → agent (`eks` backend, its token as
+/// `X-Auth-Token`) → exchange (seed 002) → TokenReview stand-in + recording STS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_from_botocore_through_the_agent_to_the_exchange_and_sts() {
+    let api = StandIn::start(false).await;
+    let (sts_url, calls) = recording_sts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = start_eks_exchange(&api, &sts_url, EKS_CLUSTER, associations(dir.path())).await;
+    let agent_token_file = dir.path().join("agent-token");
+    std::fs::write(&agent_token_file, agent_token(crate::common::NODE)).unwrap();
+    let client = http_client(None, std::time::Duration::from_secs(4)).unwrap();
+    let backend = EksBackend::new(
+        client,
+        &exchange.url,
+        EKS_CLUSTER,
+        "us-west-2",
+        Some(CloudAuth::TokenFile(TokenFile::new(agent_token_file))),
+    )
+    .unwrap();
+    let agent = start_agent(Provider::Eks, Arc::new(backend), |_| {}).await;
+    let pod_token_file = dir.path().join("eks-pod-identity-token");
+    std::fs::write(&pod_token_file, pod_token("pi-demo", "app", "app-7f9c", EKS_AUD)).unwrap();
+    const SCRIPT: &str = r#"
+import json
+from botocore.credentials import ContainerProvider
+c = ContainerProvider().load()
+f = c.get_frozen_credentials()
+print(json.dumps({"ak": f.access_key, "sk": f.secret_key, "token": f.token, "method": c.method}))
+"#;
+    let env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent.url.clone()),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            pod_token_file.to_str().unwrap().to_owned(),
+        ),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        python::run(SCRIPT, &env)
+    })
+    .await
+    .unwrap();
+    let parsed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        parsed,
+        json!({"ak": "ASIASTAND", "sk": "sts-secret", "token": "sts-session-token", "method": "container-role"})
+    );
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].get("RoleArn"), Some(APP_ROLE));
+    // The agent's token, then the pod's.
+    assert_eq!(api.reviews_for("pod-identity-exchange"), 1);
+    assert_eq!(api.reviews_for(EKS_AUD), 1);
+}
+
+/// Runs botocore's `eks-auth` call for `pod` of `namespace/app` against `exchange`.
+async fn call_as_app(exchange: &RunningExchange, namespace: &str, pod: &str) -> Value {
+    let token = pod_token(namespace, "app", pod, EKS_AUD);
+    let agent = agent_token(crate::common::NODE);
+    let url = exchange.url.clone();
+    let mut out = tokio::task::spawn_blocking(move || botocore(&url, Some(&agent), EKS_CLUSTER, &[&token]))
+        .await
+        .unwrap();
+    out.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_role_chaining_and_a_session_policy_without_tags_reach_sts() {
+    let api = StandIn::start(false).await;
+    let (sts_url, calls) = recording_sts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = start_eks_exchange(&api, &sts_url, EKS_CLUSTER, associations(dir.path())).await;
+    let out = call_as_app(&exchange, "pi-chain", "chain-1").await;
+    assert_eq!(
+        out["ok"]["assumedRoleUser"]["arn"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .nth(1),
+        Some("target-role"),
+        "{out}"
+    );
+    {
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 2);
+        let (first, second) = (&calls[0], &calls[1]);
+        assert_eq!(first.get("RoleArn"), Some(APP_ROLE));
+        assert_eq!(first.get("Tags.member.3.Value"), Some("pi-chain"));
+        assert_eq!(first.get("ExternalId"), None);
+        // The target role, with the first session's key and the association's external id;
+        // the transitive tags are not sent again.
+        assert_eq!(second.get("RoleArn"), Some(TARGET_ROLE));
+        assert_eq!(second.get("ExternalId"), Some("c-1"));
+        assert_eq!(second.get("RoleSessionName"), first.get("RoleSessionName"));
+        assert_eq!(second.get("Tags.member.1.Key"), None);
+        assert!(
+            second
+                .authorization
+                .starts_with("AWS4-HMAC-SHA256 Credential=ASIASTAND/"),
+            "{}",
+            second.authorization
+        );
+    }
+    let out = call_as_app(&exchange, "pi-policy", "policy-1").await;
+    assert!(out["ok"].is_object(), "{out}");
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[2].get("Policy"), Some(POLICY));
+    assert_eq!(calls[2].get("Tags.member.1.Key"), None);
+    assert_eq!(calls[2].get("TransitiveTagKeys.member.1"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_sts_chains_to_the_target_role() {
+    let api = StandIn::start(false).await;
+    let sts = moto().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = start_eks_exchange(&api, &sts.url, EKS_CLUSTER, associations(dir.path())).await;
+    let out = call_as_app(&exchange, "pi-chain", "chain-1").await;
+    let arn = out["ok"]["assumedRoleUser"]["arn"].as_str().unwrap_or_default();
+    assert!(
+        arn.starts_with("arn:aws:sts::444455556666:assumed-role/target-role/eks-edge-1-chain-1-"),
+        "{out}"
+    );
+    assert!(
+        out["ok"]["credentials"]["accessKeyId"]
+            .as_str()
+            .unwrap()
+            .starts_with("ASIA")
+    );
 }
