@@ -18,7 +18,7 @@ use super::metrics::{ExchangeMetrics, Token};
 use super::recent::Recent;
 use super::refusal::{Reason, Refusal, SampledLog, Seen};
 use super::review::{self, Holder, TokenReviewer};
-use crate::association::Reader;
+use crate::association::{Association, Reader};
 use crate::budget::{KeyedBuckets, TokenHash};
 use crate::cloud::error::CloudError;
 use crate::cloud::seed000::{AssumeAgencyRequest, AssumedAgency, Subject};
@@ -75,11 +75,22 @@ pub(super) async fn assume(
     body: Bytes,
 ) -> Response {
     let mut seen = Seen::default();
-    let resp = match answer(&s, &mut seen, &project_id, &cluster_id, &headers, &body).await {
-        Ok(body) => http::json(StatusCode::OK, body.to_vec()),
+    let result = answer(&s, &mut seen, &project_id, &cluster_id, &headers, &body).await;
+    respond(&s, &seen, result.map(|b| b.to_vec()), refuse)
+}
+
+/// The answer, or the refusal counted, logged and put in the API's shape by `refuse`.
+pub(super) fn respond(
+    s: &ExchangeState,
+    seen: &Seen,
+    result: Result<Vec<u8>, Refusal>,
+    refuse: fn(&Refusal) -> Response,
+) -> Response {
+    let resp = match result {
+        Ok(body) => http::json(StatusCode::OK, body),
         Err(refusal) => {
             s.metrics.refusal(refusal.reason);
-            s.refusals.log(&refusal, &seen);
+            s.refusals.log(&refusal, seen);
             refuse(&refusal)
         }
     };
@@ -141,67 +152,9 @@ async fn answer(
             return Ok(issued.body);
         }
     }
-    s.metrics.review(Token::Pod);
-    let review = s
-        .reviewer
-        .review(&token, CCE.audience)
-        .await
-        .map_err(unavailable)?;
-    let pod = review::holder(review, CCE.audience).map_err(|why| {
-        Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "CCE.01401001",
-            Reason::PodTokenInvalid,
-            format!(
-                "invalid service account token: not a valid, unexpired token for audience {}",
-                CCE.audience
-            ),
-        )
-        .detail(why)
-    })?;
-    seen.subject = Some(pod.username.clone());
-    let Some((namespace, service_account)) = pod.service_account() else {
-        return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "CCE.01401003",
-            Reason::PodTokenInvalid,
-            "not a service account token",
-        ));
-    };
-    let Some(pod_name) = pod.pod.as_deref() else {
-        return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "CCE.01401004",
-            Reason::NotPodBound,
-            "the token is not bound to a pod (use a projected token)",
-        ));
-    };
-    let Some(node) = pod.node.as_deref() else {
-        return Err(no_node_binding("the pod's token"));
-    };
-    if node != caller.node {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "CCE.01403002",
-            Reason::OtherNode,
-            "the pod's token was issued for a pod on another node than the calling agent's; \
-             each node's agent redeems only its own pods' tokens",
-        )
-        .detail(format!("pod on {node}, agent on {}", caller.node)));
-    }
-    let association = s
-        .associations
-        .load()
-        .get(namespace, service_account)
-        .cloned()
-        .ok_or_else(|| {
-            Refusal::new(
-                StatusCode::NOT_FOUND,
-                "CCE.01404002",
-                Reason::NoAssociation,
-                format!("no pod identity association for {namespace}/{service_account}"),
-            )
-        })?;
+    let pod = redeem(s, seen, &token, CCE.audience, &caller).await?;
+    let (namespace, service_account) = (pod.namespace.as_str(), pod.service_account.as_str());
+    let (pod_name, node, association) = (pod.pod.as_str(), pod.node.as_str(), &pod.association);
     let Some(agency) = association.agency_name.as_deref() else {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
@@ -250,6 +203,92 @@ async fn answer(
         },
     );
     Ok(body)
+}
+
+/// A pod's token, reviewed: a service account's, bound to a pod on the caller's node, with an
+/// association.
+pub(super) struct Pod {
+    pub(super) namespace: String,
+    pub(super) service_account: String,
+    pub(super) pod: String,
+    pub(super) pod_uid: Option<String>,
+    pub(super) node: String,
+    pub(super) association: Arc<Association>,
+}
+
+/// Reviews the pod's `token` for `audience` and finds what it may be redeemed for.
+pub(super) async fn redeem(
+    s: &ExchangeState,
+    seen: &mut Seen,
+    token: &str,
+    audience: &str,
+    caller: &Caller,
+) -> Result<Pod, Refusal> {
+    s.metrics.review(Token::Pod);
+    let review = s.reviewer.review(token, audience).await.map_err(unavailable)?;
+    let pod = review::holder(review, audience).map_err(|why| {
+        Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "CCE.01401001",
+            Reason::PodTokenInvalid,
+            format!(
+                "invalid service account token: not a valid, unexpired token for audience {}",
+                audience
+            ),
+        )
+        .detail(why)
+    })?;
+    seen.subject = Some(pod.username.clone());
+    let Some((namespace, service_account)) = pod.service_account() else {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "CCE.01401003",
+            Reason::PodTokenInvalid,
+            "not a service account token",
+        ));
+    };
+    let Some(pod_name) = pod.pod.as_deref() else {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "CCE.01401004",
+            Reason::NotPodBound,
+            "the token is not bound to a pod (use a projected token)",
+        ));
+    };
+    let Some(node) = pod.node.as_deref() else {
+        return Err(no_node_binding("the pod's token"));
+    };
+    if node != caller.node {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "CCE.01403002",
+            Reason::OtherNode,
+            "the pod's token was issued for a pod on another node than the calling agent's; \
+             each node's agent redeems only its own pods' tokens",
+        )
+        .detail(format!("pod on {node}, agent on {}", caller.node)));
+    }
+    let association = s
+        .associations
+        .load()
+        .get(namespace, service_account)
+        .cloned()
+        .ok_or_else(|| {
+            Refusal::new(
+                StatusCode::NOT_FOUND,
+                "CCE.01404002",
+                Reason::NoAssociation,
+                format!("no pod identity association for {namespace}/{service_account}"),
+            )
+        })?;
+    Ok(Pod {
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+        pod: pod_name.to_owned(),
+        pod_uid: pod.pod_uid.clone(),
+        node: node.to_owned(),
+        association,
+    })
 }
 
 /// The caller's `X-Auth-Token`, reviewed for the exchange's audience: it must be the agents'

@@ -15,10 +15,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
 
-use super::assume::{ExchangeState, authenticate, no_node_binding, rate_limited, unavailable};
-use super::metrics::Token;
+use super::assume::{ExchangeState, authenticate, rate_limited, redeem, respond};
 use super::refusal::{Reason, Refusal, Seen};
-use super::review;
 use super::sts::{self, AssumeRole, Sts};
 use crate::cloud::UpstreamError;
 use crate::cloud::seed002::{
@@ -58,16 +56,8 @@ pub(super) async fn assume_role(
     body: Bytes,
 ) -> Response {
     let mut seen = Seen::default();
-    let resp = match answer(&s, &mut seen, &cluster_name, &headers, &body).await {
-        Ok(body) => http::json(StatusCode::OK, body),
-        Err(refusal) => {
-            s.metrics.refusal(refusal.reason);
-            s.refusals.log(&refusal, &seen);
-            refuse(&refusal)
-        }
-    };
-    s.metrics.response(resp.status().as_u16());
-    resp
+    let result = answer(&s, &mut seen, &cluster_name, &headers, &body).await;
+    respond(&s, &seen, result, refuse)
 }
 
 /// EKS Auth's error shape (REST-JSON): `x-amzn-ErrorType` and `{"__type", "message"}`, with the
@@ -153,61 +143,10 @@ async fn answer(
         }
     };
     seen.pod_token = Some(crate::budget::TokenHash::of(&token));
-    s.metrics.review(Token::Pod);
-    let review = s
-        .reviewer
-        .review(&token, EKS.audience)
-        .await
-        .map_err(unavailable)?;
-    let invalid = |message: String| {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidTokenException",
-            Reason::PodTokenInvalid,
-            message,
-        )
-    };
-    let pod = review::holder(review, EKS.audience).map_err(|why| {
-        invalid(format!(
-            "the token is not a valid, unexpired service account token for audience {}",
-            EKS.audience
-        ))
-        .detail(why)
-    })?;
-    seen.subject = Some(pod.username.clone());
-    let Some((namespace, service_account)) = pod.service_account() else {
-        return Err(invalid("not a service account token".into()));
-    };
-    let Some(pod_name) = pod.pod.as_deref() else {
-        let mut r = invalid("the token is not bound to a pod (use a projected token)".into());
-        r.reason = Reason::NotPodBound;
-        return Err(r);
-    };
-    let Some(node) = pod.node.as_deref() else {
-        return Err(no_node_binding("the pod's token"));
-    };
-    if node != caller.node {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "AccessDeniedException",
-            Reason::OtherNode,
-            "the pod's token was issued for a pod on another node than the calling agent's",
-        )
-        .detail(format!("pod on {node}, agent on {}", caller.node)));
-    }
-    let association = s
-        .associations
-        .load()
-        .get(namespace, service_account)
-        .cloned()
-        .ok_or_else(|| {
-            Refusal::new(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFoundException",
-                Reason::NoAssociation,
-                format!("no pod identity association for {namespace}/{service_account}"),
-            )
-        })?;
+    // The shared checks answer with the CCE codes; `refuse` gives EKS Auth's by reason.
+    let pod = redeem(s, seen, &token, EKS.audience, &caller).await?;
+    let (namespace, service_account) = (pod.namespace.as_str(), pod.service_account.as_str());
+    let (pod_name, node, association) = (pod.pod.as_str(), pod.node.as_str(), &pod.association);
     let Some(role_arn) = association.role_arn.as_deref() else {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,

@@ -106,6 +106,21 @@ async fn recording_sts() -> (String, Arc<Mutex<Vec<StsCall>>>) {
     (url, calls)
 }
 
+/// The exchange for `edge-1` with TokenReview on the stand-in and the recording STS (its
+/// calls), and the directory of its associations.
+async fn exchange_with_recording_sts() -> (
+    StandIn,
+    Arc<Mutex<Vec<StsCall>>>,
+    tempfile::TempDir,
+    RunningExchange,
+) {
+    let api = StandIn::start(false).await;
+    let (sts_url, calls) = recording_sts().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = start_eks_exchange(&api, &sts_url, EKS_CLUSTER, associations(dir.path())).await;
+    (api, calls, dir, exchange)
+}
+
 /// Calls `assume_role_for_pod_identity` through boto3's `eks-auth` client for each token (the
 /// agent's token as `X-Auth-Token`, added before signing as the agent's `eks` backend sends
 /// it); each result is `{"ok": response}` or `{"error": class, "code", "status"}`.
@@ -145,17 +160,9 @@ print(json.dumps(out))
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn botocore_eks_auth_gets_the_roles_credentials_with_the_eks_session_and_tags() {
-    let api = StandIn::start(false).await;
-    let (sts_url, calls) = recording_sts().await;
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = start_eks_exchange(&api, &sts_url, EKS_CLUSTER, associations(dir.path())).await;
-    let token = pod_token("pi-demo", "app", "app-7f9c", EKS_AUD);
-    let agent = agent_token(crate::common::NODE);
-    let url = exchange.url.clone();
-    let out = tokio::task::spawn_blocking(move || botocore(&url, Some(&agent), EKS_CLUSTER, &[&token]))
-        .await
-        .unwrap();
-    let r = &out[0]["ok"];
+    let (_api, calls, _dir, exchange) = exchange_with_recording_sts().await;
+    let out = call_as_app(&exchange, "pi-demo", "app-7f9c").await;
+    let r = &out["ok"];
     assert_eq!(r["credentials"]["accessKeyId"], "ASIASTAND", "{out:?}");
     assert_eq!(r["credentials"]["secretAccessKey"], "sts-secret");
     assert_eq!(r["credentials"]["sessionToken"], "sts-session-token");
@@ -231,10 +238,7 @@ async fn botocore_eks_auth_gets_the_roles_credentials_with_the_eks_session_and_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_refusal_raises_the_exception_eks_auth_would() {
-    let api = StandIn::start(false).await;
-    let (sts_url, calls) = recording_sts().await;
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = start_eks_exchange(&api, &sts_url, EKS_CLUSTER, associations(dir.path())).await;
+    let (_api, calls, _dir, exchange) = exchange_with_recording_sts().await;
     let now = jiff::Timestamp::now().as_second();
     let unbound = {
         use base64::Engine;
@@ -335,13 +339,8 @@ async fn moto_sts_assumes_the_associated_role() {
     let sts = moto().await;
     let dir = tempfile::tempdir().unwrap();
     let exchange = start_eks_exchange(&api, &sts.url, EKS_CLUSTER, associations(dir.path())).await;
-    let token = pod_token("pi-demo", "app", "app-7f9c", EKS_AUD);
-    let agent = agent_token(crate::common::NODE);
-    let url = exchange.url.clone();
-    let out = tokio::task::spawn_blocking(move || botocore(&url, Some(&agent), EKS_CLUSTER, &[&token]))
-        .await
-        .unwrap();
-    let r = &out[0]["ok"];
+    let out = call_as_app(&exchange, "pi-demo", "app-7f9c").await;
+    let r = &out["ok"];
     let key = r["credentials"]["accessKeyId"].as_str().unwrap_or_default();
     assert!(key.starts_with("ASIA") && key.len() >= 16, "{out:?}");
     assert!(!r["credentials"]["sessionToken"].as_str().unwrap().is_empty());
@@ -526,10 +525,7 @@ async fn each_eks_auth_error_reaches_the_sdk_as_the_cache_treats_it() {
 /// `X-Auth-Token`) → exchange (seed 002) → TokenReview stand-in + recording STS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_from_botocore_through_the_agent_to_the_exchange_and_sts() {
-    let api = StandIn::start(false).await;
-    let (sts_url, calls) = recording_sts().await;
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = start_eks_exchange(&api, &sts_url, EKS_CLUSTER, associations(dir.path())).await;
+    let (api, calls, dir, exchange) = exchange_with_recording_sts().await;
     let agent_token_file = dir.path().join("agent-token");
     std::fs::write(&agent_token_file, agent_token(crate::common::NODE)).unwrap();
     let client = http_client(None, std::time::Duration::from_secs(4)).unwrap();
@@ -590,10 +586,7 @@ async fn call_as_app(exchange: &RunningExchange, namespace: &str, pod: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_role_chaining_and_a_session_policy_without_tags_reach_sts() {
-    let api = StandIn::start(false).await;
-    let (sts_url, calls) = recording_sts().await;
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = start_eks_exchange(&api, &sts_url, EKS_CLUSTER, associations(dir.path())).await;
+    let (_api, calls, _dir, exchange) = exchange_with_recording_sts().await;
     let out = call_as_app(&exchange, "pi-chain", "chain-1").await;
     assert_eq!(
         out["ok"]["assumedRoleUser"]["arn"]

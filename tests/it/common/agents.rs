@@ -200,6 +200,11 @@ async fn exchange(
     .unwrap();
     let scheme = if tls { "https" } else { "http" };
     let url = format!("{scheme}://localhost:{}", exchange.local_addr().port());
+    running(exchange, url, metrics)
+}
+
+/// Runs a bound exchange until the returned handle is dropped.
+fn running(exchange: Exchange, url: String, metrics: Arc<ExchangeMetrics>) -> RunningExchange {
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(exchange.run(async {
         let _ = rx.await;
@@ -242,15 +247,7 @@ pub async fn start_eks_exchange(
         .await
         .unwrap();
     let url = format!("http://127.0.0.1:{}", exchange.local_addr().port());
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(exchange.run(async {
-        let _ = rx.await;
-    }));
-    RunningExchange {
-        url,
-        metrics,
-        stop: Some(tx),
-    }
+    running(exchange, url, metrics)
 }
 
 /// A token for `namespace/sa` in pod `pod` on the tests' node, valid for an hour, with `audience`.
