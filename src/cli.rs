@@ -185,6 +185,8 @@ pub enum BackendKind {
     Local,
     /// The cloud's assume-agency-for-pod-identity API (or `exchange`).
     Cce,
+    /// EKS Auth's assume-role-for-pod-identity (or `exchange --cluster-name`).
+    Eks,
 }
 
 #[derive(clap::Args)]
@@ -238,6 +240,16 @@ pub struct AgentArgs {
     pub(crate) project_id: Option<String>,
     #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
     pub(crate) cluster_id: Option<String>,
+    /// `eks`: base URL of EKS Auth (default: https://eks-auth.REGION.api.aws), or of
+    /// `exchange` (then with --auth-token-file, the agent's token, in place of SigV4).
+    #[arg(long, env = "POD_IDENTITY_EKS_ENDPOINT")]
+    pub(crate) eks_endpoint: Option<String>,
+    /// `eks`: the EKS cluster name in the request path.
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_NAME")]
+    pub(crate) cluster_name: Option<String>,
+    /// `eks`: the AWS region (of the default endpoint and of the SigV4 signature).
+    #[arg(long, env = "AWS_REGION")]
+    pub(crate) region: Option<String>,
     #[command(flatten)]
     pub(crate) auth: CloudAuthArgs,
     /// Another Host header value to answer to (besides the link-local addresses, localhost
@@ -287,26 +299,36 @@ pub struct ExchangeArgs {
     pub(crate) cert_dir: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
-    /// The project id in the API path this exchange answers for.
+    /// The project id in the seed 000 API path this exchange answers for (seed 000 is served
+    /// when it, --cluster-id, --iam-endpoint and --domain-id or --domain-name are given).
     #[arg(long, env = "POD_IDENTITY_PROJECT_ID")]
-    pub(crate) project_id: String,
-    /// The cluster id in the API path (and in IAM session names).
+    pub(crate) project_id: Option<String>,
+    /// The cluster id in the seed 000 API path (and in IAM session names).
     #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
-    pub(crate) cluster_id: String,
+    pub(crate) cluster_id: Option<String>,
     /// IAM endpoint, e.g. https://iam.myhuaweicloud.com
     #[arg(long, env = "POD_IDENTITY_IAM_ENDPOINT")]
-    pub(crate) iam_endpoint: String,
+    pub(crate) iam_endpoint: Option<String>,
     /// The delegating account's id (preferred) ...
-    #[arg(
-        long,
-        env = "POD_IDENTITY_DOMAIN_ID",
-        conflicts_with = "domain_name",
-        required_unless_present = "domain_name"
-    )]
+    #[arg(long, env = "POD_IDENTITY_DOMAIN_ID", conflicts_with = "domain_name")]
     pub(crate) domain_id: Option<String>,
     /// ... or name.
     #[arg(long, env = "POD_IDENTITY_DOMAIN_NAME")]
     pub(crate) domain_name: Option<String>,
+    /// The EKS cluster name: serves EKS Auth's assume-role-for-pod-identity (seed 002) for it,
+    /// assuming roles through STS with the AWS credentials of the environment
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_NAME")]
+    pub(crate) cluster_name: Option<String>,
+    /// The `eks-cluster-arn` session tag (default: arn:aws:eks:REGION:ROLE-ACCOUNT:cluster/NAME).
+    #[arg(long, env = "POD_IDENTITY_CLUSTER_ARN", requires = "cluster_name")]
+    pub(crate) cluster_arn: Option<String>,
+    /// The AWS region of STS and of the ARNs (seed 002).
+    #[arg(long, env = "AWS_REGION", requires = "cluster_name")]
+    pub(crate) region: Option<String>,
+    /// STS endpoint (default: the regional one, https://sts.REGION.amazonaws.com).
+    #[arg(long, env = "POD_IDENTITY_STS_ENDPOINT", requires = "cluster_name")]
+    pub(crate) sts_endpoint: Option<String>,
     /// Seconds a TokenReview may take, its one retry included; an API server that does not
     /// answer in time gets the caller a 503 with Retry-After.
     #[arg(long, env = "POD_IDENTITY_REVIEW_TIMEOUT", default_value_t = 1.0)]

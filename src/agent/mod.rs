@@ -18,13 +18,14 @@ use std::time::Duration;
 use crate::association::source::{self, AssociationSource};
 use crate::association::{Reader, store};
 use crate::cli::{AgentArgs, ArgError, BackendKind, seconds};
+use crate::cloud::auth::{CloudAuth, TokenFile};
 use crate::cluster;
 use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::{self, BindError, Limits, Listener, Shutdown};
 use crate::profile::Provider;
 use crate::sampled::Sampled;
-use backend::{Backend, CceBackend, LocalBackend};
+use backend::{Backend, CceBackend, EksBackend, LocalBackend};
 use cache::{Cache, CacheConfig};
 use metrics::AgentMetrics;
 pub use pods::NodePods;
@@ -162,6 +163,28 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
                 &project,
                 &cluster,
                 args.auth.auth()?,
+            )?)
+        }
+        BackendKind::Eks => {
+            let need = |v: Option<String>, flag: &str| {
+                v.ok_or_else(|| ArgError(format!("--backend eks needs {flag}")))
+            };
+            let cluster = need(args.cluster_name, "--cluster-name")?;
+            let region = need(args.region, "--region (or AWS_REGION)")?;
+            let endpoint = args
+                .eks_endpoint
+                .unwrap_or_else(|| backend::regional_endpoint(&region));
+            let token = args
+                .auth
+                .auth_token_file
+                .clone()
+                .map(|path| CloudAuth::TokenFile(TokenFile::new(path)));
+            Arc::new(EksBackend::new(
+                args.auth.client(4.0)?,
+                &endpoint,
+                &cluster,
+                &region,
+                token,
             )?)
         }
     };

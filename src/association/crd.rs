@@ -36,6 +36,8 @@ use super::{Association, AssociationSpec, Invalid, Tag};
         .message("metadata.name must be <spec.namespace>.<spec.serviceAccount>: a service account has at most one association")
 )]
 #[x_kube(validation = Rule::new("has(self.agencyName) != has(self.roleArn)").message("set exactly one of agencyName and roleArn"))]
+#[x_kube(validation = Rule::new("!has(self.policy) || (has(self.disableSessionTags) && self.disableSessionTags)").message("policy is allowed only with disableSessionTags: true"))]
+#[x_kube(validation = Rule::new("!has(self.targetRoleArn) || has(self.roleArn)").message("targetRoleArn needs roleArn"))]
 #[serde(rename_all = "camelCase")]
 pub struct PodIdentityAssociationSpec {
     /// Namespace of the service account. Immutable.
@@ -60,6 +62,17 @@ pub struct PodIdentityAssociationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), regex(pattern = r"^arn:"))]
     pub role_arn: Option<String>,
+    /// Role assumed with roleArn's credentials (eks, cross-account role chaining).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^arn:"))]
+    pub target_role_arn: Option<String>,
+    /// Assume roleArn without the six EKS session tags (eks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_session_tags: bool,
+    /// Inline session policy (JSON, eks); only with disableSessionTags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub policy: Option<String>,
     /// Resource tags (at most 20, unique keys).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
@@ -151,6 +164,9 @@ pub fn to_association(
         service_account: obj.spec.service_account.clone(),
         agency_name: obj.spec.agency_name.clone(),
         role_arn: obj.spec.role_arn.clone(),
+        target_role_arn: obj.spec.target_role_arn.clone(),
+        disable_session_tags: obj.spec.disable_session_tags,
+        policy: obj.spec.policy.clone(),
         tags: obj
             .spec
             .tags
@@ -232,6 +248,25 @@ mod tests {
             value: "payments".into(),
         }];
         assert_eq!(errors(&object("pi-demo.app", s)), "");
+    }
+
+    #[test]
+    fn cel_allows_a_policy_only_without_session_tags() {
+        let mut s = spec("pi-demo", "app");
+        s.agency_name = None;
+        s.role_arn = Some("arn:aws:iam::1:role/r".into());
+        s.policy = Some("{}".into());
+        let e = errors(&object("pi-demo.app", s.clone()));
+        assert!(
+            e.contains("policy is allowed only with disableSessionTags: true"),
+            "{e}"
+        );
+        s.disable_session_tags = true;
+        assert_eq!(errors(&object("pi-demo.app", s.clone())), "");
+        s.role_arn = None;
+        s.agency_name = Some("a".into());
+        s.target_role_arn = Some("arn:aws:iam::2:role/t".into());
+        assert!(errors(&object("pi-demo.app", s)).contains("targetRoleArn needs roleArn"));
     }
 
     #[test]

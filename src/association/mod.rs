@@ -18,6 +18,8 @@ pub use index::{Index, Reader, Writer, store};
 
 /// At most this many tags per association (the cloud API's usual cap).
 pub(crate) const MAX_TAGS: usize = 20;
+/// The longest inline session policy STS accepts (plain text).
+const MAX_POLICY: usize = 2048;
 
 /// An association as written by a user: everything but the target optional.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -36,6 +38,15 @@ pub struct AssociationSpec {
     /// The `eks` profile's name for the identity to assume.
     #[serde(default)]
     pub role_arn: Option<String>,
+    /// `eks`: the role then assumed with `roleArn`'s credentials (cross-account).
+    #[serde(default)]
+    pub target_role_arn: Option<String>,
+    /// `eks`: assume without the six session tags.
+    #[serde(default)]
+    pub disable_session_tags: bool,
+    /// `eks`: an inline session policy (JSON), only with `disableSessionTags: true`.
+    #[serde(default)]
+    pub policy: Option<String>,
     #[serde(default)]
     pub tags: Vec<Tag>,
     /// Lifetime of the pods' projected token in seconds (the webhook keeps it in the API
@@ -104,6 +115,29 @@ impl AssociationSpec {
             }
             _ => {}
         }
+        let target = self.target_role_arn.filter(|s| !s.is_empty());
+        match (&target, &role) {
+            (Some(_), None) => errs.push("targetRoleArn needs roleArn (the role that assumes it)".into()),
+            (Some(t), _) if !t.starts_with("arn:") => {
+                errs.push(format!("targetRoleArn {t:?} must be an ARN (arn:...)"))
+            }
+            _ => {}
+        }
+        let policy = self.policy.filter(|s| !s.is_empty());
+        if let Some(p) = &policy {
+            if !self.disable_session_tags {
+                errs.push("policy is allowed only with disableSessionTags: true (as in EKS)".into());
+            }
+            if role.is_none() {
+                errs.push("policy needs roleArn".into());
+            }
+            if p.len() > MAX_POLICY {
+                errs.push(format!(
+                    "policy must be at most {MAX_POLICY} characters, found {}",
+                    p.len()
+                ));
+            }
+        }
         if let Some(s) = self.token_expiration_seconds.filter(|s| *s < 1) {
             errs.push(format!(
                 "tokenExpirationSeconds {s} must be a positive number of seconds"
@@ -133,13 +167,18 @@ impl AssociationSpec {
             .uid
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| stable_uid(&self.namespace, &self.service_account));
+        let external_id = target.as_ref().map(|_| uid.clone());
         Ok(Association {
             uid,
             cluster_id: self.cluster_id,
             namespace: self.namespace,
             service_account: self.service_account,
             agency_name: agency,
+            external_id,
             role_arn: role,
+            target_role_arn: target,
+            disable_session_tags: self.disable_session_tags,
+            policy,
             tags: self.tags,
             token_expiration_seconds: self.token_expiration_seconds,
             created_at: self.created_at,
@@ -326,6 +365,39 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from: {text}");
         }
+    }
+
+    #[test]
+    fn eks_parity_fields_follow_the_eks_rules() {
+        let mut s = spec("ns", "sa");
+        s.agency_name = None;
+        s.role_arn = Some("arn:aws:iam::1:role/first".into());
+        s.target_role_arn = Some("arn:aws:iam::2:role/target".into());
+        let a = s.clone().validate().unwrap();
+        // The external id is the association's: shown in the record, checked by the target role.
+        assert_eq!(a.external_id.as_deref(), Some(a.uid.as_str()));
+        assert_eq!(a.clone().into_indexed().target_role_arn, a.target_role_arn);
+        s.policy = Some(r#"{"Version":"2012-10-17","Statement":[]}"#.into());
+        let e = s.clone().validate().unwrap_err().to_string();
+        assert!(
+            e.contains("policy is allowed only with disableSessionTags: true"),
+            "{e}"
+        );
+        s.disable_session_tags = true;
+        let a = s.clone().validate().unwrap();
+        assert!(a.disable_session_tags && a.policy.is_some());
+        s.policy = Some("x".repeat(2049));
+        assert!(
+            s.clone()
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("at most 2048")
+        );
+        let mut s = spec("ns", "sa");
+        s.target_role_arn = Some("arn:aws:iam::2:role/target".into());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("targetRoleArn needs roleArn"), "{e}");
     }
 
     #[test]

@@ -11,18 +11,12 @@
 //! | [`seed003`] | IAM `assume_role` temporary credentials through an agency |
 
 pub(crate) mod auth;
+pub(crate) mod aws;
 pub(crate) mod client;
 pub(crate) mod credentials;
 pub(crate) mod error;
 pub(crate) mod seed000;
 pub(crate) mod seed001;
-#[cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "seed 002 is served and called in the EKS Auth issue; its shapes are fixed here"
-    )
-)]
 pub(crate) mod seed002;
 pub(crate) mod seed003;
 pub mod signer;

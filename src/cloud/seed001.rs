@@ -26,6 +26,18 @@ pub struct Association {
     pub agency_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
+    /// EKS parity: the role assumed with `roleArn`'s credentials (role chaining), with
+    /// `externalId` (this association's uid), which the target role's trust policy checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_role_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// EKS parity: no session tags on the role session.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disable_session_tags: bool,
+    /// EKS parity: an inline session policy (only with session tags disabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     pub tags: Vec<Tag>,
     /// Lifetime of the pods' projected token, in place of the webhook's default.
     #[serde(skip_serializing_if = "Option::is_none")]

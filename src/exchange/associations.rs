@@ -201,6 +201,10 @@ impl ApiState {
                     })
                     .collect(),
                 token_expiration_seconds: valid.token_expiration_seconds,
+                // The EKS fields: this API (the CCE family) sets agencies only.
+                target_role_arn: None,
+                disable_session_tags: false,
+                policy: None,
             },
         };
         match self.objects.create(&PostParams::default(), &obj).await {

@@ -18,7 +18,7 @@ use super::metrics::{ExchangeMetrics, Token};
 use super::recent::Recent;
 use super::refusal::{Reason, Refusal, SampledLog, Seen, error_response};
 use super::review::{self, Holder, TokenReviewer};
-use crate::association::Reader;
+use crate::association::{Association, Reader};
 use crate::budget::{KeyedBuckets, TokenHash};
 use crate::cloud::seed000::{AssumeAgencyRequest, AssumedAgency, Subject};
 use crate::cloud::{Credentials, UpstreamError};
@@ -34,7 +34,10 @@ pub(super) struct ExchangeState {
     pub(super) agent: String,
     pub(super) reviewer: Arc<dyn TokenReviewer>,
     pub(super) associations: Reader,
-    pub(super) iam: Iam,
+    /// Seed 000's upstream; `None` when only seed 002 is served (its route is not either).
+    pub(super) iam: Option<Iam>,
+    /// Seed 002's settings and STS; `None` when it is not served.
+    pub(super) eks: Option<super::eks::Eks>,
     pub(super) metrics: Arc<ExchangeMetrics>,
     /// IAM calls per pod service account.
     pub(super) budgets: KeyedBuckets<(String, String)>,
@@ -47,8 +50,8 @@ pub(super) struct ExchangeState {
 }
 
 /// An accepted caller: the agent on `node`.
-struct Caller {
-    node: String,
+pub(super) struct Caller {
+    pub(super) node: String,
 }
 
 /// An answer given for a pod token, and what it may be given again for.
@@ -73,11 +76,22 @@ pub(super) async fn assume(
     body: Bytes,
 ) -> Response {
     let mut seen = Seen::default();
-    let resp = match answer(&s, &mut seen, &project_id, &cluster_id, &headers, &body).await {
-        Ok(body) => http::json(StatusCode::OK, body.to_vec()),
+    let result = answer(&s, &mut seen, &project_id, &cluster_id, &headers, &body).await;
+    respond(&s, &seen, result.map(|b| b.to_vec()), refuse)
+}
+
+/// The answer, or the refusal counted, logged and put in the API's shape by `refuse`.
+pub(super) fn respond(
+    s: &ExchangeState,
+    seen: &Seen,
+    result: Result<Vec<u8>, Refusal>,
+    refuse: fn(&Refusal) -> Response,
+) -> Response {
+    let resp = match result {
+        Ok(body) => http::json(StatusCode::OK, body),
         Err(refusal) => {
             s.metrics.refusal(refusal.reason);
-            s.refusals.log(&refusal, &seen);
+            s.refusals.log(&refusal, seen);
             refuse(&refusal)
         }
     };
@@ -104,14 +118,18 @@ async fn answer(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Bytes, Refusal> {
-    if project_id != s.project_id || cluster_id != s.cluster_id {
+    let Some(iam) = s
+        .iam
+        .as_ref()
+        .filter(|_| project_id == s.project_id && cluster_id == s.cluster_id)
+    else {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             "CCE.01404001",
             Reason::UnknownCluster,
             format!("cluster {cluster_id} of project {project_id} is not served here"),
         ));
-    }
+    };
     let caller = authenticate(s, seen, headers).await?;
     let token = pod_token(body)?;
     let hash = TokenHash::of(&token);
@@ -132,20 +150,93 @@ async fn answer(
             return Ok(issued.body);
         }
     }
+    let pod = redeem(s, seen, &token, CCE.audience, &caller).await?;
+    let (namespace, service_account) = (pod.namespace.as_str(), pod.service_account.as_str());
+    let (pod_name, node, association) = (pod.pod.as_str(), pod.node.as_str(), &pod.association);
+    let Some(agency) = association.agency_name.as_deref() else {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "CCE.01400002",
+            Reason::NoAgency,
+            "the association names a roleArn; this API needs an agencyName",
+        ));
+    };
+    s.budgets
+        .take((namespace.to_owned(), service_account.to_owned()))
+        .map_err(|wait| rate_limited(namespace, service_account, wait))?;
+    let session = iam::session_name(&s.cluster_id, pod_name);
+    let result = iam.assume(agency, &session).await;
+    s.metrics.iam(result.is_ok());
+    let creds = result.map_err(|e| iam_failed(agency, e))?;
+    tracing::info!(
+        namespace,
+        service_account,
+        pod = pod_name,
+        node,
+        agency,
+        "agency credentials issued"
+    );
+    let domain = iam.domain_label();
+    let issued = Credentials {
+        assumed_agency: Some(AssumedAgency {
+            urn: format!("sts::{domain}::assumed-agency:{agency}/{session}"),
+            id: format!("{domain}:{session}"),
+        }),
+        association_id: Some(association.uid.clone()),
+        subject: Some(Subject {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+        }),
+        ..creds
+    };
+    let body = Bytes::from(issued.to_body(Provider::Cce));
+    s.issued.put(
+        hash,
+        Issued {
+            node: caller.node,
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            association_uid: association.uid.clone(),
+            agency: agency.to_owned(),
+            body: body.clone(),
+        },
+    );
+    Ok(body)
+}
+
+/// A pod's token, reviewed: a service account's, bound to a pod on the caller's node, with an
+/// association.
+pub(super) struct Pod {
+    pub(super) namespace: String,
+    pub(super) service_account: String,
+    pub(super) pod: String,
+    pub(super) pod_uid: Option<String>,
+    pub(super) node: String,
+    pub(super) association: Arc<Association>,
+}
+
+/// Reviews the pod's `token` for `audience` and finds what it may be redeemed for.
+pub(super) async fn redeem(
+    s: &ExchangeState,
+    seen: &mut Seen,
+    token: &str,
+    audience: &str,
+    caller: &Caller,
+) -> Result<Pod, Refusal> {
     s.metrics.review(Token::Pod);
     let review = s
         .reviewer
-        .review(&token, Some(CCE.audience))
+        .review(token, Some(audience))
         .await
         .map_err(unavailable)?;
-    let pod = review::holder(review, Some(CCE.audience)).map_err(|why| {
+    let pod = review::holder(review, Some(audience)).map_err(|why| {
         Refusal::new(
             StatusCode::UNAUTHORIZED,
             "CCE.01401001",
             Reason::PodTokenInvalid,
             format!(
                 "invalid service account token: not a valid, unexpired token for audience {}",
-                CCE.audience
+                audience
             ),
         )
         .detail(why)
@@ -193,60 +284,23 @@ async fn answer(
                 format!("no pod identity association for {namespace}/{service_account}"),
             )
         })?;
-    let Some(agency) = association.agency_name.as_deref() else {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "CCE.01400002",
-            Reason::NoAgency,
-            "the association names a roleArn; this API needs an agencyName",
-        ));
-    };
-    s.budgets
-        .take((namespace.to_owned(), service_account.to_owned()))
-        .map_err(|wait| rate_limited(namespace, service_account, wait))?;
-    let session = iam::session_name(&s.cluster_id, pod_name);
-    let result = s.iam.assume(agency, &session).await;
-    s.metrics.iam(result.is_ok());
-    let creds = result.map_err(|e| iam_failed(agency, e))?;
-    tracing::info!(
-        namespace,
-        service_account,
-        pod = pod_name,
-        node,
-        agency,
-        "agency credentials issued"
-    );
-    let domain = s.iam.domain_label();
-    let issued = Credentials {
-        assumed_agency: Some(AssumedAgency {
-            urn: format!("sts::{domain}::assumed-agency:{agency}/{session}"),
-            id: format!("{domain}:{session}"),
-        }),
-        association_id: Some(association.uid.clone()),
-        subject: Some(Subject {
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-        }),
-        ..creds
-    };
-    let body = Bytes::from(issued.to_body(Provider::Cce));
-    s.issued.put(
-        hash,
-        Issued {
-            node: caller.node,
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-            association_uid: association.uid.clone(),
-            agency: agency.to_owned(),
-            body: body.clone(),
-        },
-    );
-    Ok(body)
+    Ok(Pod {
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+        pod: pod_name.to_owned(),
+        pod_uid: pod.pod_uid.clone(),
+        node: node.to_owned(),
+        association,
+    })
 }
 
 /// The caller's `X-Auth-Token`, reviewed for the exchange's audience: it must be the agents'
 /// service account, bound to a node.
-async fn authenticate(s: &ExchangeState, seen: &mut Seen, headers: &HeaderMap) -> Result<Caller, Refusal> {
+pub(super) async fn authenticate(
+    s: &ExchangeState,
+    seen: &mut Seen,
+    headers: &HeaderMap,
+) -> Result<Caller, Refusal> {
     let token = auth_token(headers).ok_or_else(|| {
         Refusal::new(
             StatusCode::UNAUTHORIZED,
@@ -254,7 +308,7 @@ async fn authenticate(s: &ExchangeState, seen: &mut Seen, headers: &HeaderMap) -
             Reason::NoCallerToken,
             format!(
                 "X-Auth-Token is missing: this API serves the node agents, which send their \
-                     service-account token (audience {})",
+                 service-account token (audience {})",
                 s.caller_audience
             ),
         )
@@ -336,7 +390,7 @@ fn pod_token(body: &[u8]) -> Result<String, Refusal> {
     }
 }
 
-fn no_node_binding(whose: &str) -> Refusal {
+pub(super) fn no_node_binding(whose: &str) -> Refusal {
     Refusal::new(
         StatusCode::FORBIDDEN,
         "CCE.01403003",
@@ -348,7 +402,7 @@ fn no_node_binding(whose: &str) -> Refusal {
     )
 }
 
-fn unavailable(e: review::ReviewError) -> Refusal {
+pub(super) fn unavailable(e: review::ReviewError) -> Refusal {
     let mut r = Refusal::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "CCE.01503001",
@@ -360,7 +414,7 @@ fn unavailable(e: review::ReviewError) -> Refusal {
     r
 }
 
-fn rate_limited(namespace: &str, service_account: &str, wait: Duration) -> Refusal {
+pub(super) fn rate_limited(namespace: &str, service_account: &str, wait: Duration) -> Refusal {
     let mut r = Refusal::new(
         StatusCode::TOO_MANY_REQUESTS,
         "CCE.01429001",

@@ -10,11 +10,13 @@
 
 mod associations;
 mod assume;
+pub mod eks;
 pub mod iam;
 pub mod metrics;
 mod recent;
 mod refusal;
 pub mod review;
+pub mod sts;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,11 +37,13 @@ use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::tls::ReloadingCert;
 use crate::http::{self, Limits, Listener};
+use eks::Eks;
 use iam::{Domain, Iam};
 use metrics::ExchangeMetrics;
 use recent::Recent;
 use refusal::SampledLog;
 use review::{KubeReviewer, TokenReviewer};
+use sts::Sts;
 
 /// The exchange's listener bounds: a request is a token, a few KiB at most.
 pub fn default_limits() -> Limits {
@@ -123,19 +127,17 @@ const REFUSALS_LOGGED_PER_MINUTE: u32 = 20;
 /// source, IAM with the operator's credentials; serves until SIGTERM or SIGINT.
 pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
     let cache_ttl = cache_ttl(args.cache_ttl)?;
-    let domain = match (args.domain_id, args.domain_name) {
-        (Some(id), _) => Domain::Id(id),
-        (None, Some(name)) => Domain::Name(name),
-        (None, None) => return Err(ArgError("set --domain-id or --domain-name".into()).into()),
-    };
-    let iam = Iam::new(
-        args.auth.client(2.5)?,
-        &args.iam_endpoint,
-        args.auth.auth()?,
-        domain,
-        args.duration,
-    )?;
-    let source = args.source.source(Some(args.cluster_id.clone()))?;
+    let iam = seed_000(&args)?;
+    let eks = seed_002(&args)?;
+    if iam.is_none() && eks.is_none() {
+        return Err(ArgError(
+            "set --cluster-name (EKS Auth, seed 002), or --project-id, --cluster-id, \
+             --iam-endpoint and --domain-id (CCE, seed 000), or both"
+                .into(),
+        )
+        .into());
+    }
+    let source = args.source.source(args.cluster_id.clone())?;
     let kube_config = cluster::config().await?;
     let cluster = cluster::watch_client(kube_config.clone())?;
     let metrics = Arc::new(ExchangeMetrics::default());
@@ -155,14 +157,74 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         rate_per_service_account: args.rate_per_service_account,
         burst_per_service_account: args.burst_per_service_account,
         cache_ttl,
-        ..ExchangeConfig::new(args.listen, &args.project_id, &args.cluster_id)
+        ..ExchangeConfig::new(
+            args.listen,
+            args.project_id.as_deref().unwrap_or_default(),
+            args.cluster_id.as_deref().unwrap_or_default(),
+        )
     };
     let review_deadline = seconds("review-timeout", args.review_timeout)?;
     let objects = cluster::request_client(kube_config.clone(), review_deadline)?;
     let reviewer = Arc::new(KubeReviewer::new(kube_config, review_deadline)?);
-    let exchange = Exchange::bind(config, reviewer, objects, associations, iam, metrics).await?;
+    let exchange = Exchange::bind(config, reviewer, objects, associations, iam, eks, metrics).await?;
     exchange.run(http::termination()).await;
     Ok(())
+}
+
+/// Seed 000's IAM upstream when any of its flags is given (then all are needed).
+fn seed_000(args: &ExchangeArgs) -> Result<Option<Iam>, StartError> {
+    let (project, cluster, endpoint) = (&args.project_id, &args.cluster_id, &args.iam_endpoint);
+    let domain = match (&args.domain_id, &args.domain_name) {
+        (Some(id), _) => Some(Domain::Id(id.clone())),
+        (None, Some(name)) => Some(Domain::Name(name.clone())),
+        (None, None) => None,
+    };
+    let (Some(_), Some(_), Some(endpoint), Some(domain)) = (project, cluster, endpoint, domain) else {
+        if project.is_some()
+            || cluster.is_some()
+            || endpoint.is_some()
+            || args.domain_id.is_some()
+            || args.domain_name.is_some()
+        {
+            return Err(ArgError(
+                "the CCE path (seed 000) needs all of --project-id, --cluster-id, --iam-endpoint \
+                 and --domain-id or --domain-name"
+                    .into(),
+            )
+            .into());
+        }
+        return Ok(None);
+    };
+    let client = args.auth.client(2.5)?;
+    Ok(Some(Iam::new(
+        client,
+        endpoint,
+        args.auth.auth()?,
+        domain,
+        args.duration,
+    )?))
+}
+
+/// Seed 002's settings when `--cluster-name` is given.
+fn seed_002(args: &ExchangeArgs) -> Result<Option<Eks>, StartError> {
+    let Some(cluster_name) = &args.cluster_name else {
+        return Ok(None);
+    };
+    let region = args
+        .region
+        .clone()
+        .ok_or_else(|| ArgError("--cluster-name needs --region (or AWS_REGION)".into()))?;
+    let endpoint = args
+        .sts_endpoint
+        .clone()
+        .unwrap_or_else(|| sts::regional_endpoint(&region));
+    let sts = Sts::new(args.auth.client(2.5)?, &endpoint, &region, args.duration)?;
+    Ok(Some(Eks {
+        cluster_name: cluster_name.clone(),
+        cluster_arn: args.cluster_arn.clone(),
+        region,
+        sts,
+    }))
 }
 
 /// A bound exchange server.
@@ -183,7 +245,8 @@ impl Exchange {
         reviewer: Arc<dyn TokenReviewer>,
         cluster: kube::Client,
         associations: Reader,
-        iam: Iam,
+        iam: Option<Iam>,
+        eks: Option<Eks>,
         metrics: Arc<ExchangeMetrics>,
     ) -> Result<Self, StartError> {
         let cert = match &config.cert_dir {
@@ -214,6 +277,7 @@ impl Exchange {
             reviewer,
             associations,
             iam,
+            eks,
             metrics,
             budgets: KeyedBuckets::new(config.rate_per_service_account, config.burst_per_service_account),
             callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
@@ -238,8 +302,14 @@ impl Exchange {
         tracing::info!(addr = %self.listener.local_addr(), scheme = self.listener.scheme(), "exchange listening");
         let metrics = self.state.metrics.clone();
         let serve_metrics = metrics.serve.clone();
-        let app = Router::new()
-            .route(seed000::ROUTE, post(assume::assume))
+        let mut app = Router::new();
+        if self.state.iam.is_some() {
+            app = app.route(seed000::ROUTE, post(assume::assume));
+        }
+        if self.state.eks.is_some() {
+            app = app.route(eks::ROUTE, post(eks::assume_role));
+        }
+        let app = app
             .with_state(self.state)
             .merge(
                 Router::new()

@@ -142,6 +142,8 @@ const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 /// The `user.extra` key naming the node of that pod (Kubernetes 1.30+, where the API server
 /// puts the node into projected tokens).
 const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+/// The `user.extra` key with the uid of that pod.
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
 /// Who holds an authenticated token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +155,7 @@ pub struct Holder {
     pub(crate) groups: Vec<String>,
     pub(crate) extra: BTreeMap<String, Vec<String>>,
     pub(crate) pod: Option<String>,
+    pub(crate) pod_uid: Option<String>,
     pub(crate) node: Option<String>,
 }
 
@@ -183,6 +186,7 @@ pub(crate) fn holder(review: TokenReview, audience: Option<&str>) -> Result<Hold
     let first = |key: &str| extra.get(key).and_then(|v| v.first().cloned());
     Ok(Holder {
         pod: first(POD_NAME),
+        pod_uid: first(POD_UID),
         node: first(NODE_NAME),
         username: user.username.unwrap_or_default(),
         uid: user.uid,

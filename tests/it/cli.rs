@@ -439,3 +439,25 @@ fn fixture_copies_match_the_shared_captures() {
         );
     }
 }
+
+#[test]
+fn exchange_and_agent_demand_only_the_flags_of_the_path_they_serve() {
+    for (args, needle) in [
+        (
+            &["exchange"][..],
+            "set --cluster-name (EKS Auth, seed 002), or --project-id",
+        ),
+        (
+            &["exchange", "--project-id", "p"][..],
+            "the CCE path (seed 000) needs all of --project-id, --cluster-id, --iam-endpoint",
+        ),
+        (
+            &["agent", "--backend", "eks", "--region", "us-west-2"][..],
+            "--backend eks needs --cluster-name",
+        ),
+    ] {
+        let (ok, _, err) = run(args, None);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

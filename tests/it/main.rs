@@ -9,6 +9,7 @@ mod agent;
 mod associations_api;
 mod bad_input;
 mod cli;
+mod eks_auth;
 mod exchange;
 mod explain;
 mod helm;

@@ -1,12 +1,15 @@
 //! Where the agent's credentials come from: `local` (fake credentials, for development) and
-//! `cce` (the cloud's assume-agency-for-pod-identity API, or this project's `exchange`).
+//! `cce` (the cloud's assume-agency-for-pod-identity API, or this project's `exchange`) and
+//! `eks` (EKS Auth's assume-role-for-pod-identity, or this project's `exchange`).
 
 mod cce;
+mod eks;
 mod local;
 
 use futures::future::BoxFuture;
 
 pub use cce::CceBackend;
+pub use eks::{EksBackend, regional_endpoint};
 pub use local::LocalBackend;
 
 use crate::cloud::{Credentials, UpstreamError};

@@ -8,9 +8,11 @@ use pod_identity_webhook::agent::backend::{Backend, CceBackend, LocalBackend};
 use pod_identity_webhook::agent::cache::Cache;
 use pod_identity_webhook::agent::metrics::AgentMetrics;
 use pod_identity_webhook::agent::{Agent, AgentConfig};
+use pod_identity_webhook::exchange::eks::Eks;
 use pod_identity_webhook::exchange::iam::{Domain, Iam};
 use pod_identity_webhook::exchange::metrics::ExchangeMetrics;
 use pod_identity_webhook::exchange::review::KubeReviewer;
+use pod_identity_webhook::exchange::sts::Sts;
 use pod_identity_webhook::exchange::{Exchange, ExchangeConfig};
 use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::{AccessKey, CloudAuth, Reader, TokenFile, file, http_client};
@@ -218,13 +220,19 @@ async fn exchange(
         reviewer,
         api.client().await,
         associations,
-        iam,
+        Some(iam),
+        None,
         metrics.clone(),
     )
     .await
     .unwrap();
     let scheme = if tls { "https" } else { "http" };
     let url = format!("{scheme}://localhost:{}", exchange.local_addr().port());
+    running(exchange, url, metrics)
+}
+
+/// Runs a bound exchange until the returned handle is dropped.
+fn running(exchange: Exchange, url: String, metrics: Arc<ExchangeMetrics>) -> RunningExchange {
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(exchange.run(async {
         let _ = rx.await;
@@ -239,6 +247,43 @@ async fn exchange(
 /// The exchange over plain HTTP, signing its IAM calls with `key`.
 pub async fn start_exchange_signed(api: &StandIn, iam_url: &str, key: AccessKey) -> RunningExchange {
     exchange(api, iam_url, CloudAuth::AkSk(key), fixture_store(), |_| {}).await
+}
+
+/// The exchange serving only seed 002 (EKS Auth) for cluster `cluster_name` in `us-west-2`,
+/// with STS at `sts_url` (signing with the access key `AKIDEXCHANGE`) and `associations`.
+pub async fn start_eks_exchange(
+    api: &StandIn,
+    sts_url: &str,
+    cluster_name: &str,
+    associations: Reader,
+) -> RunningExchange {
+    crate::common::crypto();
+    let client = http_client(None, Duration::from_secs(4)).unwrap();
+    let sts = Sts::new(client, sts_url, "us-west-2", 3600)
+        .unwrap()
+        .with_key("AKIDEXCHANGE", "exchange-secret");
+    let eks = Eks {
+        cluster_name: cluster_name.to_owned(),
+        cluster_arn: None,
+        region: "us-west-2".into(),
+        sts,
+    };
+    let config = ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), "", "");
+    let metrics = Arc::new(ExchangeMetrics::default());
+    let reviewer = Arc::new(KubeReviewer::new(api.config(), Duration::from_secs(1)).unwrap());
+    let exchange = Exchange::bind(
+        config,
+        reviewer,
+        api.client().await,
+        associations,
+        None,
+        Some(eks),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://127.0.0.1:{}", exchange.local_addr().port());
+    running(exchange, url, metrics)
 }
 
 /// A token for `namespace/sa` in pod `pod` on the tests' node, valid for an hour, with `audience`.

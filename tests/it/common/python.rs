@@ -6,7 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-const PACKAGES: [&str; 3] = ["huaweicloudsdkcore", "huaweicloudsdkcce", "botocore"];
+/// The SDKs (the CCE association API's too), boto3 (botocore's `eks-auth` client) and moto's
+/// server mode (an independent STS).
+const PACKAGES: [&str; 5] = [
+    "huaweicloudsdkcore",
+    "huaweicloudsdkcce",
+    "botocore",
+    "boto3",
+    "moto[server]",
+];
 
 static SETUP: Mutex<()> = Mutex::new(());
 
@@ -24,8 +32,8 @@ fn venv(name: &str, packages: &[&str], ready: impl Fn(&Path) -> bool) -> PathBuf
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "python3 -m venv failed");
-        // `python -m pip`, not `bin/pip`: a venv copied from another checkout keeps pip's
-        // shebang, which would install into the original.
+        // `python -m pip`, not `bin/pip`: a venv copied from elsewhere keeps its scripts'
+        // shebangs, and its `pip` would install into the original.
         let ok = Command::new(venv.join("bin/python"))
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
             .args(packages)
@@ -45,7 +53,10 @@ fn runs(program: &Path, args: &[&str]) -> bool {
 
 /// The venv's python with the SDKs installed.
 pub fn sdk_python() -> PathBuf {
-    let check = ["-c", "import huaweicloudsdkcore, huaweicloudsdkcce, botocore"];
+    let check = [
+        "-c",
+        "import huaweicloudsdkcore, huaweicloudsdkcce, botocore, boto3, moto.server",
+    ];
     venv("sdk-venv", &PACKAGES, |v| runs(&v.join("bin/python"), &check)).join("bin/python")
 }
 
