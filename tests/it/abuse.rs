@@ -45,6 +45,23 @@ fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Reaped {
     Reaped::new(child)
 }
 
+/// The webhook on `port` with the fixture associations and certificates in `certs`, plus
+/// `extra` flags; its log in `log`.
+fn serve(port: u16, certs: &Path, extra: &[&str], log: &Path) -> Reaped {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        &listen,
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        "--associations",
+        "tests/fixtures/associations.yaml",
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args, &[], log)
+}
+
 /// `VmHWM` (peak resident memory) of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -147,15 +164,10 @@ async fn the_webhook_bounds_stalled_bodies_and_idle_connections() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let certs = dir.path().join("certs");
-    let proc = spawn(
+    let proc = serve(
+        port,
+        &certs,
         &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--cert-dir",
-            certs.to_str().unwrap(),
-            "--associations",
-            "tests/fixtures/associations.yaml",
             "--header-read-timeout",
             "2",
             "--request-timeout",
@@ -163,7 +175,6 @@ async fn the_webhook_bounds_stalled_bodies_and_idle_connections() {
             "--idle-timeout",
             "3",
         ],
-        &[],
         &dir.path().join("log"),
     );
     let url = |p: &str| format!("https://localhost:{port}{p}");
@@ -840,21 +851,7 @@ async fn expired_certificates_are_refused_and_reported() {
     pod_identity_webhook::certs::write(&certs_dir, &expired).unwrap();
     let port = free_port();
     let log = dir.path().join("log");
-    let proc = spawn(
-        &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--cert-dir",
-            certs_dir.to_str().unwrap(),
-            "--associations",
-            "tests/fixtures/associations.yaml",
-            "--reload-interval",
-            "0.1",
-        ],
-        &[],
-        &log,
-    );
+    let proc = serve(port, &certs_dir, &["--reload-interval", "0.1"], &log);
     // Only a client that ignores validity can ask; it is told the server is not ready.
     let lenient = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
