@@ -441,7 +441,31 @@ pub struct ServeArgs {
     #[arg(long, env = "POD_IDENTITY_RELOAD_INTERVAL", default_value_t = 2.0)]
     pub(crate) reload_interval: f64,
     #[command(flatten)]
+    pub(crate) report: ReportArgs,
+    #[command(flatten)]
     pub(crate) limits: LimitArgs,
+}
+
+/// The missed-injection report (with `--source kubernetes`).
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Report pods in selected namespaces whose service account has an association but that
+    /// were not injected: a Kubernetes Event on each and `podidentity_missed_injections`. One
+    /// replica reports at a time (a Lease). Needs get/list/watch on pods, get on namespaces,
+    /// create on events.k8s.io events and the Lease.
+    #[arg(long, env = "POD_IDENTITY_REPORT_MISSED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) report_missed: bool,
+    /// Namespace of the report's Lease (the webhook's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "pod-identity-system")]
+    pub(crate) lease_namespace: String,
+    /// This replica's name in the Lease (default: the pod's name from POD_NAME, else the host
+    /// name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub(crate) lease_identity: Option<String>,
+    /// Seconds the report's Lease holds without renewal: how long the report may pause when
+    /// its replica dies without releasing it.
+    #[arg(long, env = "POD_IDENTITY_REPORT_LEASE_SECONDS", default_value_t = 15)]
+    pub(crate) report_lease_seconds: u64,
 }
 
 /// The bounds of a program's listeners (see `http::Limits`); each program sets its own body

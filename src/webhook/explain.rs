@@ -10,16 +10,10 @@ use serde_json::Value;
 use super::decide::{Decision, decide};
 use super::mutation::{ASSOCIATION_ANNOTATION, Injection, Pod, SKIP_CONTAINERS_ANNOTATION};
 use super::offline::{Input, OfflineError, documents, input_name, read_input};
+use super::selection::{OPT_IN, Selection};
 use crate::association::Index;
 use crate::association::file;
 use crate::cli::ExplainArgs;
-
-/// The webhook configuration shipped in `manifests/base`: its selectors are used unless the
-/// input carries a MutatingWebhookConfiguration of its own.
-const SHIPPED_WEBHOOK: &str = include_str!("../../manifests/base/webhook.yaml");
-
-/// The namespace label the shipped configuration selects on.
-const OPT_IN: &str = "podidentity.io/injection";
 
 /// What `explain` concludes; the process exits with [`Verdict::code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,23 +127,11 @@ fn explain_docs(
         message: e.to_string(),
     })?;
     let ns = namespace.or(pod.namespace()).unwrap_or("default").to_owned();
-    let webhook_docs;
-    let config = match docs.iter().find(|d| kind(d, "MutatingWebhookConfiguration")) {
-        Some(c) => c,
-        None => {
-            webhook_docs = documents(&Input {
-                name: "manifests/base/webhook.yaml",
-                text: SHIPPED_WEBHOOK,
-            })?;
-            webhook_docs
-                .iter()
-                .find(|d| kind(d, "MutatingWebhookConfiguration"))
-                .ok_or_else(|| OfflineError::Empty {
-                    input: "manifests/base/webhook.yaml".into(),
-                })?
-        }
+    // The input's own webhook configuration, else the shipped one.
+    let selection = match docs.iter().find(|d| kind(d, "MutatingWebhookConfiguration")) {
+        Some(c) => Selection::of(c),
+        None => Selection::shipped()?,
     };
-    let hook = &config["webhooks"][0];
     let labels = labels.or_else(|| {
         docs.iter()
             .find(|d| kind(d, "Namespace") && d["metadata"]["name"] == ns.as_str())
@@ -169,16 +151,13 @@ fn explain_docs(
     // 1. The API server sends the pod to the webhook only if both selectors match.
     match &labels {
         Some(labels) => {
-            // The API server sets this label on every namespace.
-            let mut labels = labels.clone();
-            labels.insert("kubernetes.io/metadata.name".into(), ns.clone());
-            if matches(&hook["namespaceSelector"], &labels) {
+            if selection.namespace_selected(&ns, labels) {
                 lines.push(format!("ok   namespace {ns} is selected by the webhook configuration"));
             } else {
                 blocked = true;
                 lines.push(format!(
                     "NO   namespace {ns} is not selected by the webhook configuration's namespaceSelector {}",
-                    hook["namespaceSelector"]
+                    selection.namespace
                 ));
                 lines.push(format!(
                     "     next: kubectl label namespace {ns} {OPT_IN}=enabled (kube-system and pod-identity-system are never injected)"
@@ -190,13 +169,13 @@ fn explain_docs(
         )),
     }
     let pod_labels = string_map(&pod_doc["metadata"]["labels"]);
-    if matches(&hook["objectSelector"], &pod_labels) {
+    if selection.object_selected(&pod_labels) {
         lines.push("ok   the pod's labels are selected by the objectSelector".to_owned());
     } else {
         blocked = true;
         lines.push(format!(
             "NO   the pod's labels are not selected by the objectSelector {} (opt-out label podidentity.io/inject=false)",
-            hook["objectSelector"]
+            selection.object
         ));
         lines
             .push("     next: remove the label podidentity.io/inject=false from the pod template".to_owned());
@@ -363,58 +342,4 @@ fn string_map(v: &Value) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Whether `labels` satisfy a Kubernetes label selector (absent: everything).
-fn matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = selector["matchLabels"].as_object().is_none_or(|m| {
-        m.iter()
-            .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
-    });
-    let empty = Vec::new();
-    let by_expressions = selector["matchExpressions"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .all(|e| {
-            let value = e["key"].as_str().and_then(|k| labels.get(k));
-            let listed = |v: &String| {
-                e["values"]
-                    .as_array()
-                    .is_some_and(|vs| vs.iter().any(|x| x.as_str() == Some(v.as_str())))
-            };
-            match e["operator"].as_str() {
-                Some("In") => value.is_some_and(listed),
-                Some("NotIn") => !value.is_some_and(listed),
-                Some("Exists") => value.is_some(),
-                Some("DoesNotExist") => value.is_none(),
-                _ => false,
-            }
-        });
-    by_labels && by_expressions
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn label_selectors_as_the_api_server_reads_them() {
-        let sel = serde_json::json!({"matchLabels": {"a": "1"}, "matchExpressions": [
-            {"key": "b", "operator": "NotIn", "values": ["x"]},
-            {"key": "c", "operator": "Exists"},
-        ]});
-        assert!(matches(&sel, &labels(&[("a", "1"), ("c", "")])));
-        assert!(!matches(&sel, &labels(&[("a", "1"), ("c", ""), ("b", "x")])));
-        assert!(!matches(&sel, &labels(&[("a", "2"), ("c", "")])));
-        assert!(!matches(&sel, &labels(&[("a", "1")])));
-        assert!(matches(&Value::Null, &labels(&[])));
-    }
 }

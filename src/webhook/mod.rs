@@ -7,6 +7,8 @@ pub mod explain;
 pub mod metrics;
 pub mod mutation;
 pub mod offline;
+pub(crate) mod report;
+pub(crate) mod selection;
 pub mod wire;
 
 use std::future::Future;
@@ -26,7 +28,7 @@ use axum::routing::post;
 use crate::association::source::{self, AssociationSource};
 use crate::association::store;
 use crate::certs;
-use crate::cli::{ArgError, ServeArgs, seconds};
+use crate::cli::{ArgError, ReportArgs, ServeArgs, seconds};
 use crate::cluster;
 use crate::error::StartError;
 use crate::http::health::{self, Readiness};
@@ -63,6 +65,40 @@ pub struct WebhookConfig {
     /// How often certificate and association files are checked for changes.
     pub reload_interval: Duration,
     pub limits: Limits,
+    /// The missed-injection report, when associations come from the cluster.
+    pub report: Option<ReportSettings>,
+}
+
+/// How this replica takes part in the missed-injection report.
+#[derive(Debug, Clone)]
+pub struct ReportSettings {
+    /// The Lease's namespace.
+    pub namespace: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+    /// Seconds the Lease holds without renewal.
+    pub lease_seconds: u64,
+}
+
+impl ReportSettings {
+    fn from_args(args: ReportArgs) -> Result<Self, ArgError> {
+        if args.report_lease_seconds < 3 {
+            return Err(ArgError(
+                "--report-lease-seconds must be at least 3 (the holder renews a third before the end)".into(),
+            ));
+        }
+        let identity = args.lease_identity.filter(|i| !i.is_empty()).unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "webhook".into());
+            format!("{host}-{}", std::process::id())
+        });
+        Ok(ReportSettings {
+            namespace: args.lease_namespace,
+            identity,
+            lease_seconds: args.report_lease_seconds,
+        })
+    }
 }
 
 impl WebhookConfig {
@@ -74,6 +110,7 @@ impl WebhookConfig {
             injection,
             reload_interval: Duration::from_secs(2),
             limits: default_limits(),
+            report: None,
         }
     }
 
@@ -82,6 +119,9 @@ impl WebhookConfig {
         config.source = args.source.source(args.cluster_id)?;
         config.reload_interval = seconds("reload-interval", args.reload_interval)?;
         config.limits = args.limits.limits(config.limits)?;
+        if args.report.report_missed && config.source.needs_cluster() {
+            config.report = Some(ReportSettings::from_args(args.report)?);
+        }
         Ok(config)
     }
 }
@@ -122,7 +162,11 @@ pub struct Webhook {
     limits: Limits,
     _cert: ReloadingCert,
     _source: source::Running,
+    report: Option<report::Running>,
 }
+
+/// How long a stopping webhook waits for the report to release its Lease.
+const REPORT_RELEASE: Duration = Duration::from_secs(2);
 
 impl Webhook {
     /// Loads certificates and associations and binds the listener; `cluster` is the API
@@ -151,6 +195,18 @@ impl Webhook {
             config.reload_interval,
         )?;
         let listener = Listener::bind(config.listen, Some(cert.acceptor())).await?;
+        let report = match (config.report, cluster) {
+            (Some(settings), Some(client)) => Some(report::start(report::ReportConfig {
+                client,
+                associations: associations.clone(),
+                injection: config.injection.clone(),
+                namespace: settings.namespace,
+                identity: settings.identity,
+                lease_seconds: settings.lease_seconds,
+                metrics: metrics.report.clone(),
+            })),
+            _ => None,
+        };
         let state = Arc::new(AppState {
             admission: Admission {
                 associations,
@@ -165,6 +221,7 @@ impl Webhook {
             limits: config.limits,
             _cert: cert,
             _source: running,
+            report,
         })
     }
 
@@ -185,6 +242,7 @@ impl Webhook {
             limits,
             _cert,
             _source,
+            report,
         } = self;
         tracing::info!(addr = %listener.local_addr(), "webhook listening (https; h2, http/1.1)");
         let readiness = state.readiness.clone();
@@ -198,6 +256,9 @@ impl Webhook {
             move || readiness.start_draining(),
         )
         .await;
+        if let Some(report) = report {
+            report.stop(REPORT_RELEASE).await;
+        }
     }
 }
 

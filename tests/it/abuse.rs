@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,29 +21,6 @@ use crate::common::agents::*;
 use crate::common::doubles;
 use crate::common::standin::{ReviewAnswer, StandIn};
 use crate::common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The binary with `args`, its log in `log`.
-fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Reaped {
-    let child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Reaped::new(child)
-}
 
 /// The webhook on `port` with the fixture associations and certificates in `certs`, plus
 /// `extra` flags; its log in `log`.

@@ -1,20 +1,12 @@
 //! `serve --source kubernetes` against an in-process stand-in for the API server.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::standin::{StandIn, association};
 use crate::common::*;
 use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::AssociationSource;
 use serde_json::json;
-
-async fn eventually(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 async fn injected(server: &TestServer, c: &reqwest::Client, fixture_prefix: &str) -> bool {
     server
@@ -47,7 +39,7 @@ async fn pods_follow_the_associations_in_the_cluster() {
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("associations not synced"));
     api.release_lists();
-    eventually("readiness", 10, async || {
+    eventually("readiness", Duration::from_secs(10), async || {
         c.get(server.url("/readyz")).send().await.unwrap().status() == 200
     })
     .await;
@@ -56,7 +48,10 @@ async fn pods_follow_the_associations_in_the_cluster() {
 
     // An association appears: its pods are injected.
     api.apply(association("pi-demo", "worker", "worker-agency"));
-    eventually("worker injected", 10, async || injected(&server, &c, "13-").await).await;
+    eventually("worker injected", Duration::from_secs(10), async || {
+        injected(&server, &c, "13-").await
+    })
+    .await;
 
     // Malformed objects are skipped; the rest keeps working.
     api.apply(
@@ -79,7 +74,7 @@ async fn pods_follow_the_associations_in_the_cluster() {
         "pi-other",
         "o",
     );
-    eventually("pi-other/default", 10, async || {
+    eventually("pi-other/default", Duration::from_secs(10), async || {
         server.review(&c, other.clone()).await.get("patch").is_some()
     })
     .await;
@@ -87,7 +82,7 @@ async fn pods_follow_the_associations_in_the_cluster() {
 
     // Deleted: no longer injected.
     api.delete("pi-demo.app");
-    eventually("app no longer injected", 10, async || {
+    eventually("app no longer injected", Duration::from_secs(10), async || {
         !injected(&server, &c, "01-").await
     })
     .await;
@@ -96,7 +91,7 @@ async fn pods_follow_the_associations_in_the_cluster() {
     let lists = api.lists();
     api.expire();
     api.apply(association("pi-demo", "app", "demo-agency-2"));
-    eventually("app injected after relist", 20, async || {
+    eventually("app injected after relist", Duration::from_secs(20), async || {
         injected(&server, &c, "01-").await
     })
     .await;
@@ -105,7 +100,10 @@ async fn pods_follow_the_associations_in_the_cluster() {
     // API server lost: the last index keeps serving, and metrics say so.
     let m = server.state.metrics.clone();
     api.set_down(true);
-    eventually("the watch notices", 20, async || !m.inputs.is_source_connected()).await;
+    eventually("the watch notices", Duration::from_secs(20), async || {
+        !m.inputs.is_source_connected()
+    })
+    .await;
     assert!(m.render().contains("podidentity_source_connected 0\n"));
     assert!(injected(&server, &c, "01-").await && injected(&server, &c, "13-").await);
     assert_eq!(
@@ -116,9 +114,11 @@ async fn pods_follow_the_associations_in_the_cluster() {
     // Changes made while it was unreachable arrive once it is back.
     api.set_down(false);
     api.delete("pi-demo.worker");
-    eventually("reconnected and worker removed", 40, async || {
-        m.inputs.is_source_connected() && !injected(&server, &c, "13-").await
-    })
+    eventually(
+        "reconnected and worker removed",
+        Duration::from_secs(40),
+        async || m.inputs.is_source_connected() && !injected(&server, &c, "13-").await,
+    )
     .await;
     assert!(m.inputs.source_errors() >= 1);
     assert!(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::agents::*;
 use crate::common::doubles;
 use crate::common::standin::{StandIn, association, pod};
-use crate::common::{Logs, NODE};
+use crate::common::{Logs, NODE, eventually};
 use pod_identity_webhook::agent::NodePods;
 use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::watch_associations;
@@ -29,14 +29,6 @@ async fn ask(c: &reqwest::Client, url: &str, token: &str) -> (u16, String) {
         .unwrap_or("")
         .to_owned();
     (status, agency)
-}
-
-async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The bound the tests hold revocation to, from the API server's event to the SDK's answer.

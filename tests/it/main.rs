@@ -21,6 +21,7 @@ mod pod_security;
 mod proptest;
 mod readme;
 mod reload;
+mod report;
 mod sdk;
 mod secrets;
 mod shutdown;

@@ -116,6 +116,8 @@ fn rendered_manifests_hold_every_object_as_designed() {
         ("ServiceAccount", "pod-identity-webhook"),
         ("ClusterRole", "pod-identity-webhook"),
         ("ClusterRoleBinding", "pod-identity-webhook"),
+        ("Role", "pod-identity-webhook"),
+        ("RoleBinding", "pod-identity-webhook"),
         ("Deployment", "pod-identity-webhook"),
         ("PodDisruptionBudget", "pod-identity-webhook"),
         ("Service", "pod-identity-webhook"),

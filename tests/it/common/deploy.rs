@@ -148,12 +148,19 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
     let read_write = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch", "create", "update", "delete"]});
     let access = serde_json::json!({"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]});
     let pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
+    let namespaces = serde_json::json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]});
+    let events =
+        serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]});
+    let lease_create = serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]});
+    let lease_use = serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+        "resourceNames": ["pod-identity-webhook-report"], "verbs": ["get", "patch"]});
     let mut findings = Vec::new();
     for d in docs {
         let kind = d["kind"].as_str().unwrap_or_default();
         let name = d["metadata"]["name"].as_str().unwrap_or_default();
         let allowed = match (kind, name) {
-            ("ClusterRole", "pod-identity-webhook") => serde_json::json!([read]),
+            ("ClusterRole", "pod-identity-webhook") => serde_json::json!([read, pods, namespaces, events]),
+            ("Role", "pod-identity-webhook") => serde_json::json!([lease_create, lease_use]),
             ("ClusterRole", "pod-identity-exchange") => serde_json::json!([review, read_write, access]),
             ("ClusterRole", "pod-identity-agent") => serde_json::json!([read, pods]),
             ("ClusterRole" | "Role", _) => {

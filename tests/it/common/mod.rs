@@ -352,6 +352,48 @@ pub fn project_secret(dir: &Path, version: &str, m: &pod_identity_webhook::certs
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
 }
 
+/// Polls `f` every 20 ms until it holds; fails the test with `what` after `within`.
+pub async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let end = std::time::Instant::now() + within;
+    while !f().await {
+        assert!(std::time::Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A generated CA and localhost serving pair written to `dir/certs`; returns the CA (PEM).
+pub fn local_certs(dir: &Path) -> Vec<u8> {
+    let certs = dir.join("certs");
+    pod_identity_webhook::certs::write(&certs, &pod_identity_webhook::certs::generate_local(1).unwrap())
+        .unwrap();
+    std::fs::read(certs.join("ca.crt")).unwrap()
+}
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+
+/// A loopback port free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The binary with `args` and `env`, its log (stderr) in `log`.
+pub fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Reaped {
+    let child = std::process::Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Reaped::new(child)
+}
+
 /// A child process of a test, killed and reaped if the test ends (or panics) while it runs.
 pub struct Reaped(Option<std::process::Child>);
 

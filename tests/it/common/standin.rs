@@ -3,8 +3,12 @@
 //! selector) the way kube-apiserver does: a list with a resourceVersion, then a chunked stream
 //! of newline-delimited watch events from it, and `410 Gone` for a resourceVersion that was
 //! compacted away; create, get, replace (409 on a stale resourceVersion) and delete (with a uid
-//! precondition) of single associations; TokenReview; and SubjectAccessReview from an RBAC
-//! table the test sets. "Down" drops every connection.
+//! precondition) of single associations; TokenReview; SubjectAccessReview from an RBAC
+//! table the test sets; `coordination.k8s.io` Leases (create, get, and patches: merge patches
+//! take ownership of the fields they set, and a server-side apply of a field another field
+//! manager owns with another value is refused with 409, as kube-apiserver's field management
+//! does); and `events.k8s.io` Events (create, 409 on a name taken). "Down" drops every
+//! connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -69,6 +73,7 @@ struct Inner {
     down: bool,
     lists: u64,
     pod_lists: u64,
+    pod_watches: u64,
     reviews: u64,
     review_answer: ReviewAnswer,
     /// Reviews by the audience asked for.
@@ -78,6 +83,10 @@ struct Inner {
     /// Verbs on podidentityassociations.podidentity.io, by username (RBAC).
     rbac: HashMap<String, Vec<String>>,
     access_reviews: u64,
+    /// Leases by `namespace/name`, with the field manager owning each `spec` field.
+    leases: BTreeMap<String, (Value, HashMap<String, String>)>,
+    /// Events created, in order.
+    events: Vec<Value>,
     /// Replaces still to be preceded by another writer's change (so they conflict).
     interfere: u32,
     created: u64,
@@ -121,6 +130,18 @@ impl StandIn {
             .route(
                 "/apis/authentication.k8s.io/v1/tokenreviews",
                 axum::routing::post(token_review),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                axum::routing::post(create_lease),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                get(get_lease).patch(patch_lease),
+            )
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+                axum::routing::post(create_event),
             )
             .with_state(s.clone());
         let service = hyper_util::service::TowerToHyperService::new(app);
@@ -226,9 +247,27 @@ impl StandIn {
         self.inner.lock().unwrap().pod_lists
     }
 
+    /// Pod watches opened.
+    pub fn pod_watches(&self) -> u64 {
+        self.inner.lock().unwrap().pod_watches
+    }
+
     /// Refuses pod lists and watches with 403, as an API server does without the RBAC.
     pub fn forbid_pods(&self) {
         self.inner.lock().unwrap().forbid_pods = true;
+    }
+
+    /// The Events created so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().events.clone()
+    }
+
+    /// The Lease `namespace/name`, as stored.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        let g = self.inner.lock().unwrap();
+        g.leases
+            .get(&format!("{namespace}/{name}"))
+            .map(|(l, _)| l.clone())
     }
 
     /// Creates or replaces an association, as `kubectl apply` would.
@@ -440,6 +479,9 @@ async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String
     let (tx, rx) = mpsc::unbounded_channel();
     {
         let mut g = s.inner.lock().unwrap();
+        if what == Kind::Pod {
+            g.pod_watches += 1;
+        }
         if from < g.compacted {
             let _ = tx.send(line(&gone_event()));
         } else {
@@ -610,6 +652,124 @@ async fn access_review(State(s): State<StandIn>, body: Bytes) -> Response {
     let out = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {},
         "spec": spec, "status": {"allowed": allowed}});
     object_answer(StatusCode::CREATED, &out)
+}
+
+async fn create_lease(State(s): State<StandIn>, Path(ns): Path<String>, body: Bytes) -> Response {
+    let mut obj: Value = serde_json::from_slice(&body).unwrap();
+    let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+    let mut g = s.inner.lock().unwrap();
+    let key = format!("{ns}/{name}");
+    if g.leases.contains_key(&key) {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("leases.coordination.k8s.io \"{name}\" already exists"),
+        );
+    }
+    g.rv += 1;
+    let meta = obj["metadata"].as_object_mut().unwrap();
+    meta.insert("namespace".into(), json!(ns));
+    meta.insert("resourceVersion".into(), json!(g.rv.to_string()));
+    meta.insert("uid".into(), json!(format!("uid-lease-{name}")));
+    if obj["spec"].is_null() {
+        obj["spec"] = json!({});
+    }
+    g.leases.insert(key, (obj.clone(), HashMap::new()));
+    object_answer(StatusCode::CREATED, &obj)
+}
+
+async fn get_lease(State(s): State<StandIn>, Path((ns, name)): Path<(String, String)>) -> Response {
+    match s.lease(&ns, &name) {
+        Some(l) => object_answer(StatusCode::OK, &l),
+        None => status(
+            404,
+            "NotFound",
+            format!("leases.coordination.k8s.io \"{name}\" not found"),
+        ),
+    }
+}
+
+/// A merge patch (strategic or JSON merge: the same for a Lease's scalar fields) or a
+/// server-side apply of `spec`, by the `fieldManager` of the query.
+async fn patch_lease(
+    State(s): State<StandIn>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let apply = headers
+        .get("content-type")
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch"));
+    // An apply body is YAML; kube sends JSON, which is YAML.
+    let patch: Value = serde_json::from_slice(&body).unwrap();
+    let manager = q.get("fieldManager").cloned().unwrap_or_default();
+    let mut g = s.inner.lock().unwrap();
+    g.rv += 1;
+    let rv = g.rv;
+    let Some((lease, owners)) = g.leases.get_mut(&format!("{ns}/{name}")) else {
+        return status(
+            404,
+            "NotFound",
+            format!("leases.coordination.k8s.io \"{name}\" not found"),
+        );
+    };
+    let fields = patch["spec"].as_object().cloned().unwrap_or_default();
+    if apply {
+        let conflicts: Vec<String> = fields
+            .iter()
+            .filter(|(f, v)| {
+                let owner = owners.get(*f);
+                owner.is_some_and(|o| *o != manager) && lease["spec"].get(f.as_str()) != Some(v)
+            })
+            .map(|(f, _)| format!("conflict with \"{}\": .spec.{f}", owners[f]))
+            .collect();
+        if !conflicts.is_empty() {
+            return status(
+                409,
+                "Conflict",
+                format!(
+                    "Apply failed with {} conflicts: {}",
+                    conflicts.len(),
+                    conflicts.join(", ")
+                ),
+            );
+        }
+    }
+    let spec = lease["spec"].as_object_mut().unwrap();
+    for (f, v) in fields {
+        if v.is_null() {
+            spec.remove(&f);
+            owners.remove(&f);
+        } else {
+            spec.insert(f.clone(), v);
+            owners.insert(f, manager.clone());
+        }
+    }
+    lease["metadata"]["resourceVersion"] = json!(rv.to_string());
+    object_answer(StatusCode::OK, lease)
+}
+
+/// Creates an Event; a name already taken is refused (409), as the API server does.
+async fn create_event(State(s): State<StandIn>, Path(ns): Path<String>, body: Bytes) -> Response {
+    let mut obj: Value = serde_json::from_slice(&body).unwrap();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let mut g = s.inner.lock().unwrap();
+    if g.events
+        .iter()
+        .any(|e| e["metadata"]["name"] == name.as_str() && e["metadata"]["namespace"] == ns.as_str())
+    {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("events.events.k8s.io \"{name}\" already exists"),
+        );
+    }
+    g.rv += 1;
+    obj["metadata"]["namespace"] = json!(ns);
+    obj["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+    g.events.push(obj.clone());
+    object_answer(StatusCode::CREATED, &obj)
 }
 
 /// A well-formed association object for `<ns>/<sa>`.
