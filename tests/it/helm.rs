@@ -145,6 +145,7 @@ fn matrix() -> Vec<Value> {
     // Without the exchange the agents call the cloud's endpoint and trust its CA.
     let cloud = json!({"cceEndpoint": "https://cce.example.com", "caCert": "-----BEGIN CERTIFICATE-----\nCLOUD\n-----END CERTIFICATE-----\n"});
     m.push(json!({"webhook": {"enabled": false}}));
+    m.push(json!({"webhook": {"reportMissedInjections": false}}));
     m.push(json!({"agent": {"enabled": false}}));
     m.push(json!({"exchange": {"enabled": false, "caCert": cloud["caCert"]}, "agent": {"cceEndpoint": cloud["cceEndpoint"]}}));
     m.push(json!({"agent": {"enabled": false}, "exchange": {"enabled": false}}));
@@ -339,6 +340,19 @@ fn check_rendering(values: &Value, r: &Rendered) {
                 "{args:?}"
             );
         }
+        // The missed-injection report: on by default; off, no flag left on and no RBAC for it.
+        let report = values["webhook"]["reportMissedInjections"]
+            .as_bool()
+            .unwrap_or(true);
+        assert_eq!(!args.contains(&"--report-missed=false"), report, "{ctx}");
+        assert_eq!(has("Role", "pod-identity-webhook"), report, "{ctx}");
+        let rules = &find(docs, "ClusterRole", "pod-identity-webhook")["rules"];
+        let watches_pods = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"] == json!(["pods"]));
+        assert_eq!(watches_pods, report, "{ctx}");
         if let Some(region) = values["awsRegion"].as_str() {
             assert!(
                 args.contains(&format!("--aws-region={region}").as_str()),
