@@ -310,7 +310,7 @@ fn missed_event(
     Event {
         metadata: ObjectMeta {
             name: Some(format!("podidentity-missed.{}", pod.uid)),
-            namespace: Some(pod.namespace.clone()),
+            namespace: Some(pod.namespace.to_string()),
             ..ObjectMeta::default()
         },
         event_time: Some(MicroTime(jiff::Timestamp::now())),
@@ -323,9 +323,9 @@ fn missed_event(
         regarding: Some(ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
-            name: Some(pod.name.clone()),
-            namespace: Some(pod.namespace.clone()),
-            uid: Some(pod.uid.clone()),
+            name: Some(pod.name.to_string()),
+            namespace: Some(pod.namespace.to_string()),
+            uid: Some(pod.uid.to_string()),
             ..ObjectReference::default()
         }),
         ..Event::default()
