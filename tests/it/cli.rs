@@ -277,6 +277,15 @@ fn flags_the_sdks_or_tools_would_refuse_are_refused() {
         "{err}"
     );
     assert!(!dir.path().join("tls.key").exists(), "nothing written");
+    // Refused before any cluster is looked for: a Lease that would be renewed too late.
+    let (ok, _, err) = run(
+        &["serve", "--source", "kubernetes", "--report-lease-seconds", "2"],
+        None,
+    );
+    assert!(
+        !ok && err.contains("--report-lease-seconds must be at least 3"),
+        "{err}"
+    );
 }
 
 #[test]
