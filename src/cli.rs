@@ -240,8 +240,9 @@ pub struct AgentArgs {
     pub(crate) project_id: Option<String>,
     #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
     pub(crate) cluster_id: Option<String>,
-    /// `eks`: base URL of EKS Auth (default: https://eks-auth.REGION.api.aws), or of
-    /// `exchange` (then with --auth-token-file, the agent's token, in place of SigV4).
+    /// `eks`: base URL of EKS Auth (default: https://eks-auth.REGION.api.aws; signed with the
+    /// node's AWS credentials from the standard chain), or of `exchange` (then with
+    /// --auth-token-file, the agent's token, in place of SigV4).
     #[arg(long, env = "POD_IDENTITY_EKS_ENDPOINT")]
     pub(crate) eks_endpoint: Option<String>,
     /// `eks`: the EKS cluster name in the request path.
@@ -316,8 +317,8 @@ pub struct ExchangeArgs {
     #[arg(long, env = "POD_IDENTITY_DOMAIN_NAME")]
     pub(crate) domain_name: Option<String>,
     /// The EKS cluster name: serves EKS Auth's assume-role-for-pod-identity (seed 002) for it,
-    /// assuming roles through STS with the AWS credentials of the environment
-    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+    /// assuming roles through STS with the AWS credentials of the standard chain (environment,
+    /// shared config and credentials files, web identity, container endpoint, IMDSv2).
     #[arg(long, env = "POD_IDENTITY_CLUSTER_NAME")]
     pub(crate) cluster_name: Option<String>,
     /// The `eks-cluster-arn` session tag (default: arn:aws:eks:REGION:ROLE-ACCOUNT:cluster/NAME).

@@ -89,6 +89,16 @@ fn retryable(e: &UpstreamError) -> bool {
 const BACKOFF: Duration = Duration::from_millis(100);
 
 impl Upstream {
+    /// The HTTP client under the deadline (for calls made by AWS's credential chain).
+    pub(crate) fn reqwest(&self) -> &Client {
+        &self.client
+    }
+
+    /// How long one call may take, its retry included.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// POSTs `body` with exactly `headers`; the response body when the status is `ok`, else
     /// the upstream's refusal with the message of its error body. One retry when the first
     /// attempt failed in a way worth retrying and the deadline leaves room for it; a request
@@ -97,19 +107,34 @@ impl Upstream {
     pub(crate) async fn post(
         &self,
         url: &Url,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Vec<u8>,
         ok: u16,
     ) -> Result<Vec<u8>, UpstreamError> {
+        let until = tokio::time::Instant::now() + self.deadline;
+        self.post_by(url, headers, body, ok, until).await
+    }
+
+    /// The same, ending by `until`: what is left of a deadline that began before the request
+    /// was ready (its credentials were being resolved).
+    pub(crate) async fn post_by(
+        &self,
+        url: &Url,
+        mut headers: HeaderMap,
+        body: Vec<u8>,
+        ok: u16,
+        until: tokio::time::Instant,
+    ) -> Result<Vec<u8>, UpstreamError> {
         // The client derives the same Host from the URL (the signer signed that value).
         headers.remove(HOST);
-        let deadline = tokio::time::Instant::now() + self.deadline;
-        let first = self
-            .attempt(url, headers.clone(), body.clone(), ok, self.deadline)
-            .await;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(UpstreamError::Timeout);
+        }
+        let first = self.attempt(url, headers.clone(), body.clone(), ok, left).await;
         match first {
             Err(e) if retryable(&e) => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
                 if left <= BACKOFF * 2 {
                     return Err(e);
                 }

@@ -18,11 +18,11 @@ use serde::Serialize;
 use super::assume::{ExchangeState, authenticate, rate_limited, redeem, respond};
 use super::refusal::{Reason, Refusal, Seen};
 use super::sts::{self, AssumeRole, Sts};
-use crate::cloud::UpstreamError;
 use crate::cloud::seed002::{
     AssumeRoleForPodIdentityRequest, AssumeRoleForPodIdentityResponse, AssumedRoleUser, Credentials,
     PodIdentityAssociation, Subject,
 };
+use crate::cloud::{UpstreamError, aws};
 use crate::http;
 use crate::profile::EKS;
 
@@ -249,9 +249,13 @@ fn sts_failed(role_arn: &str, e: UpstreamError) -> Refusal {
             "ThrottlingException",
             "STS is throttling; retry shortly".to_owned(),
         ),
+        // What to set is no secret, and the agent passes it on to whoever reads the SDK's error.
         (UpstreamError::Local(_), _) => (
             "InternalServerException",
-            "the exchange has no usable AWS credentials (its log says why)".to_owned(),
+            format!(
+                "the exchange has no usable AWS credentials (its log says why): {}",
+                aws::CONFIGURE
+            ),
         ),
         _ => (
             "ServiceUnavailableException",

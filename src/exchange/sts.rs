@@ -1,13 +1,16 @@
 //! STS `AssumeRole` (the Query API, `Version=2011-06-15`) for seed 002, SigV4-signed with
-//! AWS's own signer (`aws-sigv4`) and the exchange's AWS credentials.
+//! AWS's own signer (`aws-sigv4`) and the exchange's AWS credentials from the standard chain
+//! (`cloud::aws`).
 //!
-//! Why not `aws-sdk-sts`: the SDK (with `aws-config` and its HTTPS stack) would double this
-//! crate's dependency build on a small machine for one form POST and a few XML fields.
+//! Why not `aws-sdk-sts`'s client, although `aws-config` builds the crate (web identity calls
+//! it): its orchestrator would bring its own retries, timeouts and error shapes beside the
+//! ones every other upstream call here has (`cloud::client`), for one form POST and a few XML
+//! fields.
 
 use aws_credential_types::Credentials as AwsCredentials;
 use reqwest::Url;
 
-use crate::cloud::aws;
+use crate::cloud::aws::{self, AwsKey};
 use crate::cloud::client::{ClientError, Upstream, endpoint_url};
 use crate::cloud::{Credentials, UpstreamError};
 
@@ -36,8 +39,8 @@ pub struct Sts {
     url: Url,
     region: String,
     duration: u32,
-    /// A fixed access key in place of the environment's.
-    key: Option<AwsCredentials>,
+    /// The exchange's key: the standard chain's, or a fixed one.
+    key: AwsKey,
 }
 
 /// `https://sts.<region>.amazonaws.com`, the regional endpoint.
@@ -46,19 +49,20 @@ pub fn regional_endpoint(region: &str) -> String {
 }
 
 impl Sts {
+    /// STS signing with the AWS credentials of the standard chain.
     pub fn new(client: Upstream, endpoint: &str, region: &str, duration: u32) -> Result<Self, ClientError> {
         Ok(Sts {
-            client,
             url: endpoint_url(endpoint, "/", "--sts-endpoint")?,
+            key: AwsKey::chain(region, &client),
+            client,
             region: region.to_owned(),
             duration,
-            key: None,
         })
     }
 
-    /// Signs with this access key instead of the environment's.
+    /// Signs with this access key instead of the chain's.
     pub fn with_key(mut self, access_key_id: &str, secret_access_key: &str) -> Self {
-        self.key = Some(aws::fixed(access_key_id, secret_access_key));
+        self.key = AwsKey::fixed(access_key_id, secret_access_key);
         self
     }
 
@@ -68,6 +72,9 @@ impl Sts {
         call: &AssumeRole<'_>,
         with: Option<&Credentials>,
     ) -> Result<Assumed, UpstreamError> {
+        // One deadline for the call, resolving the key that signs it included: the exchange
+        // answers within the agent's deadline.
+        let until = tokio::time::Instant::now() + self.client.deadline();
         let identity = match with {
             Some(c) => AwsCredentials::new(
                 c.access_key_id.clone(),
@@ -76,10 +83,7 @@ impl Sts {
                 None,
                 "chained",
             ),
-            None => match &self.key {
-                Some(k) => k.clone(),
-                None => aws::env_credentials()?,
-            },
+            None => self.key.credentials(until).await?,
         };
         let body = form(call, self.duration);
         let content_type = "application/x-www-form-urlencoded; charset=utf-8";
@@ -93,7 +97,7 @@ impl Sts {
         )?;
         let xml = self
             .client
-            .post(&self.url, headers, body.into_bytes(), 200)
+            .post_by(&self.url, headers, body.into_bytes(), 200, until)
             .await?;
         parse(&String::from_utf8_lossy(&xml))
     }

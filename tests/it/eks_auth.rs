@@ -51,20 +51,21 @@ fn associations(dir: &std::path::Path) -> Reader {
 
 /// One `AssumeRole` as STS received it: the form and the headers.
 #[derive(Clone, Debug)]
-struct StsCall {
-    form: Vec<(String, String)>,
-    authorization: String,
+pub(crate) struct StsCall {
+    pub(crate) form: Vec<(String, String)>,
+    pub(crate) authorization: String,
+    pub(crate) security_token: Option<String>,
 }
 
 impl StsCall {
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
 /// A recording STS: answers `AssumeRole` in the Query API's XML, refusing roles named
 /// `denied` with `AccessDenied` as STS does.
-async fn recording_sts() -> (String, Arc<Mutex<Vec<StsCall>>>) {
+pub(crate) async fn recording_sts() -> (String, Arc<Mutex<Vec<StsCall>>>) {
     async fn handler(
         State(calls): State<Arc<Mutex<Vec<StsCall>>>>,
         headers: HeaderMap,
@@ -78,6 +79,10 @@ async fn recording_sts() -> (String, Arc<Mutex<Vec<StsCall>>>) {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned(),
+            security_token: headers
+                .get("x-amz-security-token")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         };
         calls.lock().unwrap().push(call.clone());
         let role = call.get("RoleArn").unwrap_or_default().to_owned();
@@ -146,6 +151,7 @@ for token in json.loads(os.environ["TOKENS"]):
         modeled = getattr(c.exceptions, type(e).__name__, None)
         out.append({"error": type(e).__name__ if modeled and isinstance(e, modeled) else "unmodeled",
                     "code": e.response["Error"]["Code"],
+                    "message": e.response["Error"].get("Message", ""),
                     "status": e.response["ResponseMetadata"]["HTTPStatusCode"]})
 print(json.dumps(out))
 "#;
@@ -433,17 +439,21 @@ fn sigv4_backend(url: &str) -> Arc<dyn Backend> {
     )
 }
 
-/// botocore's SigV4 `Authorization` for the same request, key, region, service and time.
+/// botocore's SigV4 `Authorization` for the same request, key (and session token), region,
+/// service and time.
 const SIGV4_SCRIPT: &str = r#"
 import json, os
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 i = json.loads(os.environ["INPUT"])
-req = AWSRequest(method="POST", url=i["url"], data=i["body"].encode(),
-                 headers={"Content-Type": i["content_type"], "X-Amz-Date": i["date"]})
+headers = {"Content-Type": i["content_type"], "X-Amz-Date": i["date"]}
+if i.get("token"):
+    headers["X-Amz-Security-Token"] = i["token"]
+req = AWSRequest(method="POST", url=i["url"], data=i["body"].encode(), headers=headers)
 req.context["timestamp"] = i["date"]
-auth = SigV4Auth(Credentials("AKIDNODE", "node-secret"), "eks-auth", "us-west-2")
+key = i.get("key", ["AKIDNODE", "node-secret"])
+auth = SigV4Auth(Credentials(key[0], key[1], i.get("token")), "eks-auth", "us-west-2")
 canonical = auth.canonical_request(req)
 signature = auth.signature(auth.string_to_sign(req, canonical), req)
 signed = auth.signed_headers(auth.headers_to_sign(req))
@@ -472,19 +482,31 @@ async fn agent_eks_requests_verify_with_botocores_sigv4_signer() {
         serde_json::from_str::<Value>(&call.body).unwrap(),
         json!({"token": token})
     );
+    let got = call.header("authorization").unwrap();
+    assert!(got.contains("/us-west-2/eks-auth/aws4_request"), "{got}");
+    assert_eq!(
+        got,
+        botocore_signature(&url, &call, ("AKIDNODE", "node-secret"), None).await
+    );
+}
+
+/// botocore's `Authorization` for `call` as EKS Auth's stand-in at `url` received it, signed
+/// with `key` (and `token`, which the call must carry as `x-amz-security-token`).
+async fn botocore_signature(url: &str, call: &EksCall, key: (&str, &str), token: Option<&str>) -> String {
+    assert_eq!(call.header("x-amz-security-token"), token, "{call:?}");
     let input = json!({
         "url": format!("{url}{}", call.path),
         "body": call.body,
         "content_type": call.header("content-type").unwrap(),
         "date": call.header("x-amz-date").unwrap(),
+        "key": [key.0, key.1],
+        "token": token,
     })
     .to_string();
     let want = tokio::task::spawn_blocking(move || python::run(SIGV4_SCRIPT, &[("INPUT", &input)]))
         .await
         .unwrap();
-    let got = call.header("authorization").unwrap();
-    assert!(got.contains("/us-west-2/eks-auth/aws4_request"), "{got}");
-    assert_eq!(got, want.trim());
+    want.trim().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,4 +667,400 @@ async fn moto_sts_chains_to_the_target_role() {
             .unwrap()
             .starts_with("ASIA")
     );
+}
+
+// AWS credentials from the standard chain, through the real binaries: each spawned with no
+// AWS setting of the developer's (every `AWS_*` variable dropped, the shared files pointed at
+// an empty directory, instance metadata off unless a test serves it on loopback).
+
+const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+
+/// `N` distinct free loopback ports: all held while they are picked, so none repeats.
+pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
+/// The binary, running; its log (stderr) is in a file, for the assertions' messages.
+pub(crate) struct Spawned {
+    _process: crate::common::Reaped,
+    log: std::path::PathBuf,
+}
+
+impl Spawned {
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Runs the binary with `args` and `env` and nothing of the caller's AWS settings: `dir` holds
+/// the shared config and credentials files (absent unless the test wrote them) and the log.
+pub(crate) fn spawn_isolated(
+    dir: &std::path::Path,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Spawned {
+    // The tests' reqwest clients use the process-wide provider.
+    crate::common::crypto();
+    let mut command = std::process::Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(key);
+        }
+    }
+    let log = dir.join(format!("{name}.log"));
+    command
+        .args(args)
+        .env("HOME", dir)
+        .env("AWS_CONFIG_FILE", dir.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("aws-credentials"))
+        // Never the link-local 169.254.169.254 from a test; a test serving IMDS on loopback
+        // turns it back on.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    Spawned {
+        _process: crate::common::Reaped::new(command.spawn().unwrap()),
+        log,
+    }
+}
+
+/// The agent binary with the `eks` backend signing for EKS Auth at `eks_url`; its credential
+/// endpoint once ready.
+async fn spawn_eks_agent(
+    dir: &std::path::Path,
+    eks_url: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (String, Spawned) {
+    let [port, admin] = free_ports::<2>();
+    let (listen, admin) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
+    let mut args = vec![
+        "agent",
+        "--provider",
+        "eks",
+        "--backend",
+        "eks",
+        "--cluster-name",
+        EKS_CLUSTER,
+        "--region",
+        "us-west-2",
+        "--eks-endpoint",
+        eks_url,
+        "--listen",
+        &listen,
+        "--admin-listen",
+        &admin,
+    ];
+    args.extend(extra);
+    let agent = spawn_isolated(dir, "agent", &args, env);
+    crate::common::until_ready(
+        &reqwest::Client::new(),
+        &format!("http://{admin}/readyz"),
+        std::time::Instant::now() + std::time::Duration::from_secs(30),
+    )
+    .await;
+    (format!("http://{listen}/v1/credentials"), agent)
+}
+
+/// Asks the agent at `url` for the credentials of pod `pod` (pi-demo/app): status and body.
+async fn ask_agent(url: &str, pod: &str) -> (u16, Value) {
+    let token = pod_token("pi-demo", "app", pod, EKS_AUD);
+    let r = reqwest::Client::new()
+        .get(url)
+        .header("Authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A stand-in of the chain's HTTP sources on loopback, recording `METHOD path` of each
+/// request: the container credentials endpoint (`GET /container`, which wants
+/// `Authorization: container-auth`) and IMDSv2 (a session token from `PUT /latest/api/token`,
+/// then the role and its credentials under `/latest/meta-data/iam/security-credentials/`).
+async fn credential_sources() -> (String, Arc<Mutex<Vec<String>>>) {
+    async fn handler(
+        State(seen): State<Arc<Mutex<Vec<String>>>>,
+        method: axum::http::Method,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+    ) -> Response {
+        let path = uri.path().to_owned();
+        seen.lock().unwrap().push(format!("{method} {path}"));
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+        };
+        let expires = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 3600)
+            .unwrap()
+            .to_string();
+        let imds = header("x-aws-ec2-metadata-token") == "imds-session-token";
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/container") if header("authorization") == "container-auth" => json!({
+                "AccessKeyId": "ASIACONTAINER", "SecretAccessKey": "container-secret",
+                "Token": "container-session", "Expiration": expires,
+            })
+            .to_string()
+            .into_response(),
+            ("PUT", "/latest/api/token") if !header("x-aws-ec2-metadata-token-ttl-seconds").is_empty() => {
+                let ttl = header("x-aws-ec2-metadata-token-ttl-seconds").to_owned();
+                (
+                    [("x-aws-ec2-metadata-token-ttl-seconds", ttl)],
+                    "imds-session-token",
+                )
+                    .into_response()
+            }
+            ("GET", "/latest/meta-data/iam/security-credentials/") if imds => "node-role".into_response(),
+            ("GET", "/latest/meta-data/iam/security-credentials/node-role") if imds => json!({
+                "Code": "Success", "LastUpdated": "2026-01-01T00:00:00Z", "Type": "AWS-HMAC",
+                "AccessKeyId": "ASIAIMDS", "SecretAccessKey": "imds-secret",
+                "Token": "imds-session", "Expiration": expires,
+            })
+            .to_string()
+            .into_response(),
+            _ => StatusCode::UNAUTHORIZED.into_response(),
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().fallback(handler).with_state(seen.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_signs_with_the_profile_of_a_shared_credentials_file() {
+    let (url, eks) = eks_auth_standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("aws-credentials"),
+        "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = default-secret\n\n\
+         [node]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = profile-secret\n",
+    )
+    .unwrap();
+    let (agent_url, agent) = spawn_eks_agent(dir.path(), &url, &[], &[("AWS_PROFILE", "node")]).await;
+    let (status, body) = ask_agent(&agent_url, "app-1").await;
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    assert_eq!(body["AccessKeyId"], "ASIAEKS");
+    let call = eks.calls.lock().unwrap()[0].clone();
+    let got = call.header("authorization").unwrap();
+    assert!(
+        got.starts_with("AWS4-HMAC-SHA256 Credential=AKIDPROFILE/"),
+        "{got}"
+    );
+    assert_eq!(
+        got,
+        botocore_signature(&url, &call, ("AKIDPROFILE", "profile-secret"), None).await
+    );
+    assert!(agent.log().contains("ProfileFile"), "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_signs_with_instance_metadata_credentials_fetched_once() {
+    let (url, eks) = eks_auth_standin().await;
+    let (imds, seen) = credential_sources().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AWS_EC2_METADATA_DISABLED", "false"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.as_str()),
+    ];
+    let (agent_url, agent) = spawn_eks_agent(dir.path(), &url, &[], &env).await;
+    for pod in ["app-1", "app-2"] {
+        let (status, body) = ask_agent(&agent_url, pod).await;
+        assert_eq!(status, 200, "{body}\n{}", agent.log());
+    }
+    let calls = eks.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    for call in &calls {
+        let want = botocore_signature(&url, call, ("ASIAIMDS", "imds-secret"), Some("imds-session")).await;
+        assert_eq!(call.header("authorization"), Some(want.as_str()));
+    }
+    // IMDSv2 (a session token first), and the role's credentials once: cached between calls.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("PUT /latest/api/token"),
+        "{seen:?}"
+    );
+    let fetched = seen
+        .iter()
+        .filter(|s| s.ends_with("/security-credentials/node-role"))
+        .count();
+    assert_eq!(fetched, 1, "{seen:?}");
+}
+
+/// The exchange binary for `edge-1` with TokenReview on `api` and STS at `sts_url`; its URL.
+async fn spawn_eks_exchange(
+    dir: &std::path::Path,
+    api: &StandIn,
+    sts_url: &str,
+    env: &[(&str, &str)],
+) -> (String, Spawned) {
+    let kubeconfig = api.kubeconfig(dir, "kube-bearer-token");
+    associations(dir);
+    let [port] = free_ports::<1>();
+    let listen = format!("127.0.0.1:{port}");
+    let associations = dir.join("associations.yaml");
+    let args = [
+        "exchange",
+        "--listen",
+        &listen,
+        "--cluster-name",
+        EKS_CLUSTER,
+        "--region",
+        "us-west-2",
+        "--sts-endpoint",
+        sts_url,
+        "--associations",
+        associations.to_str().unwrap(),
+    ];
+    let mut env = env.to_vec();
+    env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
+    let exchange = spawn_isolated(dir, "exchange", &args, &env);
+    crate::common::until_ready(
+        &reqwest::Client::new(),
+        &format!("http://{listen}/readyz"),
+        std::time::Instant::now() + std::time::Duration::from_secs(30),
+    )
+    .await;
+    (format!("http://{listen}"), exchange)
+}
+
+/// botocore's `eks-auth` call for pods `pods` of pi-demo/app against the exchange at `url`.
+async fn botocore_for_pods(url: &str, pods: &[&str]) -> Vec<Value> {
+    let tokens: Vec<String> = pods
+        .iter()
+        .map(|pod| pod_token("pi-demo", "app", pod, EKS_AUD))
+        .collect();
+    let (url, agent) = (url.to_owned(), agent_token(crate::common::NODE));
+    tokio::task::spawn_blocking(move || {
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        botocore(&url, Some(&agent), EKS_CLUSTER, &tokens)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exchange_assumes_roles_with_the_container_endpoints_credentials() {
+    let api = StandIn::start(false).await;
+    let (sts_url, calls) = recording_sts().await;
+    let (sources, seen) = credential_sources().await;
+    let dir = tempfile::tempdir().unwrap();
+    let full_uri = format!("{sources}/container");
+    let env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", full_uri.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-auth"),
+    ];
+    let (url, exchange) = spawn_eks_exchange(dir.path(), &api, &sts_url, &env).await;
+    let out = botocore_for_pods(&url, &["app-1", "app-2"]).await;
+    for r in &out {
+        assert_eq!(
+            r["ok"]["credentials"]["accessKeyId"],
+            "ASIASTAND",
+            "{r}\n{}",
+            exchange.log()
+        );
+    }
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    for call in &calls {
+        assert!(
+            call.authorization
+                .starts_with("AWS4-HMAC-SHA256 Credential=ASIACONTAINER/"),
+            "{}",
+            call.authorization
+        );
+        assert_eq!(call.security_token.as_deref(), Some("container-session"));
+    }
+    assert_eq!(*seen.lock().unwrap(), ["GET /container"]);
+    assert!(exchange.log().contains("EcsContainer"), "{}", exchange.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_aws_credentials_the_answer_says_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    // The agent signing for EKS Auth: nothing reaches it, and the SDK reads what to set.
+    let (url, eks) = eks_auth_standin().await;
+    let (agent_url, agent) = spawn_eks_agent(dir.path(), &url, &[], &[]).await;
+    let (status, body) = ask_agent(&agent_url, "app-1").await;
+    assert_eq!(status, 500, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    for needle in [
+        "no AWS credentials",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "IMDSv2",
+    ] {
+        assert!(message.contains(needle), "{needle}: {body}");
+    }
+    assert!(eks.calls.lock().unwrap().is_empty());
+    assert!(
+        agent.log().contains("no AWS credentials in the standard chain"),
+        "{}",
+        agent.log()
+    );
+    // The exchange: EKS Auth's InternalServerException, with the same advice; STS not called.
+    let api = StandIn::start(false).await;
+    let (sts_url, calls) = recording_sts().await;
+    let (url, exchange) = spawn_eks_exchange(dir.path(), &api, &sts_url, &[]).await;
+    let out = botocore_for_pods(&url, &["app-1"]).await;
+    let r = &out[0];
+    assert_eq!(r["error"], "InternalServerException", "{r}\n{}", exchange.log());
+    assert_eq!(r["status"], 500);
+    let message = r["message"].as_str().unwrap();
+    assert!(
+        message.contains("the exchange has no usable AWS credentials")
+            && message.contains("AWS_SHARED_CREDENTIALS_FILE"),
+        "{message}"
+    );
+    assert!(calls.lock().unwrap().is_empty());
+}
+
+/// A credential source that never answers (instance metadata that accepts and stays silent)
+/// cannot hold a call beyond the upstream deadline (1 s here): the answer says the deadline cut
+/// the lookup short. (Without the bound the chain's IMDS client gives up by itself, after its
+/// own timeouts, about 2 s here, and the answer is a plain "no AWS credentials".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_credential_source_cannot_hold_a_call_beyond_its_deadline() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let imds = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let (url, eks) = eks_auth_standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AWS_EC2_METADATA_DISABLED", "false"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.as_str()),
+    ];
+    let (agent_url, _agent) = spawn_eks_agent(dir.path(), &url, &["--upstream-timeout", "1"], &env).await;
+    let started = std::time::Instant::now();
+    let (status, body) = ask_agent(&agent_url, "app-1").await;
+    let took = started.elapsed();
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no AWS credentials within the call's deadline"),
+        "{body}"
+    );
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    assert!(eks.calls.lock().unwrap().is_empty());
 }

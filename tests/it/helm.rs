@@ -153,7 +153,35 @@ fn matrix() -> Vec<Value> {
     m.push(json!({"networkPolicies": {"enabled": true, "apiServerCIDR": "10.0.0.0/24", "nodeCIDR": "10.0.0.0/16",
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}}));
     m.push(json!({"image": {"repository": "registry.example/pod-identity-webhook", "digest": format!("sha256:{}", "0".repeat(64))}}));
+    m.extend(eks_values());
     m
+}
+
+/// EKS Pod Identity (backend eks): the exchange's AWS credentials from a shared credentials
+/// file, from the environment with web identity, and no exchange (the agents call AWS).
+fn eks_values() -> Vec<Value> {
+    let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
+    let eks = json!({"provider": "eks", "backend": "eks", "awsRegion": "us-west-2",
+        "eks": {"clusterName": "edge-1"}, "networkPolicies": cidrs});
+    let with = |extra: Value| {
+        let mut v = eks.clone();
+        for (key, value) in extra.as_object().unwrap() {
+            v[key] = value.clone();
+        }
+        v
+    };
+    vec![
+        with(
+            json!({"eks": {"clusterName": "edge-1", "clusterArn": "arn:aws:eks:us-west-2:111122223333:cluster/edge-1",
+            "stsEndpoint": "https://sts.us-west-2.amazonaws.com"},
+            "exchange": {"aws": {"filesSecret": "pod-identity-aws", "profile": "exchange"}}}),
+        ),
+        with(json!({"exchange": {"aws": {"envSecret": "pod-identity-aws-env",
+            "webIdentityRoleArn": "arn:aws:iam::111122223333:role/pod-identity-exchange"}}})),
+        with(
+            json!({"exchange": {"enabled": false}, "agent": {"eksEndpoint": "https://eks-auth.us-west-2.api.aws"}}),
+        ),
+    ]
 }
 
 fn enabled(values: &Value, component: &str) -> bool {
@@ -367,15 +395,28 @@ fn check_rendering(values: &Value, r: &Rendered) {
         assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]), "{ctx}");
         let args = args_of(&pod["containers"][0]);
         assert!(args.contains(&format!("--provider={provider}").as_str()), "{ctx}");
-        let ca = find(docs, "ConfigMap", "pod-identity-exchange-ca");
-        if enabled(values, "exchange") {
-            assert!(args.contains(&"--cce-endpoint=https://pod-identity-exchange.pod-identity-system.svc"));
-        } else {
-            assert!(
-                args.contains(&"--cce-endpoint=https://cce.example.com"),
-                "{args:?}"
-            );
-            assert_eq!(ca["data"]["ca.crt"], values["exchange"]["caCert"]);
+        let backend = values["backend"].as_str().unwrap_or("cce");
+        assert!(args.contains(&format!("--backend={backend}").as_str()), "{ctx}");
+        let exchange = "https://pod-identity-exchange.pod-identity-system.svc";
+        match (backend, enabled(values, "exchange")) {
+            ("cce", true) => assert!(args.contains(&format!("--cce-endpoint={exchange}").as_str())),
+            ("cce", false) => {
+                assert!(
+                    args.contains(&"--cce-endpoint=https://cce.example.com"),
+                    "{args:?}"
+                );
+                let ca = find(docs, "ConfigMap", "pod-identity-exchange-ca");
+                assert_eq!(ca["data"]["ca.crt"], values["exchange"]["caCert"]);
+            }
+            (_, true) => assert!(args.contains(&format!("--eks-endpoint={exchange}").as_str())),
+            (_, false) => {
+                // AWS's EKS Auth: SigV4 with the node's credentials, the public roots.
+                assert!(
+                    !args.iter().any(|a| a.starts_with("--auth-token-file")),
+                    "{args:?}"
+                );
+                assert!(!docs.iter().any(|d| d["kind"] == "ConfigMap"), "{ctx}");
+            }
         }
     }
 }
@@ -753,12 +794,11 @@ fn notes_show_how_to_label_a_namespace_and_create_an_association() {
     assert!(!quiet.contains("WARNING"), "{quiet}");
 }
 
-/// The README's `helm install`, as written (with example values for its variables), passes the
-/// schema and renders a deployment that passes every check.
-#[test]
-fn the_readmes_helm_install_renders_a_deployment_that_passes_the_checks() {
+/// The values of the README's `helm install` in section `heading`, as written (with example
+/// values for its variables).
+fn readme_helm_values(heading: &str) -> Value {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let block = crate::readme::sh_blocks(&readme, "## Deploy with Helm")
+    let block = crate::readme::sh_blocks(&readme, heading)
         .join("\n")
         .replace("\\\n", " ");
     let install = block
@@ -779,6 +819,8 @@ fn the_readmes_helm_install_renders_a_deployment_that_passes_the_checks() {
         ("$PROJECT_ID", "project"),
         ("$CLUSTER_ID", "cluster"),
         ("$DOMAIN_ID", "domain"),
+        ("$AWS_REGION", "eu-west-1"),
+        ("$CLUSTER_NAME", "edge-1"),
     ];
     let mut values = json!({});
     let mut words = install.split_whitespace();
@@ -799,8 +841,364 @@ fn the_readmes_helm_install_renders_a_deployment_that_passes_the_checks() {
         *at = value.into();
     }
     assert_eq!(values["image"]["digest"], digest.as_str());
+    values
+}
+
+/// The README's `helm install`, as written (with example values for its variables), passes the
+/// schema and renders a deployment that passes every check.
+#[test]
+fn the_readmes_helm_install_renders_a_deployment_that_passes_the_checks() {
+    let values = readme_helm_values("## Deploy with Helm");
     let r = render(&values);
     check_rendering(&values, &r);
     assert!(!r.notes.contains("WARNING"), "{}", r.notes);
     assert_eq!(lint_findings(&values), Vec::<String>::new());
+}
+
+/// The same for the README's install in EKS mode; the Secret it creates is the one the
+/// exchange mounts, under the key its credentials file is read from.
+#[test]
+fn the_readmes_eks_helm_install_renders_a_deployment_that_passes_the_checks() {
+    let values = readme_helm_values("## EKS Pod Identity on any cluster");
+    assert_eq!(values["backend"], "eks");
+    let r = render(&values);
+    check_rendering(&values, &r);
+    assert!(!r.notes.contains("WARNING"), "{}", r.notes);
+    assert_eq!(lint_findings(&values), Vec::<String>::new());
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let block = crate::readme::sh_blocks(&readme, "## EKS Pod Identity on any cluster").join("\n");
+    let secret = values["exchange"]["aws"]["filesSecret"].as_str().unwrap();
+    assert!(
+        block.contains(&format!(
+            "-n pod-identity-system create secret generic {secret} --from-file=credentials="
+        )),
+        "{block}"
+    );
+    let (pod, exchange) = container(&r.docs, "Deployment", "pod-identity-exchange");
+    let file = env_of(exchange)["AWS_SHARED_CREDENTIALS_FILE"].clone();
+    let file = Path::new(&file);
+    assert_eq!(file.file_name().unwrap(), "credentials");
+    assert_eq!(
+        mounted_at(pod, file.parent().unwrap().to_str().unwrap())["secret"]["secretName"],
+        secret
+    );
+}
+
+/// The container named `name` of the workload `kind/workload`: its pod spec and itself.
+fn container<'a>(docs: &'a [Value], kind: &str, workload: &str) -> (&'a Value, &'a Value) {
+    let pod = &find(docs, kind, workload)["spec"]["template"]["spec"];
+    (pod, &pod["containers"][0])
+}
+
+/// The value of `--name=` in `args`, if set.
+fn flag_of<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}=");
+    args.iter().find_map(|a| a.strip_prefix(&prefix))
+}
+
+/// The container's `env` entries with a plain value, by name.
+fn env_of(container: &Value) -> BTreeMap<String, String> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
+        .collect()
+}
+
+/// The pod's volume mounted at `dir` (read-only) in its first container.
+fn mounted_at<'a>(pod: &'a Value, dir: &str) -> &'a Value {
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    assert_eq!(mount["readOnly"], true, "{dir}");
+    pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap()
+}
+
+/// Backend eks, as the chart renders it: the agents call the exchange's EKS Auth with their
+/// token; the exchange serves the cluster and reads its AWS credentials through the chain from
+/// the Secret the values name (files or environment, or web identity); nothing of the CCE
+/// path (its ConfigMap, the IAM key Secret) is rendered.
+#[test]
+fn chart_renders_eks_mode_with_the_exchanges_aws_credentials() {
+    let [files, env_web, no_exchange] = <[Value; 3]>::try_from(eks_values()).unwrap();
+    for values in [&files, &env_web, &no_exchange] {
+        let r = render(values);
+        check_rendering(values, &r);
+        assert_eq!(lint_findings(values), Vec::<String>::new(), "{values}");
+        let text = serde_json::to_string(&r.docs).unwrap();
+        for cce in [
+            "pod-identity-cloud",
+            "--access-key-file",
+            "pod-identity-iam",
+            "--cce-endpoint",
+        ] {
+            assert!(!text.contains(cce), "{cce} rendered for backend eks: {values}");
+        }
+        let (_, agent) = container(&r.docs, "DaemonSet", "pod-identity-agent");
+        let args = args_of(agent);
+        assert_eq!(flag_of(&args, "--cluster-name"), Some("edge-1"));
+        assert_eq!(flag_of(&args, "--region"), Some("us-west-2"));
+        assert_eq!(agent["env"].as_array().unwrap().len(), 1, "only the node name");
+    }
+
+    // The exchange: the cluster, STS, the tag's ARN; the profile's files from the Secret.
+    let docs = render(&files).docs;
+    let (pod, exchange) = container(&docs, "Deployment", "pod-identity-exchange");
+    let args = args_of(exchange);
+    for (name, want) in [
+        ("--cluster-name", "edge-1"),
+        ("--region", "us-west-2"),
+        ("--sts-endpoint", "https://sts.us-west-2.amazonaws.com"),
+        (
+            "--cluster-arn",
+            "arn:aws:eks:us-west-2:111122223333:cluster/edge-1",
+        ),
+    ] {
+        assert_eq!(flag_of(&args, name), Some(want), "{args:?}");
+    }
+    let env = env_of(exchange);
+    assert_eq!(env["AWS_PROFILE"], "exchange");
+    let credentials = Path::new(&env["AWS_SHARED_CREDENTIALS_FILE"]);
+    assert_eq!(credentials.file_name().unwrap(), "credentials");
+    let volume = mounted_at(pod, credentials.parent().unwrap().to_str().unwrap());
+    assert_eq!(
+        volume["secret"],
+        json!({"secretName": "pod-identity-aws", "defaultMode": 288})
+    );
+    assert!(exchange.get("envFrom").is_none());
+
+    // The environment from a Secret, and web identity with the exchange's projected token.
+    let docs = render(&env_web).docs;
+    let (pod, exchange) = container(&docs, "Deployment", "pod-identity-exchange");
+    assert_eq!(
+        exchange["envFrom"],
+        json!([{"secretRef": {"name": "pod-identity-aws-env"}}])
+    );
+    let env = env_of(exchange);
+    assert_eq!(
+        env["AWS_ROLE_ARN"],
+        "arn:aws:iam::111122223333:role/pod-identity-exchange"
+    );
+    let token = Path::new(&env["AWS_WEB_IDENTITY_TOKEN_FILE"]);
+    let volume = mounted_at(pod, token.parent().unwrap().to_str().unwrap());
+    assert_eq!(
+        volume["projected"]["sources"][0]["serviceAccountToken"],
+        json!({"audience": "sts.amazonaws.com", "expirationSeconds": 3600,
+               "path": token.file_name().unwrap().to_str().unwrap()})
+    );
+    assert!(!env.contains_key("AWS_SHARED_CREDENTIALS_FILE"));
+
+    // Without the exchange the agents call AWS's EKS Auth, SigV4-signed: no token, no CA.
+    let docs = render(&no_exchange).docs;
+    let (pod, agent) = container(&docs, "DaemonSet", "pod-identity-agent");
+    let args = args_of(agent);
+    assert_eq!(
+        flag_of(&args, "--eks-endpoint"),
+        Some("https://eks-auth.us-west-2.api.aws")
+    );
+    assert_eq!(flag_of(&args, "--ca-file"), None);
+    let volumes: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(volumes, ["kube-api"]);
+
+    // The schema names what backend eks needs.
+    for (values, message) in [
+        (
+            json!({"backend": "eks", "awsRegion": "us-west-2"}),
+            "at '/eks/clusterName': minLength: got 0, want 1",
+        ),
+        (
+            json!({"backend": "eks", "eks": {"clusterName": "edge-1"}}),
+            "at '/awsRegion': minLength: got 0, want 1",
+        ),
+        (
+            json!({"backend": "eks", "awsRegion": "us-west-2", "eks": {"clusterName": "edge-1"},
+                   "exchange": {"aws": {"webIdentityRoleArn": "pod-identity-exchange"}}}),
+            "at '/exchange/aws/webIdentityRoleArn'",
+        ),
+        (
+            json!({"backend": "aws"}),
+            "at '/backend': value must be one of 'cce', 'eks'",
+        ),
+    ] {
+        let e = try_render_chart(&chart_dir(), &values)
+            .err()
+            .unwrap_or_else(|| panic!("{values} rendered"));
+        assert!(e.contains(message), "{values}: {e}");
+    }
+    // NOTES: the Secret to create, and an association naming a role the CRD accepts.
+    let notes = render(&files).notes;
+    assert!(
+        notes.contains("create secret generic pod-identity-aws \\\n    --from-file=credentials="),
+        "{notes}"
+    );
+    let start = notes.find("  apiVersion: podidentity.io/").unwrap();
+    let end = notes.find("  EOF_").unwrap();
+    let yaml: String = notes[start..end]
+        .replace("NAMESPACE", "demo")
+        .replace("ROLE_ARN", "arn:aws:iam::111122223333:role/app")
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    let obj: crd::PodIdentityAssociation = serde_yaml::from_str(&yaml).unwrap();
+    kube::core::cel::validate_cel(&obj).unwrap();
+    crd::to_association(&obj, None).unwrap();
+}
+
+/// `s` with every absolute path moved under `root` (where the test lays out what the pod's
+/// volumes would hold).
+fn under(root: &Path, s: &str) -> String {
+    match s.split_once("=/") {
+        Some((flag, path)) if flag.starts_with("--") => format!("{flag}={}", root.join(path).display()),
+        _ if s.starts_with('/') => root.join(&s[1..]).display().to_string(),
+        _ => s.to_owned(),
+    }
+}
+
+/// The agent and the exchange the chart renders for backend eks, started with exactly the
+/// rendered arguments and environment (only addresses and the pods' mount paths moved to this
+/// machine): a pod's token goes through the agent, over TLS to the exchange, which signs STS
+/// with the key of the profile in the files Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod() {
+    use crate::common::agents::{agent_token, pod_token};
+    use crate::common::standin::{StandIn, pod};
+    use crate::eks_auth::{free_ports, recording_sts, spawn_isolated};
+    crate::common::crypto();
+    let api = StandIn::start(false).await;
+    api.apply(json!({"apiVersion": "podidentity.io/v1alpha1", "kind": "PodIdentityAssociation",
+        "metadata": {"name": "pi-demo.app"},
+        "spec": {"namespace": "pi-demo", "serviceAccount": "app", "roleArn": "arn:aws:iam::111122223333:role/app-role"}}));
+    api.apply_pod(pod("pi-demo", "app-1", crate::common::NODE));
+    let (sts_url, calls) = recording_sts().await;
+    let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
+    let values = json!({"provider": "eks", "backend": "eks", "awsRegion": "us-west-2",
+        "eks": {"clusterName": "edge-1", "stsEndpoint": sts_url}, "networkPolicies": cidrs,
+        "exchange": {"aws": {"filesSecret": "pod-identity-aws", "profile": "exchange"}}});
+    let docs = render(&values).docs;
+    let (_, exchange) = container(&docs, "Deployment", "pod-identity-exchange");
+    let (_, agent) = container(&docs, "DaemonSet", "pod-identity-agent");
+
+    // What the volumes would hold: the profile's files, the exchange's pair and its CA, the
+    // agent's token.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let env = env_of(exchange);
+    let credentials = PathBuf::from(under(root, &env["AWS_SHARED_CREDENTIALS_FILE"]));
+    std::fs::create_dir_all(credentials.parent().unwrap()).unwrap();
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = d\n\
+         [exchange]\naws_access_key_id = AKIDCHART\naws_secret_access_key = chart-secret\n",
+    )
+    .unwrap();
+    let exchange_args: Vec<&str> = args_of(exchange);
+    let cert_dir = PathBuf::from(under(root, flag_of(&exchange_args, "--cert-dir").unwrap()));
+    let out = Command::new(BIN)
+        .args(["certs", "--dns", "localhost", "--out"])
+        .arg(&cert_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let agent_args: Vec<&str> = args_of(agent);
+    let ca_file = PathBuf::from(under(root, flag_of(&agent_args, "--ca-file").unwrap()));
+    std::fs::create_dir_all(ca_file.parent().unwrap()).unwrap();
+    std::fs::copy(cert_dir.join("ca.crt"), &ca_file).unwrap();
+    let token_file = PathBuf::from(under(root, flag_of(&agent_args, "--auth-token-file").unwrap()));
+    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
+    std::fs::write(&token_file, agent_token(crate::common::NODE)).unwrap();
+    let kubeconfig = api.kubeconfig(root, "kube-bearer-token");
+
+    let [xport, aport, admin] = free_ports::<3>();
+    let moved = |args: &[&str], to: &[(&str, String)]| -> Vec<String> {
+        args.iter()
+            .map(|a| {
+                let flag = a.split('=').next().unwrap();
+                match to.iter().find(|(f, _)| *f == flag) {
+                    Some((_, value)) => format!("{flag}={value}"),
+                    None => under(root, a),
+                }
+            })
+            .collect()
+    };
+    let args = moved(&exchange_args, &[("--listen", format!("127.0.0.1:{xport}"))]);
+    let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), under(root, v))).collect();
+    env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exchange = spawn_isolated(root, "exchange", &arg_refs, &env_refs);
+    let ca = std::fs::read(cert_dir.join("ca.crt")).unwrap();
+    crate::common::until_ready(
+        &crate::common::client(&[&ca], crate::common::Http::H1),
+        &format!("https://localhost:{xport}/readyz"),
+        std::time::Instant::now() + std::time::Duration::from_secs(30),
+    )
+    .await;
+
+    let args = moved(
+        &agent_args,
+        &[
+            ("--listen", format!("127.0.0.1:{aport}")),
+            ("--admin-listen", format!("127.0.0.1:{admin}")),
+            ("--eks-endpoint", format!("https://localhost:{xport}")),
+        ],
+    );
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The downward API's spec.nodeName.
+    assert_eq!(agent["env"][0]["name"], "POD_IDENTITY_NODE_NAME");
+    let env = [
+        ("POD_IDENTITY_NODE_NAME", crate::common::NODE),
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+    ];
+    let agent = spawn_isolated(root, "agent", &arg_refs, &env);
+    crate::common::until_ready(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        std::time::Instant::now() + std::time::Duration::from_secs(30),
+    )
+    .await;
+
+    let token = pod_token("pi-demo", "app", "app-1", "pods.eks.amazonaws.com");
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{aport}/v1/credentials"))
+        .header("Authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or_default();
+    assert_eq!(
+        status,
+        200,
+        "{body}\nagent:\n{}\nexchange:\n{}",
+        agent.log(),
+        exchange.log()
+    );
+    assert_eq!(body["AccessKeyId"], "ASIASTAND");
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].get("RoleArn"),
+        Some("arn:aws:iam::111122223333:role/app-role")
+    );
+    assert!(
+        calls[0]
+            .authorization
+            .starts_with("AWS4-HMAC-SHA256 Credential=AKIDCHART/"),
+        "{}",
+        calls[0].authorization
+    );
 }

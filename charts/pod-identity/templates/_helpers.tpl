@@ -21,6 +21,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- list "pod-identity-webhook" (printf "pod-identity-webhook.%s" $ns) (printf "pod-identity-webhook.%s.svc" $ns) (printf "pod-identity-webhook.%s.svc.cluster.local" $ns) | toJson -}}
 {{- end -}}
 
+{{/* Non-empty when the agents call with their token and trust a CA of the chart's: the
+exchange, or the cloud's CCE endpoint; not AWS's EKS Auth (SigV4, public roots). */}}
+{{- define "pod-identity.agentCallsExchange" -}}
+{{- if or .Values.exchange.enabled (eq .Values.backend "cce") }}true{{ end -}}
+{{- end -}}
+
 {{- define "pod-identity.exchangeHost" -}}
 pod-identity-exchange.{{ .Values.namespaces.system }}.svc
 {{- end -}}

@@ -3,22 +3,21 @@
 //! is SigV4-signed for `eks-auth` with the node's AWS credentials; towards this project's
 //! `exchange` it carries the agent's own service-account token as `X-Auth-Token` instead.
 
-use aws_credential_types::Credentials as AwsCredentials;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::Backend;
 use crate::cloud::auth::CloudAuth;
-use crate::cloud::aws;
+use crate::cloud::aws::{self, AwsKey};
 use crate::cloud::client::{ClientError, Upstream, endpoint_url};
 use crate::cloud::seed002::{AssumeRoleForPodIdentityRequest, AssumeRoleForPodIdentityResponse};
 use crate::cloud::{Credentials, UpstreamError};
 
 /// How the agent authenticates to the endpoint.
 enum Auth {
-    /// SigV4 with the environment's key, or this one.
-    SigV4(Option<AwsCredentials>),
+    /// SigV4 with the key of AWS's standard chain, or a fixed one.
+    SigV4(AwsKey),
     /// `X-Auth-Token` (this project's `exchange`).
     Token(CloudAuth),
 }
@@ -36,8 +35,10 @@ pub fn regional_endpoint(region: &str) -> String {
 }
 
 impl EksBackend {
-    /// SigV4-signed calls with the environment's AWS credentials; `token` (the agent's token
-    /// file) in their place when the endpoint is this project's `exchange`.
+    /// SigV4-signed calls with the AWS credentials of the standard chain (the node's: the
+    /// environment, shared files, web identity, the container endpoint or instance metadata);
+    /// `token` (the agent's token file) in their place when the endpoint is this project's
+    /// `exchange`.
     pub fn new(
         client: Upstream,
         endpoint: &str,
@@ -46,17 +47,21 @@ impl EksBackend {
         token: Option<CloudAuth>,
     ) -> Result<Self, ClientError> {
         let path = format!("/clusters/{cluster_name}/assume-role-for-pod-identity");
+        let auth = match token {
+            Some(token) => Auth::Token(token),
+            None => Auth::SigV4(AwsKey::chain(region, &client)),
+        };
         Ok(EksBackend {
-            client,
             url: endpoint_url(endpoint, &path, "--eks-endpoint")?,
+            client,
             region: region.to_owned(),
-            auth: token.map_or(Auth::SigV4(None), Auth::Token),
+            auth,
         })
     }
 
-    /// Signs with this access key instead of the environment's.
+    /// Signs with this access key instead of the chain's.
     pub fn with_key(mut self, access_key_id: &str, secret_access_key: &str) -> Self {
-        self.auth = Auth::SigV4(Some(aws::fixed(access_key_id, secret_access_key)));
+        self.auth = Auth::SigV4(AwsKey::fixed(access_key_id, secret_access_key));
         self
     }
 }
@@ -68,12 +73,11 @@ impl Backend for EksBackend {
                 token: token.to_owned(),
             };
             let body = serde_json::to_vec(&request).unwrap_or_default();
+            // One deadline for the call, resolving the key that signs it included.
+            let until = tokio::time::Instant::now() + self.client.deadline();
             let headers = match &self.auth {
                 Auth::SigV4(key) => {
-                    let identity = match key {
-                        Some(k) => k.clone(),
-                        None => aws::env_credentials()?,
-                    };
+                    let identity = key.credentials(until).await?;
                     aws::signed_headers(
                         &identity,
                         &self.region,
@@ -90,7 +94,7 @@ impl Backend for EksBackend {
                     headers
                 }
             };
-            match self.client.post(&self.url, headers, body, 200).await {
+            match self.client.post_by(&self.url, headers, body, 200, until).await {
                 Ok(b) => from_seed_002(&b),
                 Err(e) => Err(for_the_cache(e)),
             }
