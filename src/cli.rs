@@ -464,7 +464,7 @@ pub struct ReportArgs {
     #[arg(long, env = "POD_NAME")]
     pub(crate) lease_identity: Option<String>,
     /// Seconds the report's Lease holds without renewal: how long the report may pause when
-    /// its replica dies without releasing it.
+    /// the replica holding it stops or dies (the others look again when it would end).
     #[arg(long, env = "POD_IDENTITY_REPORT_LEASE_SECONDS", default_value_t = 15)]
     pub(crate) report_lease_seconds: u64,
 }

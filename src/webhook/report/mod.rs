@@ -4,10 +4,11 @@
 //! why and what to do, and are counted in `podidentity_missed_injections{namespace}`.
 //!
 //! One replica reports at a time: the one holding the `pod-identity-webhook-report` Lease
-//! (kube-lease-manager; the holder renews it every few seconds, and a replica that stops
-//! releases it so another takes over at once). The holder runs one pod watch (from the API
-//! server's watch cache) and reads the namespaces it needs with cached GETs; the other
-//! replicas cost the API server nothing but the Lease's reads. The judgement itself is pure,
+//! (kube-lease-manager; the holder renews it a third of its duration before it ends, a
+//! replica that stops releases it, and the others look again when it would have ended). The
+//! holder runs one pod watch (from the API server's watch cache) and reads the namespaces it
+//! needs with cached GETs; the other replicas cost the API server nothing but the Lease's
+//! reads. The judgement itself is pure,
 //! in [`tracker`].
 
 mod tracker;
