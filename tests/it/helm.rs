@@ -1,10 +1,10 @@
 //! The Helm chart `charts/pod-identity`, rendered and linted by the real Helm engine (Helm v4
 //! as a library: `helm-python-sdk` from PyPI, no helm binary) for the default values and a
 //! matrix of settings, and held to the checks the kustomize overlays pass (`common::deploy`).
-//! With the overlays' settings it renders the overlays' objects, object by object: the
-//! overlays and the chart cannot drift apart.
+//! With the overlays' settings it renders the overlays' objects, object by object, in CCE and
+//! in EKS mode: the overlays and the chart cannot drift apart.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -515,12 +515,50 @@ fn by_identity(docs: Vec<Value>) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// One source of truth: with the overlays' settings (settings.env, config.env), the chart
-/// renders exactly the objects `manifests/` + `manifests/agent` render (certificates from
-/// `certs` there, from the chart here) and `manifests/cert-manager` + `manifests/agent`
-/// (certificate mode cert-manager), object by object.
-#[test]
-fn chart_renders_the_objects_the_overlays_render() {
+/// Where the chart's rendering with `values` (its CRDs included) and `overlays` differ, object
+/// by object after `normalize`: each differing object's identity, with both versions.
+fn differences(values: &Value, overlays: Vec<Value>) -> BTreeMap<String, String> {
+    let r = render(values);
+    let mut chart_docs = r.docs;
+    for c in &r.crds {
+        chart_docs.push(serde_yaml::from_str(c).unwrap());
+    }
+    let ours = by_identity(chart_docs);
+    let theirs = by_identity(overlays);
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap();
+    let mut out = BTreeMap::new();
+    for key in ours.keys().chain(theirs.keys()) {
+        let detail = match (ours.get(key), theirs.get(key)) {
+            (Some(a), Some(b)) if a == b => continue,
+            (Some(a), Some(b)) => format!("chart: {}\nkustomize: {}", pretty(a), pretty(b)),
+            (Some(_), None) => "rendered by the chart only".to_owned(),
+            (None, _) => "rendered by the overlays only".to_owned(),
+        };
+        out.insert(key.clone(), detail);
+    }
+    out
+}
+
+/// The chart with `values` renders exactly the objects of `overlays` (`what`).
+fn assert_same_objects(values: &Value, overlays: Vec<Value>, what: &str) {
+    let diff = differences(values, overlays);
+    assert!(
+        diff.is_empty(),
+        "the chart ({values}) and {what} differ:\n{}",
+        diff.iter()
+            .map(|(key, detail)| format!("{key}: {detail}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The EKS settings `manifests_copy` writes, and the chart's values for them.
+const EKS_REGION: &str = "us-west-2";
+const EKS_CLUSTER: &str = "edge-1";
+
+/// A copy of `manifests/` as a user fills it in: the settings (the image, the ranges of
+/// `CIDRS`; the EKS region and cluster name) and the certificates of every overlay.
+fn manifests_copy() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let m = tmp.path().join("manifests");
     copy_dir(&repo().join("manifests"), &m);
@@ -529,7 +567,12 @@ fn chart_renders_the_objects_the_overlays_render() {
         "IMAGE=pod-identity-webhook:0.1.0\nAPI_SERVER_CIDR=192.0.2.10/32\nNODE_CIDR=198.51.100.0/24\n",
     )
     .unwrap();
-    for overlay in ["tls", "agent/tls"] {
+    std::fs::write(
+        m.join("eks/settings/eks.env"),
+        format!("AWS_REGION={EKS_REGION}\nCLUSTER_NAME={EKS_CLUSTER}\n"),
+    )
+    .unwrap();
+    for overlay in ["tls", "agent/tls", "eks/tls"] {
         let out = Command::new(BIN)
             .args(["certs", "--out"])
             .arg(m.join(overlay))
@@ -537,35 +580,94 @@ fn chart_renders_the_objects_the_overlays_render() {
             .unwrap();
         assert!(out.status.success());
     }
+    (tmp, m)
+}
+
+/// One source of truth: with the overlays' settings (settings.env, config.env), the chart
+/// renders exactly the objects `manifests/` + `manifests/agent` render (certificates from
+/// `certs` there, from the chart here) and `manifests/cert-manager` + `manifests/agent`
+/// (certificate mode cert-manager), object by object.
+#[test]
+fn chart_renders_the_objects_the_overlays_render() {
+    let (_tmp, m) = manifests_copy();
     let agent = try_kustomize(&m.join("agent")).unwrap();
     let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
     for (overlay, mode) in [("", "helm"), ("cert-manager", "cert-manager")] {
         let mut overlays = try_kustomize(&m.join(overlay)).unwrap();
         overlays.extend(agent.clone());
         let values = json!({"certificates": {"mode": mode}, "networkPolicies": cidrs});
-        let r = render(&values);
-        let mut chart_docs = r.docs.clone();
-        for c in &r.crds {
-            chart_docs.push(serde_yaml::from_str(c).unwrap());
-        }
-        let ours = by_identity(chart_docs);
-        let theirs = by_identity(overlays);
-        let a: BTreeSet<&String> = ours.keys().collect();
-        let b: BTreeSet<&String> = theirs.keys().collect();
-        assert_eq!(
-            a, b,
-            "{mode}: the chart and manifests/{overlay} + manifests/agent hold different objects"
+        assert_same_objects(
+            &values,
+            overlays,
+            &format!("manifests/{overlay} + manifests/agent"),
         );
-        for (key, want) in &theirs {
-            assert_eq!(
-                &ours[key],
-                want,
-                "{mode}: {key} differs from manifests/{overlay}:\nchart: {}\nkustomize: {}",
-                serde_json::to_string_pretty(&ours[key]).unwrap(),
-                serde_json::to_string_pretty(want).unwrap()
-            );
-        }
     }
+}
+
+/// The lines of `manifests/eks/agent/kustomization.yaml` from `#patches:` on, uncommented: its
+/// optional patch, as a user who needs it uncomments it.
+fn uncomment_the_optional_patch(kustomization: &Path) {
+    let text = std::fs::read_to_string(kustomization).unwrap();
+    let mut block = false;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            block = (block || l == "#patches:") && l.starts_with('#');
+            if block { &l[1..] } else { l }
+        })
+        .collect();
+    assert!(lines.contains(&"patches:"), "no optional patch in\n{text}");
+    std::fs::write(kustomization, lines.join("\n")).unwrap();
+}
+
+/// The same for EKS mode: with the overlays' settings (eks.env too), the chart's
+/// provider=eks, backend=eks rendering with the exchange's AWS credentials from the files
+/// Secret `pod-identity-aws` renders exactly the objects of `manifests/eks` +
+/// `manifests/eks/agent` (mode helm) and `manifests/eks/cert-manager` + `manifests/eks/agent`
+/// (mode cert-manager); with the optional patch of `manifests/eks/agent` uncommented, those of
+/// the chart with `eks.stsEndpoint`, `eks.clusterArn` and `exchange.aws.profile` as it sets them.
+#[test]
+fn chart_renders_the_objects_the_eks_overlays_render() {
+    let (_tmp, m) = manifests_copy();
+    let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
+    let eks = |mode: &str| {
+        json!({"provider": "eks", "backend": "eks", "awsRegion": EKS_REGION,
+            "eks": {"clusterName": EKS_CLUSTER}, "exchange": {"aws": {"filesSecret": "pod-identity-aws"}},
+            "certificates": {"mode": mode}, "networkPolicies": cidrs})
+    };
+    let agent = try_kustomize(&m.join("eks/agent")).unwrap();
+    let webhook = try_kustomize(&m.join("eks")).unwrap();
+    for (overlay, mode) in [("eks", "helm"), ("eks/cert-manager", "cert-manager")] {
+        let mut overlays = try_kustomize(&m.join(overlay)).unwrap();
+        overlays.extend(agent.clone());
+        assert_same_objects(
+            &eks(mode),
+            overlays,
+            &format!("manifests/{overlay} + manifests/eks/agent"),
+        );
+    }
+
+    let mut optional = eks("helm");
+    optional["eks"]["stsEndpoint"] = "https://sts.us-west-2.amazonaws.com".into();
+    optional["eks"]["clusterArn"] = "arn:aws:eks:us-west-2:111122223333:cluster/edge-1".into();
+    optional["exchange"]["aws"]["profile"] = "exchange".into();
+    // The comparison sees them: without the patch, the exchange differs, and nothing else.
+    let mut overlays = webhook.clone();
+    overlays.extend(agent);
+    let diff = differences(&optional, overlays);
+    assert_eq!(
+        diff.keys().collect::<Vec<_>>(),
+        ["Deployment/pod-identity-system/pod-identity-exchange"],
+        "{diff:?}"
+    );
+    uncomment_the_optional_patch(&m.join("eks/agent/kustomization.yaml"));
+    let mut overlays = webhook;
+    overlays.extend(try_kustomize(&m.join("eks/agent")).unwrap());
+    assert_same_objects(
+        &optional,
+        overlays,
+        "manifests/eks + manifests/eks/agent with its optional patch",
+    );
 }
 
 /// The checks catch a chart that breaks Pod Security: a webhook that may escalate privileges

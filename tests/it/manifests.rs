@@ -80,16 +80,59 @@ fn render_copy_with_certs(overlay: &str, names: &[&str]) -> (Vec<Value>, PathBuf
 }
 
 /// Every overlay, rendered as it would be applied: `manifests/` and `manifests/agent` after
-/// `certs`, `manifests/cert-manager` as it is.
+/// `certs`, `manifests/cert-manager` as it is, and the EKS overlays.
 fn every_overlay() -> Vec<(&'static str, Vec<Value>)> {
-    vec![
+    let mut renders = vec![
         ("manifests", render_with_certs().0),
         (
             "manifests/cert-manager",
             kustomize(&repo().join("manifests/cert-manager")),
         ),
         ("manifests/agent", render_agent_with_certs().0),
-    ]
+    ];
+    renders.extend(render_eks_with_certs(None).0);
+    renders
+}
+
+/// The names the exchange's certificate is for (`certs --dns`, as README runs it).
+const EXCHANGE_DNS: [&str; 4] = [
+    "--dns",
+    "pod-identity-exchange.pod-identity-system.svc",
+    "--dns",
+    "pod-identity-exchange.pod-identity-system.svc.cluster.local",
+];
+
+/// The EKS overlays `manifests/eks`, `manifests/eks/cert-manager` and `manifests/eks/agent`,
+/// rendered as they would be applied, in a copy of `manifests/` with `eks_env` as
+/// `eks/settings/eks.env` (else the repository's), after `certs` wrote the webhook's pair
+/// (`eks/tls`) and the exchange's (`agent/tls`); and the copy's `manifests/`.
+fn render_eks_with_certs(
+    eks_env: Option<&str>,
+) -> (Vec<(&'static str, Vec<Value>)>, PathBuf, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("manifests");
+    copy_dir(&repo().join("manifests"), &m);
+    if let Some(env) = eks_env {
+        std::fs::write(m.join("eks/settings/eks.env"), env).unwrap();
+    }
+    for (dir, names) in [("eks/tls", &[][..]), ("agent/tls", &EXCHANGE_DNS[..])] {
+        let out = Command::new(BIN)
+            .args(["certs", "--out"])
+            .arg(m.join(dir))
+            .args(names)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let renders = vec![
+        ("manifests/eks", kustomize(&m.join("eks"))),
+        (
+            "manifests/eks/cert-manager",
+            kustomize(&m.join("eks/cert-manager")),
+        ),
+        ("manifests/eks/agent", kustomize(&m.join("eks/agent"))),
+    ];
+    (renders, m, tmp)
 }
 
 #[test]
@@ -302,15 +345,7 @@ fn assert_serve_flags<S: AsRef<str>>(args: &[S]) {
 
 /// The agent and exchange manifests after `certs` wrote the exchange's pair, in a copy.
 fn render_agent_with_certs() -> (Vec<Value>, PathBuf, tempfile::TempDir) {
-    render_copy_with_certs(
-        "agent",
-        &[
-            "--dns",
-            "pod-identity-exchange.pod-identity-system.svc",
-            "--dns",
-            "pod-identity-exchange.pod-identity-system.svc.cluster.local",
-        ],
-    )
+    render_copy_with_certs("agent", &EXCHANGE_DNS)
 }
 
 /// The value of `--name=` in `args`.
@@ -596,12 +631,12 @@ fn every_pod_template_meets_its_namespaces_pod_security_level() {
     );
 
     // Everything but the agent meets restricted, in a namespace that enforces it ...
-    let mut agent = None;
+    let mut agents = Vec::new();
     for (overlay, docs) in &renders {
         assert!(!pod_templates(docs).is_empty(), "{overlay} renders workloads");
         for (name, ns, template) in pod_templates(docs) {
             if name == "DaemonSet/pod-identity-agent" {
-                agent = Some((ns, template.clone()));
+                agents.push((overlay, docs, ns, template));
                 continue;
             }
             assert_eq!(ns, "pod-identity-system", "{name}");
@@ -617,37 +652,42 @@ fn every_pod_template_meets_its_namespaces_pod_security_level() {
             );
         }
     }
-    let (ns, template) = agent.expect("the agent is rendered");
-    let namespace = renders[2]
-        .1
-        .iter()
-        .find(|d| d["kind"] == "Namespace" && d["metadata"]["name"] == ns.as_str())
-        .unwrap();
-    let labels = namespace["metadata"]["labels"].as_object().unwrap();
-    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "privileged");
-    // ... and the agent departs from restricted exactly where it must, which baseline
-    // would reject too (so its namespace needs privileged, not less).
-    let beyond: std::collections::BTreeSet<String> =
-        violations(&template, Level::Restricted).into_iter().collect();
-    let expected: std::collections::BTreeSet<String> =
-        AGENT_BEYOND_RESTRICTED.iter().map(|s| s.to_string()).collect();
-    assert_eq!(beyond, expected);
-    assert!(!violations(&template, Level::Baseline).is_empty());
-    assert_eq!(
-        template["spec"]["securityContext"]["seccompProfile"]["type"],
-        "RuntimeDefault"
-    );
-    for c in containers_of(&template) {
+    let overlays: Vec<&str> = agents.iter().map(|(overlay, ..)| **overlay).collect();
+    assert_eq!(overlays, ["manifests/agent", "manifests/eks/agent"]);
+    for (overlay, docs, ns, template) in agents {
+        let namespace = docs
+            .iter()
+            .find(|d| d["kind"] == "Namespace" && d["metadata"]["name"] == ns.as_str())
+            .unwrap();
+        let labels = namespace["metadata"]["labels"].as_object().unwrap();
         assert_eq!(
-            c["securityContext"]["allowPrivilegeEscalation"], false,
-            "{}",
-            c["name"]
+            labels["pod-security.kubernetes.io/enforce"], "privileged",
+            "{overlay}"
         );
+        // ... and the agent departs from restricted exactly where it must, which baseline
+        // would reject too (so its namespace needs privileged, not less).
+        let beyond: std::collections::BTreeSet<String> =
+            violations(template, Level::Restricted).into_iter().collect();
+        let expected: std::collections::BTreeSet<String> =
+            AGENT_BEYOND_RESTRICTED.iter().map(|s| s.to_string()).collect();
+        assert_eq!(beyond, expected, "{overlay}");
+        assert!(!violations(template, Level::Baseline).is_empty());
         assert_eq!(
-            c["securityContext"]["readOnlyRootFilesystem"], true,
-            "{}",
-            c["name"]
+            template["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{overlay}"
         );
+        for c in containers_of(template) {
+            assert_eq!(
+                c["securityContext"]["allowPrivilegeEscalation"], false,
+                "{overlay}: {}",
+                c["name"]
+            );
+            assert_eq!(
+                c["securityContext"]["readOnlyRootFilesystem"], true,
+                "{overlay}: {}",
+                c["name"]
+            );
+        }
     }
 }
 
@@ -706,6 +746,15 @@ fn a_skipped_certs_step_is_named_in_the_error() {
             "agent",
             "RUN-pod-identity-webhook-certs--out-manifests-agent-tls-FIRST",
         ),
+        (
+            "eks",
+            "RUN-pod-identity-webhook-certs--out-manifests-eks-tls-FIRST",
+        ),
+        // Built on manifests/agent: the exchange's certificate is the one step.
+        (
+            "eks/agent",
+            "RUN-pod-identity-webhook-certs--out-manifests-agent-tls-FIRST",
+        ),
     ] {
         let dir = m.join(overlay);
         let _ = std::fs::remove_file(dir.join("tls").join(certs::CA_FILE));
@@ -726,13 +775,22 @@ fn settings_reach_every_overlay() {
         format!("IMAGE={image}\nAPI_SERVER_CIDR=192.0.2.10/32\nNODE_CIDR=198.51.100.0/24\n"),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["certs", "--out"])
-        .arg(m.join("agent/tls"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    for overlay in ["", "cert-manager", "agent"] {
+    for dir in ["agent/tls", "eks/tls"] {
+        let out = Command::new(BIN)
+            .args(["certs", "--out"])
+            .arg(m.join(dir))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    for overlay in [
+        "",
+        "cert-manager",
+        "agent",
+        "eks",
+        "eks/cert-manager",
+        "eks/agent",
+    ] {
         let docs = kustomize(&m.join(overlay));
         let images: Vec<&Value> = pod_templates(&docs)
             .into_iter()
@@ -742,8 +800,10 @@ fn settings_reach_every_overlay() {
         assert!(!images.is_empty());
         assert!(images.iter().all(|i| *i == image), "{overlay}: {images:?}");
         assert!(
-            docs.iter()
-                .all(|d| d["kind"] != "ConfigMap" || d["metadata"]["name"] != "pod-identity-settings")
+            docs.iter().all(|d| d["kind"] != "ConfigMap"
+                || (d["metadata"]["name"] != "pod-identity-settings"
+                    && d["metadata"]["name"] != "pod-identity-eks")),
+            "{overlay}: a build-time settings ConfigMap is applied"
         );
         for d in docs
             .iter()
@@ -758,4 +818,156 @@ fn settings_reach_every_overlay() {
             assert_eq!(cidr, want, "{overlay}");
         }
     }
+}
+
+/// The EKS overlays deploy EKS mode, held to the checks the other overlays pass: the webhook
+/// contract and its caBundle, least-privilege RBAC, flags the binary has (Pod Security:
+/// `every_pod_template_meets_its_namespaces_pod_security_level`). The settings of `eks.env`
+/// reach the flags; the agents call the exchange's EKS Auth over TLS with their token and the
+/// CA that verifies it; the exchange reads its AWS credentials from the `pod-identity-aws`
+/// Secret as a file; nothing of the CCE path is left.
+#[test]
+fn eks_overlays_deploy_eks_mode_with_flags_the_binary_has() {
+    let (renders, m, _tmp) = render_eks_with_certs(Some("AWS_REGION=eu-central-1\nCLUSTER_NAME=edge-7\n"));
+    for (overlay, docs) in &renders {
+        assert_eq!(rbac_findings(docs), Vec::<String>::new(), "{overlay}");
+        for (name, _, template) in pod_templates(docs) {
+            for c in containers_of(template) {
+                if let Some(command) = c["args"][0].as_str() {
+                    assert_flags(command, &args_of(c));
+                }
+                assert!(c["envFrom"].is_null(), "{overlay} {name}: envFrom");
+            }
+        }
+        let text = serde_json::to_string(docs).unwrap();
+        for cce in [
+            "pod-identity-cloud",
+            "pod-identity-iam",
+            "--cce-endpoint",
+            "--access-key-file",
+            "POD_IDENTITY_PROJECT_ID",
+            "--provider=cce",
+            "secretKeyRef",
+        ] {
+            assert!(!text.contains(cce), "{overlay} renders {cce}");
+        }
+    }
+    let [(_, webhook), (_, cert_manager), (_, agent_docs)] = <[_; 3]>::try_from(renders).unwrap();
+
+    // The webhook injects the EKS profile and the region, with the CA of the pair it serves.
+    for docs in [&webhook, &cert_manager] {
+        let deploy = find(docs, "Deployment", "pod-identity-webhook");
+        check_deployment(deploy);
+        let args = args_of(&deploy["spec"]["template"]["spec"]["containers"][0]);
+        assert_eq!(flag(&args, "--provider"), "eks");
+        assert_eq!(flag(&args, "--aws-region"), "eu-central-1");
+        let hook = &find(docs, "MutatingWebhookConfiguration", "pod-identity-webhook")["webhooks"][0];
+        check_webhook_contract(hook, "pod-identity-system");
+    }
+    let hook = &find(&webhook, "MutatingWebhookConfiguration", "pod-identity-webhook")["webhooks"][0];
+    let b64 = |v: &Value| {
+        let text: String = v.as_str().unwrap().split_whitespace().collect();
+        base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+    };
+    let ca = std::fs::read(m.join("eks/tls").join(certs::CA_FILE)).unwrap();
+    assert_eq!(b64(&hook["clientConfig"]["caBundle"]), ca);
+    let secret = find(&webhook, "Secret", "pod-identity-webhook-tls");
+    let names: Vec<String> = certs::SERVICE_DNS_NAMES.iter().map(|s| s.to_string()).collect();
+    verify_server_cert(&ca, &b64(&secret["data"]["tls.crt"]), &names).unwrap();
+    assert_eq!(
+        find(
+            &cert_manager,
+            "MutatingWebhookConfiguration",
+            "pod-identity-webhook"
+        )["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "pod-identity-system/pod-identity-webhook"
+    );
+
+    // The agent: EKS Auth at the exchange's Service, for this cluster, with its token.
+    let pod = &find(&agent_docs, "DaemonSet", "pod-identity-agent")["spec"]["template"]["spec"];
+    let agent = &pod["containers"][0];
+    let agent_args = args_of(agent);
+    for (name, want) in [
+        ("--provider", "eks"),
+        ("--backend", "eks"),
+        ("--cluster-name", "edge-7"),
+        ("--region", "eu-central-1"),
+    ] {
+        assert_eq!(flag(&agent_args, name), want, "{agent_args:?}");
+    }
+    assert_eq!(
+        agent["env"],
+        serde_json::json!([{"name": "POD_IDENTITY_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}])
+    );
+    let svc = find(&agent_docs, "Service", "pod-identity-exchange");
+    let host = format!(
+        "pod-identity-exchange.{}.svc",
+        svc["metadata"]["namespace"].as_str().unwrap()
+    );
+    assert_eq!(flag(&agent_args, "--eks-endpoint"), format!("https://{host}"));
+    let token = Path::new(flag(&agent_args, "--auth-token-file"));
+    let projected = &volume_at(pod, token.parent().unwrap().to_str().unwrap())["projected"]["sources"][0]["serviceAccountToken"];
+    let ca_file = Path::new(flag(&agent_args, "--ca-file"));
+    let ca_map = find(
+        &agent_docs,
+        "ConfigMap",
+        volume_at(pod, ca_file.parent().unwrap().to_str().unwrap())["configMap"]["name"]
+            .as_str()
+            .unwrap(),
+    );
+    let ca_pem = ca_map["data"][ca_file.file_name().unwrap().to_str().unwrap()]
+        .as_str()
+        .unwrap();
+    let exchange_tls = find(&agent_docs, "Secret", "pod-identity-exchange-tls");
+    verify_server_cert(
+        ca_pem.as_bytes(),
+        &b64(&exchange_tls["data"][certs::CERT_FILE]),
+        &[host.clone(), format!("{host}.cluster.local")],
+    )
+    .unwrap();
+
+    // The exchange: EKS Auth for this cluster, letting in the agents' token only; its AWS
+    // credentials a shared credentials file from the Secret, readable by its group only.
+    let exchange_pod = &find(&agent_docs, "Deployment", "pod-identity-exchange")["spec"]["template"]["spec"];
+    let exchange = &exchange_pod["containers"][0];
+    let args = args_of(exchange);
+    assert_eq!(flag(&args, "--cluster-name"), "edge-7");
+    assert_eq!(flag(&args, "--region"), "eu-central-1");
+    assert_eq!(flag(&args, "--caller-audience"), projected["audience"]);
+    assert_eq!(
+        exchange["env"],
+        serde_json::json!([{"name": "AWS_SHARED_CREDENTIALS_FILE", "value": "/etc/pod-identity/aws/credentials"}])
+    );
+    let file = Path::new("/etc/pod-identity/aws/credentials");
+    let volume = volume_at(exchange_pod, file.parent().unwrap().to_str().unwrap());
+    assert_eq!(
+        volume["secret"],
+        serde_json::json!({"secretName": "pod-identity-aws", "defaultMode": 0o440})
+    );
+    assert_eq!(exchange_pod["securityContext"]["fsGroup"], 65532);
+}
+
+/// EKS mode changes the objects of the overlays it builds on where it finds the values it
+/// replaces: a change to those that moves one fails the build, naming the place, rather than
+/// patching the wrong line.
+#[test]
+fn a_moved_flag_fails_the_eks_build() {
+    let (_, m, _tmp) = render_eks_with_certs(None);
+    let file = m.join("agent/agent.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen(
+            "        - --provider=cce\n",
+            "        - --log-level=info\n        - --provider=cce\n",
+            1,
+        ),
+    )
+    .unwrap();
+    kustomize(&m.join("agent"));
+    let err = try_kustomize(&m.join("eks/agent")).unwrap_err();
+    assert!(
+        err.contains("testing value /spec/template/spec/containers/0/args/4 failed"),
+        "{err}"
+    );
 }

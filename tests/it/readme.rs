@@ -147,11 +147,18 @@ fn is_cidr(s: &str) -> bool {
     })
 }
 
-#[test]
-fn the_deploy_commands_work_on_a_fresh_copy_as_written() {
+/// Runs `script` as bash on a fresh copy of the repository with the shims first on the
+/// `PATH` and `env` set: what each `kubectl apply -k` rendered (by file name, in order), and
+/// the shims' log. The copy is made before `before` runs on it.
+fn run_on_a_fresh_copy(
+    script: &str,
+    env: &[(&str, &str)],
+    before: impl FnOnce(&Path),
+) -> (Vec<(String, Vec<Value>)>, String) {
     let tmp = tempfile::tempdir().unwrap();
     let clone = tmp.path().join("clone");
     fresh_copy(&clone);
+    before(&clone);
     let (bin, rendered, log) = (
         tmp.path().join("bin"),
         tmp.path().join("rendered"),
@@ -160,22 +167,13 @@ fn the_deploy_commands_work_on_a_fresh_copy_as_written() {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(&rendered).unwrap();
     shims(&bin, &log);
-
-    // Before the certificates are written, the error names the step.
-    let early = try_kustomize(&clone.join("manifests")).unwrap_err();
-    assert!(
-        early.contains("RUN-pod-identity-webhook-certs--out-manifests-tls-FIRST"),
-        "{early}"
-    );
-
-    let script = sh_blocks(&readme(), "## Deploy to a cluster").join("\n");
-    assert!(script.contains("kubectl apply -k manifests/"), "{script}");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
+        .args(["-euo", "pipefail", "-c", script])
         .current_dir(&clone)
         .env("PATH", path)
         .env("RENDERED", &rendered)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let log = std::fs::read_to_string(&log).unwrap_or_default();
@@ -185,8 +183,6 @@ fn the_deploy_commands_work_on_a_fresh_copy_as_written() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-
-    // Every overlay was applied, and each holds the image by digest and valid ranges.
     let mut renders: Vec<(String, Vec<Value>)> = std::fs::read_dir(&rendered)
         .unwrap()
         .map(|e| {
@@ -198,21 +194,18 @@ fn the_deploy_commands_work_on_a_fresh_copy_as_written() {
         })
         .collect();
     renders.sort_by(|a, b| a.0.cmp(&b.0));
-    let names: Vec<&str> = renders.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "0-manifests_.yaml",
-            "1-manifests_cert-manager.yaml",
-            "2-manifests_agent.yaml"
-        ]
-    );
+    (renders, log)
+}
+
+/// Every container runs the image the README pushed, by digest; every NetworkPolicy range is
+/// a range.
+fn check_images_and_ranges(renders: &[(String, Vec<Value>)], log: &str) {
     let pushed = log
         .lines()
         .find_map(|l| l.strip_prefix("docker push "))
         .expect("the image is pushed");
     let (repository, _tag) = pushed.rsplit_once(':').unwrap();
-    for (name, docs) in &renders {
+    for (name, docs) in renders {
         for d in docs {
             for list in ["initContainers", "containers"] {
                 for c in d["spec"]["template"]["spec"][list]
@@ -235,27 +228,129 @@ fn the_deploy_commands_work_on_a_fresh_copy_as_written() {
             }
         }
     }
+}
+
+/// The container of the workload `kind/name` in `docs`.
+fn container<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let d = docs
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} not rendered"));
+    &d["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The values of the flags `--name=` in the container's args.
+fn flag_values<'a>(container: &'a Value, name: &str) -> Vec<&'a str> {
+    let prefix = format!("{name}=");
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str()?.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+#[test]
+fn the_deploy_commands_work_on_a_fresh_copy_as_written() {
+    let script = sh_blocks(&readme(), "## Deploy to a cluster").join("\n");
+    assert!(script.contains("kubectl apply -k manifests/"), "{script}");
+    let (renders, log) = run_on_a_fresh_copy(&script, &[], |clone| {
+        // Before the certificates are written, the error names the step.
+        let early = try_kustomize(&clone.join("manifests")).unwrap_err();
+        assert!(
+            early.contains("RUN-pod-identity-webhook-certs--out-manifests-tls-FIRST"),
+            "{early}"
+        );
+    });
+
+    // Every overlay was applied, and each holds the image by digest and valid ranges.
+    let names: Vec<&str> = renders.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "0-manifests_.yaml",
+            "1-manifests_cert-manager.yaml",
+            "2-manifests_agent.yaml"
+        ]
+    );
+    check_images_and_ranges(&renders, &log);
     // The Secret the README creates is the one the exchange mounts, with the keys it reads.
     let create = log
         .lines()
         .find(|l| l.contains(" create secret generic pod-identity-iam"))
         .expect("the README creates the IAM Secret");
     assert!(create.contains("-n pod-identity-system"), "{create}");
-    let exchange = renders[2]
-        .1
-        .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "pod-identity-exchange")
-        .unwrap();
-    for flag in ["--access-key-file=", "--secret-key-file="] {
-        let file = exchange["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find_map(|a| a.as_str()?.strip_prefix(flag))
-            .unwrap();
+    let exchange = container(&renders[2].1, "Deployment", "pod-identity-exchange");
+    for flag in ["--access-key-file", "--secret-key-file"] {
+        let file = flag_values(exchange, flag)[0];
         let key = Path::new(file).file_name().unwrap().to_str().unwrap();
         assert!(create.contains(&format!("--from-file={key}=")), "{key}: {create}");
     }
+}
+
+/// The kustomize deploy of EKS mode (the section's block that applies overlays), as written,
+/// after the image and settings step of "Deploy to a cluster": the EKS overlays are applied
+/// with the region and cluster name given, and the Secret it creates is the one the exchange
+/// reads its AWS credentials from.
+#[test]
+fn the_eks_deploy_commands_work_on_a_fresh_copy_as_written() {
+    let text = readme();
+    let settings = sh_blocks(&text, "## Deploy to a cluster")
+        .into_iter()
+        .find(|b| b.contains("> manifests/settings/settings.env"))
+        .expect("the settings step");
+    let eks: Vec<String> = sh_blocks(&text, "## EKS Pod Identity on any cluster")
+        .into_iter()
+        .filter(|b| b.contains("kubectl apply -k"))
+        .collect();
+    assert_eq!(eks.len(), 1, "{eks:?}");
+    let script = format!("{settings}\n{}", eks[0]);
+    let env = [("AWS_REGION", "eu-west-1"), ("CLUSTER_NAME", "edge-1")];
+    let (renders, log) = run_on_a_fresh_copy(&script, &env, |_| {});
+
+    let names: Vec<&str> = renders.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["0-manifests_eks.yaml", "1-manifests_eks_agent.yaml"]);
+    check_images_and_ranges(&renders, &log);
+    let webhook = container(&renders[0].1, "Deployment", "pod-identity-webhook");
+    assert_eq!(flag_values(webhook, "--provider"), ["eks"]);
+    assert_eq!(flag_values(webhook, "--aws-region"), ["eu-west-1"]);
+    let agent = container(&renders[1].1, "DaemonSet", "pod-identity-agent");
+    let exchange = container(&renders[1].1, "Deployment", "pod-identity-exchange");
+    for c in [agent, exchange] {
+        assert_eq!(flag_values(c, "--cluster-name"), ["edge-1"]);
+        assert_eq!(flag_values(c, "--region"), ["eu-west-1"]);
+    }
+    // The Secret: in the exchange's namespace, named as its volume, the key its file.
+    let create = log
+        .lines()
+        .find(|l| l.contains(" create secret generic "))
+        .expect("the README creates the AWS credentials Secret");
+    assert!(create.contains("-n pod-identity-system"), "{create}");
+    let file = Path::new(exchange["env"][0]["value"].as_str().unwrap());
+    assert_eq!(exchange["env"][0]["name"], "AWS_SHARED_CREDENTIALS_FILE");
+    let pod = &renders[1]
+        .1
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "pod-identity-exchange")
+        .unwrap()["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(m["mountPath"].as_str().unwrap()) == file.parent().unwrap())
+        .expect("the credentials file's directory is mounted");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let secret = volume["secret"]["secretName"].as_str().unwrap();
+    let key = file.file_name().unwrap().to_str().unwrap();
+    assert!(
+        create.contains(&format!("create secret generic {secret} --from-file={key}=")),
+        "{create}"
+    );
 }
 
 #[test]
