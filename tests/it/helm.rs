@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::common::deploy::{
     args_of, assert_flags, check_webhook_contract, containers_of, find, pod_security_findings, pod_templates,
-    rbac_findings, verify_server_cert,
+    rbac_findings, verify_server_cert, volume_at,
 };
 use crate::manifests::{copy_dir, try_kustomize};
 
@@ -880,18 +880,7 @@ fn notes_show_how_to_label_a_namespace_and_create_an_association() {
         notes.contains("WARNING: networkPolicies.apiServerCIDR"),
         "{notes}"
     );
-    let start = notes.find("  apiVersion: podidentity.io/").unwrap();
-    let end = notes.find("  EOF_").unwrap();
-    let yaml = notes[start..end]
-        .replace("NAMESPACE", "demo")
-        .replace("AGENCY", "demo-agency");
-    let yaml: String = yaml
-        .lines()
-        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
-        .collect();
-    let obj: crd::PodIdentityAssociation = serde_yaml::from_str(&yaml).unwrap();
-    kube::core::cel::validate_cel(&obj).unwrap();
-    crd::to_association(&obj, None).unwrap();
+    notes_association_is_valid(&notes, &[("NAMESPACE", "demo"), ("AGENCY", "demo-agency")]);
     let quiet = render(&json!({"networkPolicies": serde_json::from_str::<Value>(CIDRS).unwrap()})).notes;
     assert!(!quiet.contains("WARNING"), "{quiet}");
 }
@@ -981,7 +970,7 @@ fn the_readmes_eks_helm_install_renders_a_deployment_that_passes_the_checks() {
     let file = Path::new(&file);
     assert_eq!(file.file_name().unwrap(), "credentials");
     assert_eq!(
-        mounted_at(pod, file.parent().unwrap().to_str().unwrap())["secret"]["secretName"],
+        volume_at(pod, file.parent().unwrap().to_str().unwrap())["secret"]["secretName"],
         secret
     );
 }
@@ -1006,23 +995,6 @@ fn env_of(container: &Value) -> BTreeMap<String, String> {
         .flatten()
         .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
         .collect()
-}
-
-/// The pod's volume mounted at `dir` (read-only) in its first container.
-fn mounted_at<'a>(pod: &'a Value, dir: &str) -> &'a Value {
-    let mount = pod["containers"][0]["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountPath"] == dir)
-        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
-    assert_eq!(mount["readOnly"], true, "{dir}");
-    pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == mount["name"])
-        .unwrap()
 }
 
 /// Backend eks, as the chart renders it: the agents call the exchange's EKS Auth with their
@@ -1071,7 +1043,7 @@ fn chart_renders_eks_mode_with_the_exchanges_aws_credentials() {
     assert_eq!(env["AWS_PROFILE"], "exchange");
     let credentials = Path::new(&env["AWS_SHARED_CREDENTIALS_FILE"]);
     assert_eq!(credentials.file_name().unwrap(), "credentials");
-    let volume = mounted_at(pod, credentials.parent().unwrap().to_str().unwrap());
+    let volume = volume_at(pod, credentials.parent().unwrap().to_str().unwrap());
     assert_eq!(
         volume["secret"],
         json!({"secretName": "pod-identity-aws", "defaultMode": 288})
@@ -1091,7 +1063,7 @@ fn chart_renders_eks_mode_with_the_exchanges_aws_credentials() {
         "arn:aws:iam::111122223333:role/pod-identity-exchange"
     );
     let token = Path::new(&env["AWS_WEB_IDENTITY_TOKEN_FILE"]);
-    let volume = mounted_at(pod, token.parent().unwrap().to_str().unwrap());
+    let volume = volume_at(pod, token.parent().unwrap().to_str().unwrap());
     assert_eq!(
         volume["projected"]["sources"][0]["serviceAccountToken"],
         json!({"audience": "sts.amazonaws.com", "expirationSeconds": 3600,
@@ -1147,17 +1119,13 @@ fn chart_renders_eks_mode_with_the_exchanges_aws_credentials() {
         notes.contains("create secret generic pod-identity-aws \\\n    --from-file=credentials="),
         "{notes}"
     );
-    let start = notes.find("  apiVersion: podidentity.io/").unwrap();
-    let end = notes.find("  EOF_").unwrap();
-    let yaml: String = notes[start..end]
-        .replace("NAMESPACE", "demo")
-        .replace("ROLE_ARN", "arn:aws:iam::111122223333:role/app")
-        .lines()
-        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
-        .collect();
-    let obj: crd::PodIdentityAssociation = serde_yaml::from_str(&yaml).unwrap();
-    kube::core::cel::validate_cel(&obj).unwrap();
-    crd::to_association(&obj, None).unwrap();
+    notes_association_is_valid(
+        &notes,
+        &[
+            ("NAMESPACE", "demo"),
+            ("ROLE_ARN", "arn:aws:iam::111122223333:role/app"),
+        ],
+    );
 }
 
 /// `s` with every absolute path moved under `root` (where the test lays out what the pod's
@@ -1303,4 +1271,22 @@ async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod() {
         "{}",
         calls[0].authorization
     );
+}
+
+/// The association the NOTES show (an indented heredoc ending at `EOF_`), with `fill` put in
+/// for its placeholders, is one the CRD's rules and the validation accept.
+fn notes_association_is_valid(notes: &str, fill: &[(&str, &str)]) {
+    let start = notes.find("  apiVersion: podidentity.io/").unwrap();
+    let end = notes.find("  EOF_").unwrap();
+    let mut yaml = notes[start..end].to_owned();
+    for (placeholder, value) in fill {
+        yaml = yaml.replace(placeholder, value);
+    }
+    let yaml: String = yaml
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    let obj: crd::PodIdentityAssociation = serde_yaml::from_str(&yaml).unwrap();
+    kube::core::cel::validate_cel(&obj).unwrap();
+    crd::to_association(&obj, None).unwrap();
 }

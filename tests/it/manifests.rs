@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::common::deploy::{
     args_of, assert_flags, check_webhook_contract, containers_of, find, help, pod_security_findings,
-    pod_templates, rbac_findings, verify_server_cert,
+    pod_templates, rbac_findings, verify_server_cert, volume_at,
 };
 use crate::pod_security::{Level, violations};
 
@@ -354,23 +354,6 @@ fn flag<'a>(args: &[&'a str], name: &str) -> &'a str {
     args.iter()
         .find_map(|a| a.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("{name} not set in {args:?}"))
-}
-
-/// The volume mounted at `dir` in `pod`'s first container.
-fn volume_at<'a>(pod: &'a Value, dir: &str) -> &'a Value {
-    let mount = pod["containers"][0]["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountPath"] == dir)
-        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
-    assert_eq!(mount["readOnly"], true);
-    pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == mount["name"])
-        .unwrap()
 }
 
 #[test]

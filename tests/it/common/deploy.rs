@@ -214,3 +214,20 @@ pub fn verify_server_cert(ca_pem: &[u8], leaf_pem: &[u8], names: &[String]) -> R
     }
     Ok(())
 }
+
+/// The volume mounted read-only at `dir` in `pod`'s first container.
+pub fn volume_at<'a>(pod: &'a Value, dir: &str) -> &'a Value {
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    assert_eq!(mount["readOnly"], true, "{dir}");
+    pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap()
+}
