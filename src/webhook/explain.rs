@@ -273,9 +273,6 @@ mod live {
     use crate::association::crd::{PodIdentityAssociation, to_association};
     use crate::webhook::offline::OfflineError;
 
-    /// The webhook configuration's name, as the manifests deploy it.
-    const WEBHOOK: &str = "pod-identity-webhook";
-
     fn failed(what: &str, e: impl std::fmt::Display) -> OfflineError {
         OfflineError::Live(format!("{what}: {e}"))
     }
@@ -305,7 +302,7 @@ mod live {
                 docs.push(serde_json::to_value(n).map_err(|e| failed("namespace", e))?);
             }
             if let Ok(w) = Api::<MutatingWebhookConfiguration>::all(client.clone())
-                .get(WEBHOOK)
+                .get(crate::webhook::selection::WEBHOOK_CONFIGURATION)
                 .await
             {
                 docs.push(serde_json::to_value(w).map_err(|e| failed("webhook configuration", e))?);

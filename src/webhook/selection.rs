@@ -12,6 +12,9 @@ use super::offline::{Input, OfflineError, documents};
 /// MutatingWebhookConfiguration of the user's is given.
 const SHIPPED_WEBHOOK: &str = include_str!("../../manifests/base/webhook.yaml");
 
+/// The MutatingWebhookConfiguration's name, as the manifests and the chart deploy it.
+pub(crate) const WEBHOOK_CONFIGURATION: &str = "pod-identity-webhook";
+
 /// The namespace label the shipped configuration selects on.
 pub(crate) const OPT_IN: &str = "podidentity.io/injection";
 
@@ -19,7 +22,7 @@ pub(crate) const OPT_IN: &str = "podidentity.io/injection";
 const NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// One webhook's selectors.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Selection {
     pub(crate) namespace: Value,
     pub(crate) object: Value,

@@ -247,3 +247,78 @@ async fn without_permission_on_pods_the_webhook_says_so_and_keeps_admitting() {
             .is_none()
     );
 }
+
+/// The shipped MutatingWebhookConfiguration, its namespace selector replaced by `selector`.
+fn configuration(selector: Option<Value>) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/webhook.yaml");
+    let mut c: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    if let Some(s) = selector {
+        c["webhooks"][0]["namespaceSelector"] = s;
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_judges_by_the_webhook_configuration_in_the_cluster() {
+    let api = StandIn::start(false).await;
+    // The cluster's configuration selects namespaces by a label of the user's own.
+    api.apply_webhook_configuration(configuration(Some(json!({"matchLabels": {"team": "payments"}}))));
+    api.apply_namespace(json!({"metadata": {"name": "payments", "labels": {"team": "payments"}}}));
+    api.apply_namespace(json!({"metadata": {"name": "opted",
+        "labels": {"podidentity.io/injection": "enabled"}}}));
+    api.apply_pod(pod_of("payments", "p1", "app", json!({})));
+    api.apply_pod(pod_of("opted", "o1", "app", json!({})));
+    api.apply(association("payments", "app", "pay-agency"));
+    api.apply(association("opted", "app", "opted-agency"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = local_certs(d);
+    let port = free_port();
+    let _webhook = replica(&api, d, "replica-0", port);
+    let c = client(&[&ca], Http::H1);
+    let base = format!("https://localhost:{port}");
+    until_ready(
+        &c,
+        &format!("{base}/readyz"),
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await;
+    let metrics = async || {
+        c.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+
+    // Only the pod the cluster's selectors take is missed, not the one the shipped ones would.
+    eventually("the Event for payments/p1", Duration::from_secs(15), async || {
+        reported(&api) == ["p1-uid"]
+    })
+    .await;
+    let m = metrics().await;
+    assert_eq!(
+        metric(&m, "podidentity_missed_injections{namespace=\"payments\"}"),
+        1,
+        "{m}"
+    );
+    assert!(!m.contains("namespace=\"opted\""), "{m}");
+
+    // The configuration changes back to the shipped selectors: every pod is judged again.
+    api.apply_webhook_configuration(configuration(None));
+    eventually("the Event for opted/o1", Duration::from_secs(30), async || {
+        reported(&api) == ["o1-uid", "p1-uid"]
+    })
+    .await;
+    eventually("the counts to follow", Duration::from_secs(10), async || {
+        let m = metrics().await;
+        metric(&m, "podidentity_missed_injections{namespace=\"opted\"}") == 1
+            && !m.contains("namespace=\"payments\"")
+    })
+    .await;
+    let log = std::fs::read_to_string(d.join("replica-0.log")).unwrap();
+    assert!(log.contains("selectors changed"), "{log}");
+}

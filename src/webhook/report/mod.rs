@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -29,7 +30,7 @@ use tokio::sync::oneshot;
 
 use super::metrics::ReportMetrics;
 use super::mutation::Injection;
-use super::selection::Selection;
+use super::selection::{Selection, WEBHOOK_CONFIGURATION};
 use crate::association::Reader;
 use crate::budget::TokenBucket;
 use tracker::{Judge, Tracker, by_namespace};
@@ -39,6 +40,9 @@ const LEASE: &str = "pod-identity-webhook-report";
 /// How often the candidates are judged again (associations and namespace labels change
 /// without a pod event).
 const EVALUATE_EVERY: Duration = Duration::from_secs(2);
+/// How often the webhook configuration's selectors are read again: when they change, every
+/// pod is judged again.
+const CONFIGURATION_TTL: Duration = Duration::from_secs(10);
 /// How long a namespace's labels are trusted before they are read again, and how soon a
 /// failed read is tried again.
 const NAMESPACE_TTL: Duration = Duration::from_secs(60);
@@ -108,7 +112,7 @@ fn forbidden(e: &kube::Error) -> bool {
 
 /// Joins the Lease and reports while holding it, until `stopped`.
 async fn lead(config: ReportConfig, mut stopped: oneshot::Receiver<()>) {
-    let selection = match Selection::shipped() {
+    let shipped = match Selection::shipped() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "the shipped webhook configuration cannot be read: missed injections are not reported");
@@ -166,7 +170,7 @@ async fn lead(config: ReportConfig, mut stopped: oneshot::Receiver<()>) {
                 Ok(true) => {
                     tracing::info!(identity = config.identity, "holding the report's Lease: reporting missed injections");
                     config.metrics.set_leader(true);
-                    reporting = Some(tokio::spawn(report(config.clone(), selection.clone())));
+                    reporting = Some(tokio::spawn(report(config.clone(), shipped.clone())));
                 }
                 Ok(false) => {
                     tracing::info!(identity = config.identity, "lost the report's Lease: another replica reports");
@@ -206,10 +210,28 @@ async fn release(manager: &LeaseManager) {
     }
 }
 
-/// Reports while this replica holds the Lease (the task is aborted when it loses it).
-async fn report(config: Arc<ReportConfig>, selection: Selection) {
+/// Reports while this replica holds the Lease (the task is aborted when it loses it), with the
+/// selectors the API server applies, judging every pod again when they change.
+async fn report(config: Arc<ReportConfig>, shipped: Selection) {
+    let budget = TokenBucket::new(EVENT_RATE, EVENT_BURST);
+    let mut configuration = Configuration::new(shipped);
+    let mut selection = configuration.read(&config.client).await;
+    while let Some(changed) = report_with(&config, &selection, &mut configuration, &budget).await {
+        tracing::info!("the webhook configuration's selectors changed: every pod is judged again");
+        selection = changed;
+    }
+}
+
+/// Reports with `selection` until the pod watch ends (`None`) or the webhook configuration's
+/// selectors change (the new ones). A fresh watch starts from the API server's watch cache.
+async fn report_with(
+    config: &ReportConfig,
+    selection: &Selection,
+    configuration: &mut Configuration,
+    budget: &TokenBucket,
+) -> Option<Selection> {
     let judge = Judge {
-        selection: &selection,
+        selection,
         injection: &config.injection,
     };
     let pods: Api<Pod> = Api::all(config.client.clone());
@@ -219,7 +241,6 @@ async fn report(config: Arc<ReportConfig>, selection: Selection) {
         .boxed();
     let mut tracker = Tracker::default();
     let mut namespaces = Namespaces::new(config.client.clone(), selection.clone());
-    let budget = TokenBucket::new(EVENT_RATE, EVENT_BURST);
     let mut tick = tokio::time::interval(EVALUATE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -227,14 +248,77 @@ async fn report(config: Arc<ReportConfig>, selection: Selection) {
             event = events.next() => match event {
                 Some(Ok(event)) => tracker.apply(&judge, event),
                 Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
-                None => return,
+                None => return None,
             },
             _ = tick.tick() => {
+                if configuration.stale() {
+                    let now = configuration.read(&config.client).await;
+                    if now != *selection {
+                        return Some(now);
+                    }
+                }
                 if tracker.synced() {
-                    evaluate(&config, &mut tracker, &mut namespaces, &budget).await;
+                    evaluate(config, &mut tracker, &mut namespaces, budget).await;
                 }
             }
         }
+    }
+}
+
+/// The selectors the API server applies: the MutatingWebhookConfiguration's in the cluster;
+/// the shipped ones when there is none or it may not be read.
+struct Configuration {
+    shipped: Selection,
+    /// The last selectors read, and when.
+    last: Option<(Selection, Instant)>,
+    /// Whether the last read was refused (said once).
+    forbidden: bool,
+}
+
+impl Configuration {
+    fn new(shipped: Selection) -> Self {
+        Configuration {
+            shipped,
+            last: None,
+            forbidden: false,
+        }
+    }
+
+    fn stale(&self) -> bool {
+        self.last
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= CONFIGURATION_TTL)
+    }
+
+    /// Reads the configuration; a read that fails for another reason keeps what was known.
+    async fn read(&mut self, client: &kube::Client) -> Selection {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        let read = tokio::time::timeout(REQUEST_DEADLINE, api.get_opt(WEBHOOK_CONFIGURATION)).await;
+        if matches!(read, Ok(Ok(_))) {
+            self.forbidden = false;
+        }
+        let selection = match read {
+            Ok(Ok(Some(w))) => serde_json::to_value(&w)
+                .map(|v| Selection::of(&v))
+                .unwrap_or_else(|_| self.shipped.clone()),
+            Ok(Ok(None)) => self.shipped.clone(),
+            Ok(Err(e)) if forbidden(&e) => {
+                if !self.forbidden {
+                    tracing::warn!(
+                        configuration = WEBHOOK_CONFIGURATION,
+                        "may not read the MutatingWebhookConfiguration (grant get on it): missed injections are judged with the shipped selectors"
+                    );
+                }
+                self.forbidden = true;
+                self.shipped.clone()
+            }
+            _ => match &self.last {
+                Some((known, _)) => known.clone(),
+                None => self.shipped.clone(),
+            },
+        };
+        self.last = Some((selection.clone(), Instant::now()));
+        selection
     }
 }
 

@@ -151,6 +151,8 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
     let namespaces = serde_json::json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]});
     let events =
         serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]});
+    let configuration = serde_json::json!({"apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations"], "resourceNames": ["pod-identity-webhook"], "verbs": ["get"]});
     let lease_create = serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]});
     let lease_use = serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
         "resourceNames": ["pod-identity-webhook-report"], "verbs": ["get", "patch"]});
@@ -161,7 +163,9 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
         let allowed = match (kind, name) {
             // Without the missed-injection report: the associations only.
             ("ClusterRole", "pod-identity-webhook") if d["rules"] == serde_json::json!([read]) => continue,
-            ("ClusterRole", "pod-identity-webhook") => serde_json::json!([read, pods, namespaces, events]),
+            ("ClusterRole", "pod-identity-webhook") => {
+                serde_json::json!([read, pods, namespaces, events, configuration])
+            }
             ("Role", "pod-identity-webhook") => serde_json::json!([lease_create, lease_use]),
             ("ClusterRole", "pod-identity-exchange") => serde_json::json!([review, read_write, access]),
             ("ClusterRole", "pod-identity-agent") => serde_json::json!([read, pods]),

@@ -87,6 +87,8 @@ struct Inner {
     leases: BTreeMap<String, (Value, HashMap<String, String>)>,
     /// Events created, in order.
     events: Vec<Value>,
+    /// MutatingWebhookConfigurations by name, for GET only.
+    webhook_configurations: BTreeMap<String, Value>,
     /// Replaces still to be preceded by another writer's change (so they conflict).
     interfere: u32,
     created: u64,
@@ -138,6 +140,10 @@ impl StandIn {
             .route(
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
                 get(get_lease).patch(patch_lease),
+            )
+            .route(
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
+                get(get_webhook_configuration),
             )
             .route(
                 "/apis/events.k8s.io/v1/namespaces/{ns}/events",
@@ -255,6 +261,16 @@ impl StandIn {
     /// Refuses pod lists and watches with 403, as an API server does without the RBAC.
     pub fn forbid_pods(&self) {
         self.inner.lock().unwrap().forbid_pods = true;
+    }
+
+    /// Creates or replaces a MutatingWebhookConfiguration (served to GET only).
+    pub fn apply_webhook_configuration(&self, obj: Value) {
+        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+        self.inner
+            .lock()
+            .unwrap()
+            .webhook_configurations
+            .insert(name, obj);
     }
 
     /// The Events created so far.
@@ -652,6 +668,10 @@ async fn access_review(State(s): State<StandIn>, body: Bytes) -> Response {
     let out = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {},
         "spec": spec, "status": {"allowed": allowed}});
     object_answer(StatusCode::CREATED, &out)
+}
+
+async fn get_webhook_configuration(State(s): State<StandIn>, Path(name): Path<String>) -> Response {
+    found(s.inner.lock().unwrap().webhook_configurations.get(&name).cloned())
 }
 
 async fn create_lease(State(s): State<StandIn>, Path(ns): Path<String>, body: Bytes) -> Response {
