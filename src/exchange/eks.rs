@@ -275,17 +275,8 @@ fn random_suffix() -> String {
 pub(crate) fn session_name(cluster: &str, pod: &str, random: &str) -> String {
     const MAX: usize = 64;
     let room = MAX.saturating_sub("eks---".len() + random.len());
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
-    };
+    // The characters STS allows in a role session name.
+    let clean = |s: &str| super::session_chars(s, "+=,.@_-");
     let (cluster, pod) = (clean(cluster), clean(pod));
     let cluster_len = cluster.len().min(room.saturating_sub(pod.len()).max(16));
     let pod_len = pod.len().min(room - cluster_len);

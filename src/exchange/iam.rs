@@ -85,17 +85,8 @@ const SESSION_NAME_MAX: usize = 64;
 /// workload's name) and the end (a ReplicaSet pod's `-<template hash>-<random>` suffix) stay
 /// readable, and two pods never share a name because the hash and the suffix differ.
 pub(crate) fn session_name(cluster_id: &str, pod: &str) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
-    };
+    // The characters seed 003 allows in a session name.
+    let clean = |s: &str| super::session_chars(s, "-_.");
     let (cluster, pod_part) = (clean(cluster_id), clean(pod));
     let full = format!("cce-{cluster}-{pod_part}");
     if full.len() <= SESSION_NAME_MAX {

@@ -339,6 +339,20 @@ impl Exchange {
     }
 }
 
+/// `s` with every character but ASCII letters, digits and `allowed` replaced by `-`: the part
+/// of a session name (IAM's or STS's) taken from a cluster or pod name.
+fn session_chars(s: &str, allowed: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || allowed.contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

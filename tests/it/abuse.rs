@@ -22,6 +22,14 @@ use crate::common::doubles;
 use crate::common::standin::{ReviewAnswer, StandIn};
 use crate::common::*;
 
+/// The agent binary answering on `port` and `admin`, plus `extra` flags; its log in `log`.
+fn agent_binary(port: u16, admin: u16, extra: &[&str], log: &Path) -> Reaped {
+    let (listen, admin) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
+    let mut args = vec!["agent", "--listen", &listen, "--admin-listen", &admin];
+    args.extend_from_slice(extra);
+    spawn(&args, &[], log)
+}
+
 /// The webhook on `port` with the fixture associations and certificates in `certs`, plus
 /// `extra` flags; its log in `log`.
 fn serve(port: u16, certs: &Path, extra: &[&str], log: &Path) -> Reaped {
@@ -240,13 +248,10 @@ async fn the_agent_bounds_slow_clients_and_shuts_down_in_time() {
     crypto();
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let proc = spawn(
+    let proc = agent_binary(
+        port,
+        admin,
         &[
-            "agent",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
             "--backend",
             "local",
             "--associations",
@@ -254,7 +259,6 @@ async fn the_agent_bounds_slow_clients_and_shuts_down_in_time() {
             "--header-read-timeout",
             "2",
         ],
-        &[],
         &dir.path().join("log"),
     );
     let plain = reqwest::Client::new();
@@ -304,13 +308,10 @@ async fn the_agent_bounds_slow_clients_and_shuts_down_in_time() {
     });
     std::fs::write(dir.path().join("auth"), "agent-token").unwrap();
     let (port, admin) = (free_port(), free_port());
-    let proc = spawn(
+    let proc = agent_binary(
+        port,
+        admin,
         &[
-            "agent",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
             "--backend",
             "cce",
             "--cce-endpoint",
@@ -328,7 +329,6 @@ async fn the_agent_bounds_slow_clients_and_shuts_down_in_time() {
             "--shutdown-timeout",
             "2",
         ],
-        &[],
         &dir.path().join("log2"),
     );
     until_ready(
@@ -718,12 +718,7 @@ async fn upstream_redirects_are_not_followed() {
     )
     .await;
     let token = pod_token("pi-demo", "app", "a", "service.cce.pods");
-    let r = reqwest::Client::new()
-        .get(&agent.url)
-        .header("Authorization", &token)
-        .send()
-        .await
-        .unwrap();
+    let r = credentials_request(&agent.url, &token).await;
     assert_eq!(r.status(), 502);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(

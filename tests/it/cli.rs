@@ -8,7 +8,7 @@ use crate::common::*;
 use base64::Engine;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+use crate::common::BIN;
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
     let mut child = Command::new(BIN)

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use crate::common::agents::*;
 use crate::common::python;
 use crate::common::standin::StandIn;
+use crate::common::{BIN, free_ports};
 
 const EKS_AUD: &str = "pods.eks.amazonaws.com";
 const EKS_CLUSTER: &str = "edge-1";
@@ -465,12 +466,7 @@ async fn agent_eks_requests_verify_with_botocores_sigv4_signer() {
     let (url, eks) = eks_auth_standin().await;
     let agent = start_agent(Provider::Eks, sigv4_backend(&url), |_| {}).await;
     let token = pod_token("pi-demo", "app", "app-1", EKS_AUD);
-    let r = reqwest::Client::new()
-        .get(&agent.url)
-        .header("Authorization", &token)
-        .send()
-        .await
-        .unwrap();
+    let r = credentials_request(&agent.url, &token).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["AccessKeyId"], "ASIAEKS");
@@ -528,12 +524,7 @@ async fn each_eks_auth_error_reaches_the_sdk_as_the_cache_treats_it() {
     {
         *eks.error.lock().unwrap() = Some((kind, status));
         let token = pod_token("pi-demo", "app", &format!("app-{n}"), EKS_AUD);
-        let r = reqwest::Client::new()
-            .get(&agent.url)
-            .header("Authorization", &token)
-            .send()
-            .await
-            .unwrap();
+        let r = credentials_request(&agent.url, &token).await;
         assert_eq!(r.status().as_u16(), agent_status, "{kind}");
         let text = r.text().await.unwrap();
         assert!(
@@ -673,16 +664,6 @@ async fn moto_sts_chains_to_the_target_role() {
 // AWS setting of the developer's (every `AWS_*` variable dropped, the shared files pointed at
 // an empty directory, instance metadata off unless a test serves it on loopback).
 
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
-
-/// `N` distinct free loopback ports: all held while they are picked, so none repeats.
-pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<_> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
-
 /// The binary, running; its log (stderr) is in a file, for the assertions' messages.
 pub(crate) struct Spawned {
     _process: crate::common::Reaped,
@@ -771,12 +752,7 @@ async fn spawn_eks_agent(
 /// Asks the agent at `url` for the credentials of pod `pod` (pi-demo/app): status and body.
 async fn ask_agent(url: &str, pod: &str) -> (u16, Value) {
     let token = pod_token("pi-demo", "app", pod, EKS_AUD);
-    let r = reqwest::Client::new()
-        .get(url)
-        .header("Authorization", &token)
-        .send()
-        .await
-        .unwrap();
+    let r = credentials_request(url, &token).await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }

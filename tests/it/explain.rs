@@ -7,7 +7,7 @@ use std::process::Command;
 use crate::common::standin::{StandIn, association, pod};
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+use crate::common::BIN;
 
 fn repo(path: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

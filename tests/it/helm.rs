@@ -20,7 +20,7 @@ use crate::common::deploy::{
 };
 use crate::manifests::{copy_dir, try_kustomize};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+use crate::common::BIN;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -1144,9 +1144,10 @@ fn under(root: &Path, s: &str) -> String {
 /// with the key of the profile in the files Secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod() {
-    use crate::common::agents::{agent_token, pod_token};
+    use crate::common::agents::{agent_token, credentials_request, pod_token};
+    use crate::common::free_ports;
     use crate::common::standin::{StandIn, pod};
-    use crate::eks_auth::{free_ports, recording_sts, spawn_isolated};
+    use crate::eks_auth::{recording_sts, spawn_isolated};
     crate::common::crypto();
     let api = StandIn::start(false).await;
     api.apply(json!({"apiVersion": "podidentity.io/v1alpha1", "kind": "PodIdentityAssociation",
@@ -1242,12 +1243,7 @@ async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod() {
     .await;
 
     let token = pod_token("pi-demo", "app", "app-1", "pods.eks.amazonaws.com");
-    let r = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{aport}/v1/credentials"))
-        .header("Authorization", &token)
-        .send()
-        .await
-        .unwrap();
+    let r = credentials_request(&format!("http://127.0.0.1:{aport}/v1/credentials"), &token).await;
     let status = r.status();
     let body: Value = r.json().await.unwrap_or_default();
     assert_eq!(

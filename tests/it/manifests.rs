@@ -14,7 +14,7 @@ use crate::common::deploy::{
 };
 use crate::pod_security::{Level, violations};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+use crate::common::BIN;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -23,7 +23,7 @@ use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+use crate::common::BIN;
 /// The fixture association of pi-demo/app.
 const APP_UID: &str = "81f143f5-f469-4fb6-b17c-8f52af73184c";
 /// Upper bounds for every load task, whatever happens.

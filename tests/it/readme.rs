@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::manifests::try_kustomize;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+use crate::common::BIN;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

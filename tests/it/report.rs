@@ -45,6 +45,37 @@ fn replica(api: &StandIn, dir: &Path, name: &str, port: u16) -> Reaped {
     )
 }
 
+/// One ready webhook replica following the stand-in, and a client trusting it.
+struct Single {
+    _webhook: Reaped,
+    dir: tempfile::TempDir,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Single {
+    async fn start(api: &StandIn) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = local_certs(dir.path());
+        let port = free_port();
+        let webhook = replica(api, dir.path(), "replica-0", port);
+        let client = client(&[&ca], Http::H1);
+        let base = format!("https://localhost:{port}");
+        let ready = format!("{base}/readyz");
+        until_ready(&client, &ready, Instant::now() + Duration::from_secs(30)).await;
+        Single {
+            _webhook: webhook,
+            dir,
+            client,
+            base,
+        }
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("replica-0.log")
+    }
+}
+
 /// The value of the metric line starting with `series ` (0 when absent).
 fn metric(page: &str, series: &str) -> u64 {
     page.lines()
@@ -214,20 +245,9 @@ async fn a_pod_created_before_its_association_is_reported_once_by_one_of_two_rep
 async fn without_permission_on_pods_the_webhook_says_so_and_keeps_admitting() {
     let api = StandIn::start(false).await;
     api.forbid_pods();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ca = local_certs(d);
-    let port = free_port();
-    let _webhook = replica(&api, d, "replica-0", port);
-    let c = client(&[&ca], Http::H1);
-    let base = format!("https://localhost:{port}");
-    until_ready(
-        &c,
-        &format!("{base}/readyz"),
-        Instant::now() + Duration::from_secs(30),
-    )
-    .await;
-    let log = d.join("replica-0.log");
+    let one = Single::start(&api).await;
+    let (c, base) = (&one.client, &one.base);
+    let log = one.log();
     eventually("the warning", Duration::from_secs(10), async || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -271,19 +291,8 @@ async fn the_report_judges_by_the_webhook_configuration_in_the_cluster() {
     api.apply(association("payments", "app", "pay-agency"));
     api.apply(association("opted", "app", "opted-agency"));
 
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ca = local_certs(d);
-    let port = free_port();
-    let _webhook = replica(&api, d, "replica-0", port);
-    let c = client(&[&ca], Http::H1);
-    let base = format!("https://localhost:{port}");
-    until_ready(
-        &c,
-        &format!("{base}/readyz"),
-        Instant::now() + Duration::from_secs(30),
-    )
-    .await;
+    let one = Single::start(&api).await;
+    let (c, base) = (&one.client, &one.base);
     let metrics = async || {
         c.get(format!("{base}/metrics"))
             .send()
@@ -319,6 +328,6 @@ async fn the_report_judges_by_the_webhook_configuration_in_the_cluster() {
             && !m.contains("namespace=\"payments\"")
     })
     .await;
-    let log = std::fs::read_to_string(d.join("replica-0.log")).unwrap();
+    let log = std::fs::read_to_string(one.log()).unwrap();
     assert!(log.contains("selectors changed"), "{log}");
 }

@@ -7,18 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::agents::{CLUSTER, PROJECT, agent_token, pod_token};
 use crate::common::standin::StandIn;
-use crate::common::{Reaped, doubles, until_ready};
+use crate::common::{BIN, Reaped, doubles, free_ports, until_ready};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
-
-/// `N` distinct free ports: all held while they are picked, so none repeats.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<_> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
 
 fn spawn(args: &[&str], env: &[(&str, &str)]) -> Reaped {
     let child = Command::new(BIN)

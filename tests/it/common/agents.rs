@@ -18,8 +18,8 @@ use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::{AccessKey, CloudAuth, Reader, TokenFile, file, http_client};
 use tokio::sync::oneshot;
 
-use super::fixtures_dir;
 use super::standin::StandIn;
+use super::{fixtures_dir, stop_signal};
 
 pub const PROJECT: &str = "proj-1";
 pub const CLUSTER: &str = "46db1d50-b49f-48e5-a312-27645af73405";
@@ -116,10 +116,8 @@ pub async fn start_agent_following(
     let url = urls[0].clone();
     let admin = format!("http://{}", agent.admin_addr());
     let (metrics, cache) = (agent.metrics(), agent.cache());
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(agent.run(async {
-        let _ = rx.await;
-    }));
+    let (tx, shutdown) = stop_signal();
+    tokio::spawn(agent.run(shutdown));
     RunningAgent {
         url,
         urls,
@@ -233,10 +231,8 @@ async fn exchange(
 
 /// Runs a bound exchange until the returned handle is dropped.
 fn running(exchange: Exchange, url: String, metrics: Arc<ExchangeMetrics>) -> RunningExchange {
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(exchange.run(async {
-        let _ = rx.await;
-    }));
+    let (tx, shutdown) = stop_signal();
+    tokio::spawn(exchange.run(shutdown));
     RunningExchange {
         url,
         metrics,
@@ -317,4 +313,15 @@ pub fn agent_token(node: &str) -> String {
         &format!("pod-identity-agent-{node}"),
         "pod-identity-exchange",
     )
+}
+
+/// An SDK's credential request to the agent at `url`: a GET with the pod's token as it is in
+/// `Authorization` (as botocore sends it, and as the agent takes it for both profiles).
+pub async fn credentials_request(url: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(url)
+        .header("Authorization", token)
+        .send()
+        .await
+        .unwrap()
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::pod_security::{Level, violations};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
+use crate::common::BIN;
 
 pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()

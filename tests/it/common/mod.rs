@@ -144,10 +144,8 @@ impl TestServer {
         let server = Webhook::bind(config, cluster).await.expect("server starts");
         let addr = server.local_addr();
         let state = server.state();
-        let (tx, rx) = oneshot::channel();
-        let done = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
+        let (tx, shutdown) = stop_signal();
+        let done = tokio::spawn(server.run(shutdown));
         TestServer {
             addr,
             dir,
@@ -352,6 +350,17 @@ pub fn project_secret(dir: &Path, version: &str, m: &pod_identity_webhook::certs
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
 }
 
+/// A shutdown signal for a program's `run`: it completes when the sender sends or is dropped.
+pub fn stop_signal() -> (
+    oneshot::Sender<()>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
 /// Polls `f` every 20 ms until it holds; fails the test with `what` after `within`.
 pub async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
     let end = std::time::Instant::now() + within;
@@ -374,11 +383,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pod-identity-webhook");
 
 /// A loopback port free now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports: all held while they are picked, so none repeats.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// The binary with `args` and `env`, its log (stderr) in `log`.
