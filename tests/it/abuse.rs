@@ -743,6 +743,15 @@ async fn the_exchange_answers_in_time_whatever_the_api_server_does() {
     );
     let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
     let c = reqwest::Client::new();
+    // The agent's request for a pod's credentials.
+    let ask = async || {
+        c.post(&url)
+            .header("X-Auth-Token", agent_token(NODE))
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+            .await
+            .unwrap()
+    };
     for (answer, max_reviews) in [
         (ReviewAnswer::Hang, 1),
         (ReviewAnswer::Status(429), 2),
@@ -751,13 +760,7 @@ async fn the_exchange_answers_in_time_whatever_the_api_server_does() {
         api.set_review_answer(answer);
         let before = api.reviews();
         let start = Instant::now();
-        let r = c
-            .post(&url)
-            .header("X-Auth-Token", agent_token(NODE))
-            .json(&serde_json::json!({ "token": token }))
-            .send()
-            .await
-            .unwrap();
+        let r = ask().await;
         let took = start.elapsed();
         assert_eq!(r.status(), 503, "{answer:?}");
         assert_eq!(r.headers()["retry-after"], "1", "{answer:?}");
@@ -779,13 +782,7 @@ async fn the_exchange_answers_in_time_whatever_the_api_server_does() {
     api.set_review_answer(ReviewAnswer::Normal);
     api.set_down(true);
     let start = Instant::now();
-    let r = c
-        .post(&url)
-        .header("X-Auth-Token", agent_token(NODE))
-        .json(&serde_json::json!({ "token": token }))
-        .send()
-        .await
-        .unwrap();
+    let r = ask().await;
     assert_eq!(r.status(), 503);
     assert!(
         start.elapsed() < Duration::from_millis(1500),
@@ -793,13 +790,7 @@ async fn the_exchange_answers_in_time_whatever_the_api_server_does() {
         start.elapsed()
     );
     api.set_down(false);
-    let r = c
-        .post(&url)
-        .header("X-Auth-Token", agent_token(NODE))
-        .json(&serde_json::json!({ "token": token }))
-        .send()
-        .await
-        .unwrap();
+    let r = ask().await;
     assert_eq!(r.status(), 200, "back once the API server is");
     assert_eq!(iam.calls().len(), 1);
 }

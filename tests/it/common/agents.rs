@@ -210,6 +210,18 @@ async fn exchange(
     let iam = Iam::new(client, iam_url, auth, Domain::Id("domain-1".into()), 3600).unwrap();
     let mut config = ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), PROJECT, CLUSTER);
     tweak(&mut config);
+    bind_and_run(api, config, associations, Some(iam), None).await
+}
+
+/// Binds an exchange with `config` (TokenReview at the stand-in, with a 1 s deadline) and runs
+/// it until the returned handle is dropped.
+async fn bind_and_run(
+    api: &StandIn,
+    config: ExchangeConfig,
+    associations: Reader,
+    iam: Option<Iam>,
+    eks: Option<Eks>,
+) -> RunningExchange {
     let tls = config.cert_dir.is_some();
     let metrics = Arc::new(ExchangeMetrics::default());
     let reviewer = Arc::new(KubeReviewer::new(api.config(), Duration::from_secs(1)).unwrap());
@@ -218,19 +230,14 @@ async fn exchange(
         reviewer,
         api.client().await,
         associations,
-        Some(iam),
-        None,
+        iam,
+        eks,
         metrics.clone(),
     )
     .await
     .unwrap();
     let scheme = if tls { "https" } else { "http" };
     let url = format!("{scheme}://localhost:{}", exchange.local_addr().port());
-    running(exchange, url, metrics)
-}
-
-/// Runs a bound exchange until the returned handle is dropped.
-fn running(exchange: Exchange, url: String, metrics: Arc<ExchangeMetrics>) -> RunningExchange {
     let (tx, shutdown) = stop_signal();
     tokio::spawn(exchange.run(shutdown));
     RunningExchange {
@@ -265,21 +272,7 @@ pub async fn start_eks_exchange(
         sts,
     };
     let config = ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), "", "");
-    let metrics = Arc::new(ExchangeMetrics::default());
-    let reviewer = Arc::new(KubeReviewer::new(api.config(), Duration::from_secs(1)).unwrap());
-    let exchange = Exchange::bind(
-        config,
-        reviewer,
-        api.client().await,
-        associations,
-        None,
-        Some(eks),
-        metrics.clone(),
-    )
-    .await
-    .unwrap();
-    let url = format!("http://127.0.0.1:{}", exchange.local_addr().port());
-    running(exchange, url, metrics)
+    bind_and_run(api, config, associations, None, Some(eks)).await
 }
 
 /// A token for `namespace/sa` in pod `pod` on the tests' node, valid for an hour, with `audience`.
