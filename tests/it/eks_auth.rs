@@ -553,27 +553,7 @@ async fn end_to_end_from_botocore_through_the_agent_to_the_exchange_and_sts() {
     let agent = start_agent(Provider::Eks, Arc::new(backend), |_| {}).await;
     let pod_token_file = dir.path().join("eks-pod-identity-token");
     std::fs::write(&pod_token_file, pod_token("pi-demo", "app", "app-7f9c", EKS_AUD)).unwrap();
-    const SCRIPT: &str = r#"
-import json
-from botocore.credentials import ContainerProvider
-c = ContainerProvider().load()
-f = c.get_frozen_credentials()
-print(json.dumps({"ak": f.access_key, "sk": f.secret_key, "token": f.token, "method": c.method}))
-"#;
-    let env = [
-        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent.url.clone()),
-        (
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-            pod_token_file.to_str().unwrap().to_owned(),
-        ),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        python::run(SCRIPT, &env)
-    })
-    .await
-    .unwrap();
-    let parsed: Value = serde_json::from_str(out.trim()).unwrap();
+    let parsed = container_provider(&agent.url, &pod_token_file).await;
     assert_eq!(
         parsed,
         json!({"ak": "ASIASTAND", "sk": "sts-secret", "token": "sts-session-token", "method": "container-role"})
@@ -584,6 +564,57 @@ print(json.dumps({"ak": f.access_key, "sk": f.secret_key, "token": f.token, "met
     // The agent's token, then the pod's.
     assert_eq!(api.reviews_for("pod-identity-exchange"), 1);
     assert_eq!(api.reviews_for(EKS_AUD), 1);
+}
+
+/// What botocore's container credential provider in a pod loads from the agent at `url`, with
+/// the pod's token in `token_file`: its access key, secret key, token and method.
+async fn container_provider(url: &str, token_file: &std::path::Path) -> Value {
+    const SCRIPT: &str = r#"
+import json
+from botocore.credentials import ContainerProvider
+c = ContainerProvider().load()
+f = c.get_frozen_credentials()
+print(json.dumps({"ak": f.access_key, "sk": f.secret_key, "token": f.token, "method": c.method}))
+"#;
+    let env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", url.to_owned()),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            token_file.to_str().unwrap().to_owned(),
+        ),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        python::run(SCRIPT, &env)
+    })
+    .await
+    .unwrap();
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// botocore's container credential provider → agent (`eks` backend, SigV4 with the node's key)
+/// → a stand-in of AWS's EKS Auth, which receives a signature botocore's signer agrees with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_from_botocore_through_the_agent_to_aws_eks_auth() {
+    let (url, eks) = eks_auth_standin().await;
+    let agent = start_agent(Provider::Eks, sigv4_backend(&url), |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = pod_token("pi-demo", "app", "app-1", EKS_AUD);
+    let token_file = dir.path().join("eks-pod-identity-token");
+    std::fs::write(&token_file, &token).unwrap();
+    let parsed = container_provider(&agent.url, &token_file).await;
+    assert_eq!(parsed["ak"], "ASIAEKS", "{parsed}");
+    assert_eq!(parsed["token"], "eks-session-token", "{parsed}");
+    assert_eq!(parsed["method"], "container-role", "{parsed}");
+    let call = eks.calls.lock().unwrap()[0].clone();
+    assert_eq!(
+        serde_json::from_str::<Value>(&call.body).unwrap(),
+        json!({"token": token})
+    );
+    assert_eq!(
+        call.header("authorization").unwrap(),
+        botocore_signature(&url, &call, ("AKIDNODE", "node-secret"), None).await
+    );
 }
 
 /// Runs botocore's `eks-auth` call for `pod` of `namespace/app` against `exchange`.
