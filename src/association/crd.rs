@@ -38,6 +38,7 @@ use super::{Association, AssociationSpec, Invalid, Tag};
 #[x_kube(validation = Rule::new("has(self.agencyName) != has(self.roleArn)").message("set exactly one of agencyName and roleArn"))]
 #[x_kube(validation = Rule::new("!has(self.policy) || (has(self.disableSessionTags) && self.disableSessionTags)").message("policy is allowed only with disableSessionTags: true"))]
 #[x_kube(validation = Rule::new("!has(self.targetRoleArn) || has(self.roleArn)").message("targetRoleArn needs roleArn"))]
+#[x_kube(validation = Rule::new("!has(self.policy) || has(self.roleArn)").message("policy needs roleArn"))]
 #[serde(rename_all = "camelCase")]
 pub struct PodIdentityAssociationSpec {
     /// Namespace of the service account. Immutable.

@@ -20,6 +20,7 @@ mod operations;
 mod pod_security;
 mod proptest;
 mod readme;
+mod real;
 mod reload;
 mod report;
 mod sdk;

@@ -18,8 +18,7 @@ use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::{AccessKey, CloudAuth, Reader, TokenFile, file, http_client};
 use tokio::sync::oneshot;
 
-use super::standin::StandIn;
-use super::{fixtures_dir, stop_signal};
+use super::{KubeApi, fixtures_dir, stop_signal};
 
 pub const PROJECT: &str = "proj-1";
 pub const CLUSTER: &str = "46db1d50-b49f-48e5-a312-27645af73405";
@@ -67,8 +66,19 @@ pub fn cce_backend_trusting(
     timeout: Duration,
     ca: Option<&Path>,
 ) -> Arc<dyn Backend> {
+    cce_backend_as(endpoint, dir, timeout, ca, &agent_token(super::NODE))
+}
+
+/// The same, authenticating with `agent_token` (e.g. a real one from the API server).
+pub fn cce_backend_as(
+    endpoint: &str,
+    dir: &Path,
+    timeout: Duration,
+    ca: Option<&Path>,
+    agent_token: &str,
+) -> Arc<dyn Backend> {
     let token_file = dir.join("agent-auth-token");
-    std::fs::write(&token_file, format!("{}\n", agent_token(super::NODE))).unwrap();
+    std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
     let client = http_client(ca, timeout).unwrap();
     Arc::new(
         CceBackend::new(
@@ -152,15 +162,15 @@ impl Drop for RunningExchange {
     }
 }
 
-/// The exchange with TokenReview on the stand-in API server and IAM at `iam_url`
+/// The exchange with TokenReview on `api` and IAM at `iam_url`
 /// (operator token `operator-iam-token` from a file in `dir`).
-pub async fn start_exchange(api: &StandIn, iam_url: &str, dir: &Path) -> RunningExchange {
+pub async fn start_exchange(api: &impl KubeApi, iam_url: &str, dir: &Path) -> RunningExchange {
     start_exchange_with(api, iam_url, dir, None).await
 }
 
 /// The same; with `cert_dir`, over HTTPS.
 pub async fn start_exchange_with(
-    api: &StandIn,
+    api: &impl KubeApi,
     iam_url: &str,
     dir: &Path,
     cert_dir: Option<&Path>,
@@ -173,7 +183,7 @@ pub async fn start_exchange_with(
 
 /// The exchange with its settings changed by `tweak`.
 pub async fn start_exchange_tweaked(
-    api: &StandIn,
+    api: &impl KubeApi,
     iam_url: &str,
     dir: &Path,
     tweak: impl FnOnce(&mut ExchangeConfig),
@@ -187,7 +197,7 @@ pub async fn start_exchange_tweaked(
 /// The exchange over plain HTTP with its associations from `associations` (e.g. a watch of
 /// the stand-in) instead of the fixtures.
 pub async fn start_exchange_on(
-    api: &StandIn,
+    api: &impl KubeApi,
     iam_url: &str,
     dir: &Path,
     associations: Reader,
@@ -199,7 +209,7 @@ pub async fn start_exchange_on(
 }
 
 async fn exchange(
-    api: &StandIn,
+    api: &impl KubeApi,
     iam_url: &str,
     auth: CloudAuth,
     associations: Reader,
@@ -213,10 +223,10 @@ async fn exchange(
     bind_and_run(api, config, associations, Some(iam), None).await
 }
 
-/// Binds an exchange with `config` (TokenReview at the stand-in, with a 1 s deadline) and runs
+/// Binds an exchange with `config` (TokenReview at `api`, with a 1 s deadline) and runs
 /// it until the returned handle is dropped.
 async fn bind_and_run(
-    api: &StandIn,
+    api: &impl KubeApi,
     config: ExchangeConfig,
     associations: Reader,
     iam: Option<Iam>,
@@ -224,11 +234,11 @@ async fn bind_and_run(
 ) -> RunningExchange {
     let tls = config.cert_dir.is_some();
     let metrics = Arc::new(ExchangeMetrics::default());
-    let reviewer = Arc::new(KubeReviewer::new(api.config(), Duration::from_secs(1)).unwrap());
+    let reviewer = Arc::new(KubeReviewer::new(api.kube_config(), Duration::from_secs(1)).unwrap());
     let exchange = Exchange::bind(
         config,
         reviewer,
-        api.client().await,
+        kube::Client::try_from(api.kube_config()).unwrap(),
         associations,
         iam,
         eks,
@@ -248,14 +258,14 @@ async fn bind_and_run(
 }
 
 /// The exchange over plain HTTP, signing its IAM calls with `key`.
-pub async fn start_exchange_signed(api: &StandIn, iam_url: &str, key: AccessKey) -> RunningExchange {
+pub async fn start_exchange_signed(api: &impl KubeApi, iam_url: &str, key: AccessKey) -> RunningExchange {
     exchange(api, iam_url, CloudAuth::AkSk(key), fixture_store(), |_| {}).await
 }
 
 /// The exchange serving only seed 002 (EKS Auth) for cluster `cluster_name` in `us-west-2`,
 /// with STS at `sts_url` (signing with the access key `AKIDEXCHANGE`) and `associations`.
 pub async fn start_eks_exchange(
-    api: &StandIn,
+    api: &impl KubeApi,
     sts_url: &str,
     cluster_name: &str,
     associations: Reader,

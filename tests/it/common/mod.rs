@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod apiserver;
 pub mod deploy;
 pub mod doubles;
 pub mod python;
@@ -28,6 +29,25 @@ pub fn fixtures_dir() -> PathBuf {
 pub fn crypto() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(install_crypto_provider);
+}
+
+/// An API server the programs under test talk to: the real one ([`apiserver::ApiServer`]), or
+/// the stand-in where a test injects a fault.
+pub trait KubeApi {
+    /// A client configuration with the rights the programs need.
+    fn kube_config(&self) -> kube::Config;
+}
+
+impl KubeApi for standin::StandIn {
+    fn kube_config(&self) -> kube::Config {
+        self.config()
+    }
+}
+
+impl KubeApi for apiserver::ApiServer {
+    fn kube_config(&self) -> kube::Config {
+        self.config()
+    }
 }
 
 /// The node the tests' pods and agent run on, unless a test says otherwise.
