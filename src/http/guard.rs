@@ -28,6 +28,7 @@ pub struct ServeMetrics {
     open: AtomicU64,
     refused: AtomicU64,
     idle_closed: AtomicU64,
+    silent_closed: AtomicU64,
     timed_out: AtomicU64,
     too_large: AtomicU64,
     over_budget: AtomicU64,
@@ -54,6 +55,15 @@ impl ServeMetrics {
 
     pub(super) fn idle_closed(&self) {
         self.idle_closed.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn silent_closed(&self) {
+        self.silent_closed.fetch_add(1, Relaxed);
+    }
+
+    /// Connections closed for sending no request within the header deadline.
+    pub fn silent_connections_closed(&self) -> u64 {
+        self.silent_closed.load(Relaxed)
     }
 
     /// Requests refused or cut off, by reason: `timeout`, `too_large`, `over_budget`.
@@ -85,6 +95,11 @@ impl ServeMetrics {
             &[("", self.idle_closed.load(Relaxed))],
         );
         t.counter(
+            "podidentity_http_silent_connections_closed_total",
+            "Connections closed for sending no request within the header deadline of their opening.",
+            &[("", self.silent_closed.load(Relaxed))],
+        );
+        t.counter(
             "podidentity_http_requests_refused_total",
             "Requests answered with an error by the listener itself, by reason.",
             &[
@@ -100,6 +115,8 @@ impl ServeMetrics {
 #[derive(Debug)]
 pub(super) struct Activity {
     in_flight: AtomicUsize,
+    /// Whether a request has begun on the connection.
+    requested: std::sync::atomic::AtomicBool,
     /// Milliseconds since `epoch` when the last request ended (or the connection opened).
     last_ms: AtomicU64,
     epoch: Instant,
@@ -109,9 +126,15 @@ impl Activity {
     fn new() -> Self {
         Activity {
             in_flight: AtomicUsize::new(0),
+            requested: std::sync::atomic::AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
+    }
+
+    /// Whether a request has begun on the connection.
+    pub(super) fn requested(&self) -> bool {
+        self.requested.load(Relaxed)
     }
 
     /// How long the connection has had no request in flight (zero while it has one).
@@ -130,6 +153,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn new(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Relaxed);
+        activity.requested.store(true, Relaxed);
         InFlight(activity)
     }
 }

@@ -212,7 +212,15 @@ impl Conn {
             .serve_connection(TokioIo::new(io), self.service)
             .into_owned();
         tokio::pin!(conn);
-        let tick = self.limits.idle.min(Duration::from_secs(1));
+        // A connection that sends no request (h1 headers, or an h2 preface and its first
+        // stream) within the header deadline is closed: otherwise it holds a connection slot
+        // for the idle deadline, and enough of them shut every other client out.
+        let opened = tokio::time::Instant::now();
+        let tick = self
+            .limits
+            .idle
+            .min(self.limits.header_read)
+            .min(Duration::from_secs(1));
         let mut closing: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
@@ -235,6 +243,12 @@ impl Conn {
                         return;
                     }
                     Some(_) => {}
+                    None if !activity.requested() && opened.elapsed() >= self.limits.header_read => {
+                        // Nothing to finish: no request was ever made.
+                        tracing::debug!(timeout = ?self.limits.header_read, "no request within the header deadline; closing");
+                        self.metrics.silent_closed();
+                        return;
+                    }
                     None if activity.idle_for() >= self.limits.idle => {
                         conn.as_mut().graceful_shutdown();
                         closing = Some(tokio::time::Instant::now() + GRACE);

@@ -870,3 +870,69 @@ async fn expired_certificates_are_refused_and_reported() {
     assert!(log.contains("is not valid now"), "{log}");
     assert!(log.contains("new serving certificate refused"), "{log}");
 }
+
+/// A connection that completes its TLS handshake and then sends nothing (ALPN http/1.1, h2
+/// without a preface, or none) is closed at the header deadline, not the idle one, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_connections_are_closed_at_the_header_deadline() {
+    crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let certs = dir.path().join("certs");
+    // The idle deadline stays at its default (60 s): only the header deadline can close them.
+    let _proc = serve(
+        port,
+        &certs,
+        &["--header-read-timeout", "2"],
+        &dir.path().join("log"),
+    );
+    let url = |p: &str| format!("https://localhost:{port}{p}");
+    let wait = Instant::now() + Duration::from_secs(30);
+    while !certs.join("ca.crt").exists() {
+        assert!(Instant::now() < wait, "no certificate generated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
+    let c = client(&[&ca], Http::H2);
+    until_ready(&c, &url("/readyz"), wait).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let mut silent = Vec::new();
+    for alpn in [&b"http/1.1"[..], b"h2", b""] {
+        for _ in 0..100 {
+            let mut s = if alpn.is_empty() {
+                let config = tls_client_config(&[&ca]);
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+                connector
+                    .connect(
+                        "localhost".try_into().unwrap(),
+                        TcpStream::connect(addr).await.unwrap(),
+                    )
+                    .await
+                    .unwrap()
+            } else {
+                idle_tls(addr, &ca, alpn).await
+            };
+            silent.push(tokio::spawn(async move {
+                closed_within(&mut s, Duration::from_secs(6)).await
+            }));
+        }
+    }
+    for t in silent {
+        let took = t.await.unwrap();
+        assert!(
+            took.is_some(),
+            "a TLS connection that sent nothing stayed open past the 2 s header deadline + 4 s"
+        );
+    }
+    // Meanwhile, others are served.
+    assert_eq!(c.get(url("/healthz")).send().await.unwrap().status(), 200);
+    let metrics = c.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let closed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("podidentity_http_silent_connections_closed_total "))
+        .unwrap_or_else(|| panic!("no silent-connection counter in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(closed >= 300, "counted {closed}");
+}
