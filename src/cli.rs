@@ -488,6 +488,11 @@ pub struct LimitArgs {
     /// Connections open at once per listener; more are closed as they arrive.
     #[arg(long, env = "POD_IDENTITY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub(crate) max_connections: usize,
+    /// Connections open at once per listener from one client address; more from it are
+    /// closed as they arrive while others are still served (default: the program's: 256 for
+    /// the webhook, 64 for the exchange, 32 for the agent; never above --max-connections).
+    #[arg(long, env = "POD_IDENTITY_MAX_CONNECTIONS_PER_CLIENT")]
+    pub(crate) max_connections_per_client: Option<usize>,
 }
 
 impl LimitArgs {
@@ -497,8 +502,16 @@ impl LimitArgs {
         if self.max_connections == 0 {
             return Err(ArgError("--max-connections must be at least 1".into()));
         }
+        if self.max_connections_per_client == Some(0) {
+            return Err(ArgError("--max-connections-per-client must be at least 1".into()));
+        }
+        let per_client = self
+            .max_connections_per_client
+            .unwrap_or(base.max_connections_per_client)
+            .min(self.max_connections);
         Ok(Limits {
             handshake: header_read,
+            max_connections_per_client: per_client,
             header_read,
             request: seconds("request-timeout", self.request_timeout)?,
             idle: seconds("idle-timeout", self.idle_timeout)?,
@@ -575,6 +588,27 @@ mod tests {
             Command::Agent(a) => a,
             _ => unreachable!("parsed as the agent"),
         }
+    }
+
+    #[test]
+    fn the_per_client_share_is_the_programs_unless_set_and_never_above_the_cap() {
+        let base = Limits {
+            max_connections_per_client: 32,
+            ..Limits::default()
+        };
+        let limits = |args: &[&str]| agent(args).limits.limits(base);
+        assert_eq!(limits(&[]).unwrap().max_connections_per_client, 32);
+        let set = limits(&["--max-connections-per-client", "8"]).unwrap();
+        assert_eq!(set.max_connections_per_client, 8);
+        let capped = limits(&["--max-connections", "10", "--max-connections-per-client", "50"]).unwrap();
+        assert_eq!(capped.max_connections_per_client, 10);
+        let e = limits(&["--max-connections-per-client", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--max-connections-per-client must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

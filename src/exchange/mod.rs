@@ -50,6 +50,7 @@ pub fn default_limits() -> Limits {
     Limits {
         max_body: 64 * 1024,
         body_budget: 16 * 1024 * 1024,
+        max_connections_per_client: 64,
         ..Limits::default()
     }
 }

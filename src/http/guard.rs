@@ -27,6 +27,7 @@ use crate::metrics::Text;
 pub struct ServeMetrics {
     open: AtomicU64,
     refused: AtomicU64,
+    client_refused: AtomicU64,
     idle_closed: AtomicU64,
     silent_closed: AtomicU64,
     timed_out: AtomicU64,
@@ -53,6 +54,10 @@ impl ServeMetrics {
         self.refused.fetch_add(1, Relaxed);
     }
 
+    pub(super) fn client_refused(&self) {
+        self.client_refused.fetch_add(1, Relaxed);
+    }
+
     pub(super) fn idle_closed(&self) {
         self.idle_closed.fetch_add(1, Relaxed);
     }
@@ -73,6 +78,7 @@ impl ServeMetrics {
             "too_large" => &self.too_large,
             "over_budget" => &self.over_budget,
             "connection" => &self.refused,
+            "client_connections" => &self.client_refused,
             _ => return 0,
         }
         .load(Relaxed)
@@ -86,8 +92,11 @@ impl ServeMetrics {
         );
         t.counter(
             "podidentity_http_connections_refused_total",
-            "Connections closed at once: the connection cap was reached.",
-            &[("", self.refused.load(Relaxed))],
+            "Connections closed at once, by reason: the listener's cap (`cap`) or the client address's share (`per_client`).",
+            &[
+                ("{reason=\"cap\"}", self.refused.load(Relaxed)),
+                ("{reason=\"per_client\"}", self.client_refused.load(Relaxed)),
+            ],
         );
         t.counter(
             "podidentity_http_connections_closed_total",

@@ -12,8 +12,9 @@ mod guard;
 pub(crate) mod health;
 pub(crate) mod tls;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,10 @@ pub struct Limits {
     pub shutdown: Duration,
     /// Connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Connections open at once from one client address (a pod, a node, an API server), so
+    /// that one client holds at most its share of `max_connections`; more from that address
+    /// are closed as they arrive, others are still accepted.
+    pub max_connections_per_client: usize,
     /// HTTP/2 streams in flight per connection.
     pub max_streams: u32,
     /// Largest request body. Beyond it: 413.
@@ -72,6 +77,7 @@ impl Default for Limits {
             idle: Duration::from_secs(60),
             shutdown: Duration::from_secs(25),
             max_connections: 1024,
+            max_connections_per_client: 256,
             max_streams: 128,
             max_body: 64 * 1024,
             body_budget: 16 * 1024 * 1024,
@@ -131,6 +137,7 @@ pub(crate) async fn serve(
         .max_header_list_size(64 * 1024)
         .max_concurrent_streams(limits.max_streams);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let clients = PerClient::default();
     let budget = Budget::new(limits.body_budget);
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -155,6 +162,12 @@ pub(crate) async fn serve(
             drop(stream);
             continue;
         };
+        let Some(client_slot) = clients.take(peer.ip(), limits.max_connections_per_client) else {
+            metrics.client_refused();
+            tracing::debug!(%peer, max = limits.max_connections_per_client, "connection refused: this client address holds its share of connections");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             builder: builder.clone(),
@@ -166,7 +179,7 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         let metrics = metrics.clone();
         connections.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, client_slot);
             let _open = metrics.open();
             match tls {
                 Some(acceptor) => {
@@ -188,6 +201,40 @@ pub(crate) async fn serve(
         Err(_) => {
             tracing::warn!(timeout = ?limits.shutdown, open = connections.len(), "shutdown deadline reached; closing the connections still open");
             connections.abort_all();
+        }
+    }
+}
+
+/// Connections open by client address.
+#[derive(Clone, Default)]
+struct PerClient(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection of a client address, given back when dropped.
+struct ClientSlot(PerClient, IpAddr);
+
+impl PerClient {
+    /// A slot for one more connection from `ip`, unless it holds `max` already. An IPv4
+    /// address mapped into IPv6 counts as itself.
+    fn take(&self, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
         }
     }
 }

@@ -871,19 +871,99 @@ async fn expired_certificates_are_refused_and_reported() {
     assert!(log.contains("new serving certificate refused"), "{log}");
 }
 
-/// A connection that completes its TLS handshake and then sends nothing (ALPN http/1.1, h2
-/// without a preface, or none) is closed at the header deadline, not the idle one, and counted.
+/// Opens `n` connections to `addr` from 127.0.0.1 that send nothing (with `ca`, each completes
+/// a TLS handshake offering `alpn`, none if empty); returns a task per connection the server
+/// accepted, each ending with how long until the server closed it (`None`: open past `limit`).
+async fn silent_connections(
+    addr: SocketAddr,
+    ca: Option<&[u8]>,
+    alpn: &[u8],
+    n: usize,
+    limit: Duration,
+) -> Vec<tokio::task::JoinHandle<Option<Duration>>> {
+    let mut config = tls_client_config(&[ca.unwrap_or_default()]);
+    if !alpn.is_empty() {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        if ca.is_none() {
+            let mut tcp = tcp;
+            // Refused connections are closed at once; accepted ones wait for a request.
+            open.push(tokio::spawn(async move { closed_within(&mut tcp, limit).await }));
+            continue;
+        }
+        // A connection beyond the client's share is closed before its handshake completes.
+        let handshake = tokio::time::timeout(
+            Duration::from_secs(2),
+            connector.connect("localhost".try_into().unwrap(), tcp),
+        );
+        if let Ok(Ok(mut tls)) = handshake.await {
+            open.push(tokio::spawn(async move { closed_within(&mut tls, limit).await }));
+        }
+    }
+    open
+}
+
+/// One listener under a flood of silent connections from one address: the flood gets at most
+/// the per-client share, a client from another address is served meanwhile, and every silent
+/// connection is closed at the 2 s header deadline (+ slack), not at the idle one.
+async fn flood(
+    what: &str,
+    addr: SocketAddr,
+    ca: Option<&[u8]>,
+    other: &reqwest::Client,
+    url: &str,
+    share: usize,
+) {
+    for alpn in [&b"h2"[..], b"http/1.1", b""] {
+        if ca.is_none() && !alpn.is_empty() {
+            continue;
+        }
+        let silent = silent_connections(addr, ca, alpn, 1100, Duration::from_secs(6)).await;
+        // Plain connections are all "accepted" by TCP: count those still open after a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let held = silent.iter().filter(|t| !t.is_finished()).count();
+        assert!(
+            held <= share,
+            "{what}: one address holds {held} connections, its share is {share}"
+        );
+        assert!(held >= share / 2, "{what}: only {held} of the share accepted");
+        let r = other.get(url).send().await;
+        assert!(
+            r.is_ok(),
+            "{what}: another client was not served during the flood: {r:?}"
+        );
+        for t in silent {
+            let took = t.await.unwrap();
+            assert!(
+                took.is_some(),
+                "{what} ({alpn:?}): a connection that sent nothing stayed open past 6 s"
+            );
+        }
+    }
+}
+
+/// Every listener: 1 100 silent connections from one address (TLS with h2 and no preface,
+/// http/1.1, no ALPN; plain TCP for the agent) hold at most that address's share while another
+/// address is served, and are closed at the header deadline, not the idle one; both refusals
+/// are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_tls_connections_are_closed_at_the_header_deadline() {
+async fn silent_connections_from_one_address_starve_no_other_client() {
     crypto();
     let dir = tempfile::tempdir().unwrap();
+    let other =
+        |ca: Option<&[u8]>| client_from(&[ca.unwrap_or_default()], Http::H1, Some([127, 0, 0, 2].into()));
+
+    // The webhook binary, idle deadline at its default (60 s), 64 connections per client.
     let port = free_port();
     let certs = dir.path().join("certs");
-    // The idle deadline stays at its default (60 s): only the header deadline can close them.
     let _proc = serve(
         port,
         &certs,
-        &["--header-read-timeout", "2"],
+        &["--header-read-timeout", "2", "--max-connections-per-client", "64"],
         &dir.path().join("log"),
     );
     let url = |p: &str| format!("https://localhost:{port}{p}");
@@ -893,46 +973,77 @@ async fn silent_tls_connections_are_closed_at_the_header_deadline() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ca = std::fs::read(certs.join("ca.crt")).unwrap();
-    let c = client(&[&ca], Http::H2);
-    until_ready(&c, &url("/readyz"), wait).await;
+    until_ready(&client(&[&ca], Http::H2), &url("/readyz"), wait).await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    flood(
+        "webhook",
+        addr,
+        Some(&ca),
+        &other(Some(&ca)),
+        &url("/healthz"),
+        64,
+    )
+    .await;
+    let metrics = other(Some(&ca))
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert!(counter("podidentity_http_silent_connections_closed_total") >= 3 * 32);
+    assert!(counter("podidentity_http_connections_refused_total{reason=\"per_client\"}") >= 3 * (1100 - 64));
 
-    let mut silent = Vec::new();
-    for alpn in [&b"http/1.1"[..], b"h2", b""] {
-        for _ in 0..100 {
-            let mut s = if alpn.is_empty() {
-                let config = tls_client_config(&[&ca]);
-                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-                connector
-                    .connect(
-                        "localhost".try_into().unwrap(),
-                        TcpStream::connect(addr).await.unwrap(),
-                    )
-                    .await
-                    .unwrap()
-            } else {
-                idle_tls(addr, &ca, alpn).await
-            };
-            silent.push(tokio::spawn(async move {
-                closed_within(&mut s, Duration::from_secs(6)).await
-            }));
-        }
-    }
-    for t in silent {
-        let took = t.await.unwrap();
-        assert!(
-            took.is_some(),
-            "a TLS connection that sent nothing stayed open past the 2 s header deadline + 4 s"
-        );
-    }
-    // Meanwhile, others are served.
-    assert_eq!(c.get(url("/healthz")).send().await.unwrap().status(), 200);
-    let metrics = c.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let closed: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("podidentity_http_silent_connections_closed_total "))
-        .unwrap_or_else(|| panic!("no silent-connection counter in\n{metrics}"))
+    // The exchange over HTTPS, in process, with the same bounds.
+    let api = StandIn::start(false).await;
+    let iam = doubles::iam().await;
+    let exchange_certs = dir.path().join("exchange");
+    let exchange_ca = local_certs(&exchange_certs);
+    let exchange = start_exchange_tweaked(&api, &iam.url, dir.path(), |c| {
+        c.cert_dir = Some(exchange_certs.join("certs"));
+        c.limits.header_read = Duration::from_secs(2);
+        c.limits.handshake = Duration::from_secs(2);
+        c.limits.max_connections_per_client = 64;
+    })
+    .await;
+    let port = exchange.url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let healthz = format!("{}/healthz", exchange.url);
+    flood(
+        "exchange",
+        addr,
+        Some(&exchange_ca),
+        &other(Some(&exchange_ca)),
+        &healthz,
+        64,
+    )
+    .await;
+    assert!(exchange.metrics.serve.refused("client_connections") >= 3 * (1100 - 64));
+
+    // The agent's credential port (plain HTTP: pods connect to a link-local address).
+    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |c| {
+        c.limits.header_read = Duration::from_secs(2);
+        c.limits.max_connections_per_client = 32;
+    })
+    .await;
+    let addr: SocketAddr = agent
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
         .parse()
         .unwrap();
-    assert!(closed >= 300, "counted {closed}");
+    let plain = reqwest::Client::builder()
+        .local_address(Some([127, 0, 0, 2].into()))
+        .build()
+        .unwrap();
+    flood("agent", addr, None, &plain, &agent.url, 32).await;
 }
