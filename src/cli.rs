@@ -233,6 +233,12 @@ pub struct AgentArgs {
     /// on pods).
     #[arg(long, env = "POD_IDENTITY_NODE_NAME")]
     pub(crate) node_name: Option<String>,
+    /// Check every token against the cluster's service-account signing keys (read from the
+    /// API server's /openid/v1/jwks, with the cluster configuration the pod watch or the
+    /// association source uses) before anything else: forged tokens are refused at once and
+    /// spend no upstream budget. `false`: the upstream alone judges tokens.
+    #[arg(long, env = "POD_IDENTITY_VERIFY_TOKENS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) verify_tokens: bool,
     /// Base URL of the assume-agency API (the cloud's CCE endpoint, or `exchange`).
     #[arg(long, env = "POD_IDENTITY_CCE_ENDPOINT")]
     pub(crate) cce_endpoint: Option<String>,
@@ -334,6 +340,11 @@ pub struct ExchangeArgs {
     /// answer in time gets the caller a 503 with Retry-After.
     #[arg(long, env = "POD_IDENTITY_REVIEW_TIMEOUT", default_value_t = 1.0)]
     pub(crate) review_timeout: f64,
+    /// Check every token against the cluster's service-account signing keys (read from the
+    /// API server's /openid/v1/jwks) before its TokenReview: forged tokens are refused at once
+    /// and cost no review. `false`: TokenReview alone (e.g. tokens of a second issuer).
+    #[arg(long, env = "POD_IDENTITY_VERIFY_TOKENS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) verify_tokens: bool,
     /// Lifetime of the issued credentials in seconds (900 to 86400).
     #[arg(long, default_value_t = 3600)]
     pub(crate) duration: u32,

@@ -20,6 +20,7 @@ pub(crate) mod cluster;
 pub mod error;
 pub mod exchange;
 pub(crate) mod http;
+pub(crate) mod issuer;
 pub(crate) mod metrics;
 pub mod profile;
 pub(crate) mod sampled;
@@ -44,6 +45,7 @@ pub mod testing {
     pub use crate::cloud::{Credentials, UpstreamError};
     pub use crate::http::tls::install_crypto_provider;
     pub use crate::http::{Limits, ServeMetrics};
+    pub use crate::issuer::{IssuerKeys, IssuerMetrics, KEY_READ_INTERVAL, Unverified, Verdict};
     pub use crate::metrics::{InputMetrics, Source};
 
     /// The `PodIdentityAssociation`s `client` reaches, followed into a [`Reader`] as the

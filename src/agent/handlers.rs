@@ -15,6 +15,7 @@ use super::cache::{Cache, CacheError};
 use super::metrics::{AgentMetrics, Refusal};
 use super::token::{self, TokenError};
 use crate::http;
+use crate::issuer::{IssuerKeys, Verdict};
 use crate::profile::Provider;
 use crate::sampled::Sampled;
 
@@ -26,6 +27,7 @@ pub(super) struct AgentState {
     pub(super) metrics: Arc<AgentMetrics>,
     /// For the log lines any client can cause.
     pub(super) log_budget: Sampled,
+    pub(super) issuer: Option<Arc<IssuerKeys>>,
 }
 
 /// The agent's error body.
@@ -110,6 +112,17 @@ async fn answer(s: &AgentState, peer: SocketAddr, headers: &HeaderMap) -> Respon
             claims.audiences
         );
         return refuse(Refusal::Audience, StatusCode::UNAUTHORIZED, message);
+    }
+    // Before the cache: a token the cluster did not sign must not spend an upstream budget.
+    if let Some(keys) = &s.issuer
+        && let Verdict::Refused(why) = keys
+            .verify(token, Some(audience), jiff::Timestamp::now().as_second())
+            .await
+    {
+        let message = format!(
+            "{why} (checked against the cluster's service-account keys): send the token from the file the injected token-file variable names"
+        );
+        return refuse(Refusal::Unverified, StatusCode::UNAUTHORIZED, message);
     }
     match s.cache.get(token, peer.ip()).await {
         Ok(creds) => {

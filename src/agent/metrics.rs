@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::http::ServeMetrics;
+use crate::issuer::IssuerMetrics;
 use crate::metrics::{ByStatus, Histogram, InputMetrics, Text};
 
 /// Why a request was refused without asking the upstream.
@@ -23,10 +24,12 @@ pub enum Refusal {
     ClientRate,
     /// Over the node's upstream budget.
     Rate,
+    /// Not signed by the cluster's service-account keys (or not for them: issuer, lifetime).
+    Unverified,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 8] = [
         Refusal::Host,
         Refusal::Malformed,
         Refusal::TooLong,
@@ -34,6 +37,7 @@ impl Refusal {
         Refusal::Audience,
         Refusal::ClientRate,
         Refusal::Rate,
+        Refusal::Unverified,
     ];
 
     fn as_str(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Refusal {
             Refusal::Audience => "audience",
             Refusal::ClientRate => "client_rate",
             Refusal::Rate => "rate",
+            Refusal::Unverified => "unverified",
         }
     }
 }
@@ -65,6 +70,8 @@ pub struct AgentMetrics {
     pub inputs: Arc<InputMetrics>,
     /// What the two listeners refused or cut off.
     pub serve: Arc<ServeMetrics>,
+    /// What the local check of tokens against the cluster's signing keys did.
+    pub issuer: Arc<IssuerMetrics>,
 }
 
 impl AgentMetrics {
@@ -167,6 +174,7 @@ impl AgentMetrics {
         );
         self.inputs.render(&mut t);
         self.serve.render(&mut t);
+        self.issuer.render(&mut t);
         t.finish()
     }
 }

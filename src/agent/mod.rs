@@ -23,6 +23,7 @@ use crate::cluster;
 use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::{self, BindError, Limits, Listener, Shutdown};
+use crate::issuer::{IssuerKeys, KEY_READ_INTERVAL};
 use crate::profile::Provider;
 use crate::sampled::Sampled;
 use backend::{Backend, CceBackend, EksBackend, LocalBackend};
@@ -60,6 +61,9 @@ pub struct AgentConfig {
     pub limits: Limits,
     /// The node whose pods are followed, so credentials of pods that are gone are dropped.
     pub pods: Option<NodePods>,
+    /// The cluster's signing keys: tokens that do not verify against them are refused before
+    /// they can spend an upstream budget.
+    pub issuer: Option<Arc<IssuerKeys>>,
 }
 
 impl AgentConfig {
@@ -74,6 +78,7 @@ impl AgentConfig {
             refresh_interval: Duration::from_secs(1),
             limits: default_limits(),
             pods: None,
+            issuer: None,
         }
     }
 }
@@ -124,10 +129,19 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
     // Every backend's cached credentials follow the associations when a source is named;
     // the local backend also reads its answers from them.
     let source = args.source.source(args.cluster_id.clone())?;
-    let cluster = match source.needs_cluster() || args.node_name.is_some() {
-        true => Some(cluster::watch_client(cluster::config().await?)?),
+    let kube_config = match source.needs_cluster() || args.node_name.is_some() {
+        true => Some(cluster::config().await?),
         false => None,
     };
+    let cluster = kube_config.clone().map(cluster::watch_client).transpose()?;
+    if let Some(kube) = kube_config.filter(|_| args.verify_tokens) {
+        let client = cluster::request_client(kube, Duration::from_secs(2))?;
+        config.issuer = Some(IssuerKeys::start(
+            client,
+            KEY_READ_INTERVAL,
+            metrics.issuer.clone(),
+        ));
+    }
     let (associations, writer) = store();
     let _source = source::start(
         &source,
@@ -243,6 +257,7 @@ impl Agent {
             cache,
             metrics,
             log_budget: Sampled::new(10, Duration::from_secs(1)),
+            issuer: config.issuer,
         });
         Ok(Agent {
             listeners,

@@ -8,21 +8,24 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::core::{ObjectMeta, ResourceExt};
 
+use super::recent::Recent;
 use super::refusal::error_response;
 use super::review::{self, Holder, TokenReviewer};
 use crate::association::crd::{
     CrdTag, MODIFIED_AT, PodIdentityAssociation, PodIdentityAssociationSpec, to_association,
 };
 use crate::association::{Association, AssociationSpec};
+use crate::budget::{KeyedBuckets, TokenHash};
 use crate::cloud::seed001::{CreateAssociation, UpdateAssociation};
 use crate::http;
 
@@ -31,7 +34,15 @@ pub(super) struct ApiState {
     pub(super) cluster_id: String,
     pub(super) reviewer: Arc<dyn TokenReviewer>,
     pub(super) objects: Api<PodIdentityAssociation>,
+    /// What TokenReview said of a token lately (its user, or why not), by the token's hash.
+    pub(super) callers: Recent<Result<Holder, String>>,
+    /// TokenReviews a client address may cause: a new token is a review, a known one is not.
+    pub(super) reviews_per_client: KeyedBuckets<IpAddr>,
 }
+
+/// TokenReviews of new tokens per client address of the association API: a burst of 20, then
+/// 2 a second (a person or a pipeline presents a handful of tokens; a flood of forgeries is cut).
+pub(super) const REVIEWS_PER_CLIENT: (f64, f64) = (2.0, 20.0);
 
 /// An answer other than success, in the cloud's error body.
 #[derive(Debug)]
@@ -56,11 +67,11 @@ type Answer = Result<Response, Refused>;
 async fn admitted(
     s: &ApiState,
     (project_id, cluster_id): (&str, &str),
-    headers: &HeaderMap,
+    (peer, headers): (SocketAddr, &HeaderMap),
     verb: &str,
     operation: impl Future<Output = Answer>,
 ) -> Response {
-    let result = match s.admit(project_id, cluster_id, headers, verb).await {
+    let result = match s.admit(project_id, cluster_id, peer.ip(), headers, verb).await {
         Ok(()) => operation.await,
         Err(r) => Err(r),
     };
@@ -73,44 +84,70 @@ fn record(status: StatusCode, value: &impl serde::Serialize) -> Response {
 
 pub(super) async fn create(
     State(s): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((project, cluster)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    admitted(&s, (&project, &cluster), &headers, "create", s.create(&body)).await
+    admitted(
+        &s,
+        (&project, &cluster),
+        (peer, &headers),
+        "create",
+        s.create(&body),
+    )
+    .await
 }
 
 pub(super) async fn list(
     State(s): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((project, cluster)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(&s, (&project, &cluster), &headers, "list", s.list()).await
+    admitted(&s, (&project, &cluster), (peer, &headers), "list", s.list()).await
 }
 
 pub(super) async fn show(
     State(s): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(&s, (&project, &cluster), &headers, "get", s.show(&id)).await
+    admitted(&s, (&project, &cluster), (peer, &headers), "get", s.show(&id)).await
 }
 
 pub(super) async fn update(
     State(s): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    admitted(&s, (&project, &cluster), &headers, "update", s.update(&id, &body)).await
+    admitted(
+        &s,
+        (&project, &cluster),
+        (peer, &headers),
+        "update",
+        s.update(&id, &body),
+    )
+    .await
 }
 
 pub(super) async fn delete(
     State(s): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(&s, (&project, &cluster), &headers, "delete", s.delete(&id)).await
+    admitted(
+        &s,
+        (&project, &cluster),
+        (peer, &headers),
+        "delete",
+        s.delete(&id),
+    )
+    .await
 }
 
 impl ApiState {
@@ -119,6 +156,7 @@ impl ApiState {
         &self,
         project_id: &str,
         cluster_id: &str,
+        client: IpAddr,
         headers: &HeaderMap,
         verb: &str,
     ) -> Result<(), Refused> {
@@ -129,7 +167,7 @@ impl ApiState {
                 format!("cluster {cluster_id} of project {project_id} is not served here"),
             ));
         }
-        let user = self.authenticate(headers).await?;
+        let user = self.authenticate(client, headers).await?;
         let allowed = self.reviewer.may(&user, verb).await.map_err(unavailable)?;
         if !allowed {
             tracing::info!(user = %user.username, verb, "association API call refused by RBAC");
@@ -149,7 +187,7 @@ impl ApiState {
 
     /// The user of `X-Auth-Token`, reviewed for the API server's own audience: a token made for
     /// another audience (a pod's `service.cce.pods` token, say) must not act as its holder here.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Holder, Refused> {
+    async fn authenticate(&self, client: IpAddr, headers: &HeaderMap) -> Result<Holder, Refused> {
         let token = super::assume::auth_token(headers).ok_or_else(|| {
             refused(
                 StatusCode::UNAUTHORIZED,
@@ -157,8 +195,29 @@ impl ApiState {
                 "X-Auth-Token is missing: send a Kubernetes bearer token (e.g. `kubectl create token`)",
             )
         })?;
-        let review = self.reviewer.review(token, None).await.map_err(unavailable)?;
-        review::holder(review, None).map_err(|why| {
+        let hash = TokenHash::of(token);
+        let reviewed = match self.callers.get(&hash) {
+            Some(reviewed) => reviewed,
+            None => {
+                if let Err(wait) = self.reviews_per_client.take(client.to_canonical()) {
+                    tracing::info!(%client, "association API: too many new tokens from one address");
+                    return Err(refused(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "CCE.01429001",
+                        format!(
+                            "too many new tokens from this address; retry in {} s with a token already presented",
+                            wait.as_secs().max(1)
+                        ),
+                    ));
+                }
+                // A failure to ask is not remembered: only what the API server said.
+                let review = self.reviewer.review(token, None).await.map_err(unavailable)?;
+                let reviewed = review::holder(review, None);
+                self.callers.put(hash, reviewed.clone());
+                reviewed
+            }
+        };
+        reviewed.map_err(|why| {
             tracing::info!(why, "association API token refused");
             refused(
                 StatusCode::UNAUTHORIZED,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::refusal::Reason;
 use crate::http::ServeMetrics;
+use crate::issuer::IssuerMetrics;
 use crate::metrics::{ByStatus, InputMetrics, Text};
 
 /// Which token a review or cache hit was for.
@@ -29,6 +30,8 @@ pub struct ExchangeMetrics {
     pub inputs: Arc<InputMetrics>,
     /// What the listener refused or cut off.
     pub serve: Arc<ServeMetrics>,
+    /// What the local check of tokens against the cluster's signing keys did.
+    pub issuer: Arc<IssuerMetrics>,
 }
 
 impl ExchangeMetrics {
@@ -81,7 +84,7 @@ impl ExchangeMetrics {
         };
         t.counter(
             "podidentity_exchange_token_reviews_total",
-            "TokenReviews asked of the API server, by token.",
+            "TokenReviews asked, by token (those the local check refused never reach the API server: podidentity_token_verifications_total).",
             &by_token(&self.reviews),
         );
         t.counter(
@@ -99,6 +102,7 @@ impl ExchangeMetrics {
         );
         self.inputs.render(&mut t);
         self.serve.render(&mut t);
+        self.issuer.render(&mut t);
         t.finish()
     }
 }

@@ -37,12 +37,13 @@ use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::tls::ReloadingCert;
 use crate::http::{self, Limits, Listener};
+use crate::issuer::{IssuerKeys, KEY_READ_INTERVAL};
 use eks::Eks;
 use iam::{Domain, Iam};
 use metrics::ExchangeMetrics;
 use recent::Recent;
 use refusal::SampledLog;
-use review::{KubeReviewer, TokenReviewer};
+use review::{KubeReviewer, LocallyVerified, TokenReviewer};
 use sts::Sts;
 
 /// The exchange's listener bounds: a request is a token, a few KiB at most.
@@ -166,7 +167,13 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
     };
     let review_deadline = seconds("review-timeout", args.review_timeout)?;
     let objects = cluster::request_client(kube_config.clone(), review_deadline)?;
-    let reviewer = Arc::new(KubeReviewer::new(kube_config, review_deadline)?);
+    let mut reviewer: Arc<dyn TokenReviewer> =
+        Arc::new(KubeReviewer::new(kube_config.clone(), review_deadline)?);
+    if args.verify_tokens {
+        let keys_client = cluster::request_client(kube_config, review_deadline)?;
+        let keys = IssuerKeys::start(keys_client, KEY_READ_INTERVAL, metrics.issuer.clone());
+        reviewer = Arc::new(LocallyVerified::new(keys, reviewer));
+    }
     let exchange = Exchange::bind(config, reviewer, objects, associations, iam, eks, metrics).await?;
     exchange.run(http::termination()).await;
     Ok(())
@@ -269,6 +276,11 @@ impl Exchange {
             cluster_id: config.cluster_id.clone(),
             reviewer: reviewer.clone(),
             objects: kube::Api::all(cluster),
+            callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
+            reviews_per_client: KeyedBuckets::new(
+                associations::REVIEWS_PER_CLIENT.0,
+                associations::REVIEWS_PER_CLIENT.1,
+            ),
         });
         let state = Arc::new(assume::ExchangeState {
             project_id: config.project_id,

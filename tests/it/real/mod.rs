@@ -2,4 +2,5 @@
 //! returns early, and the run says which were not run, without it.
 
 mod crd;
+mod issuer;
 mod webhook;
