@@ -13,7 +13,9 @@ use crate::cloud::client::{Upstream, http_client};
 use crate::cloud::signer::AccessKey;
 use crate::http::Limits;
 use crate::profile::{Profile, Provider};
-use crate::webhook::mutation::{DEFAULT_TOKEN_EXPIRATION, Injection, MIN_TOKEN_EXPIRATION, Settings};
+use crate::webhook::mutation::{
+    DEFAULT_TOKEN_EXPIRATION, Injection, MAX_TOKEN_EXPIRATION, MIN_TOKEN_EXPIRATION, Settings,
+};
 
 /// A flag's value is unusable; the message says which flag and why.
 #[derive(Debug, thiserror::Error)]
@@ -379,8 +381,8 @@ pub struct InjectionArgs {
     /// Credential endpoint URL put in the pod (default: the profile's link-local endpoint).
     #[arg(long, env = "POD_IDENTITY_CREDENTIALS_URI")]
     pub(crate) credentials_uri: Option<String>,
-    /// Default lifetime of the projected token in seconds, kept within the API server's
-    /// 600..2^32; spread per pod over its last twelfth.
+    /// Default lifetime of the projected token in seconds, 600 (10 minutes) to 172800 (48
+    /// hours); spread per pod over its last twelfth.
     #[arg(long, env = "POD_IDENTITY_TOKEN_EXPIRATION", default_value_t = DEFAULT_TOKEN_EXPIRATION)]
     pub(crate) token_expiration: i64,
     /// Region injected as AWS_REGION and AWS_DEFAULT_REGION, with
@@ -393,14 +395,13 @@ impl InjectionArgs {
     /// The injection these flags describe; refuses an endpoint the pods' SDKs would refuse.
     pub(crate) fn injection(&self) -> Result<Injection, ArgError> {
         let profile = self.provider.profile();
-        let mut settings = Settings::new(profile, self.credentials_uri.clone(), self.token_expiration);
-        if settings.token_expiration != self.token_expiration {
-            tracing::warn!(
-                requested = self.token_expiration,
-                used = settings.token_expiration,
-                "token expiration kept within the API server's range ({MIN_TOKEN_EXPIRATION}..2^32 s)"
-            );
+        if !(MIN_TOKEN_EXPIRATION..=MAX_TOKEN_EXPIRATION).contains(&self.token_expiration) {
+            return Err(ArgError(format!(
+                "--token-expiration {} must be between {MIN_TOKEN_EXPIRATION} (10 minutes, the API server's shortest) and {MAX_TOKEN_EXPIRATION} (48 hours) seconds",
+                self.token_expiration
+            )));
         }
+        let mut settings = Settings::new(profile, self.credentials_uri.clone(), self.token_expiration);
         check_credentials_uri(profile, &settings.credentials_uri)?;
         if let Some(region) = &self.aws_region {
             if profile.region_envs.is_empty() {

@@ -15,7 +15,7 @@ use kube::core::{CustomResourceExt, ResourceExt};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{Association, AssociationSpec, Invalid, Tag};
+use super::{Association, AssociationSpec, Invalid, TOKEN_LIFETIME, Tag};
 
 /// What a cluster admin declares: which service account may assume which agency.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -78,10 +78,10 @@ pub struct PodIdentityAssociationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
     pub tags: Vec<CrdTag>,
-    /// Lifetime in seconds of the pods' projected token (default: the webhook's). Values
-    /// outside the API server's 600..2^32 are clamped, with a warning, when pods are created.
+    /// Lifetime in seconds of the pods' projected token (default: the webhook's), 600 (10
+    /// minutes) to 172800 (48 hours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1").message("tokenExpirationSeconds must be a positive number of seconds"))]
+    #[x_kube(validation = Rule::new("self >= 600 && self <= 172800").message("tokenExpirationSeconds must be between 600 (10 minutes) and 172800 (48 hours)"))]
     pub token_expiration_seconds: Option<i64>,
 }
 
@@ -177,7 +177,20 @@ pub fn to_association(
                 value: t.value.clone(),
             })
             .collect(),
-        token_expiration_seconds: obj.spec.token_expiration_seconds,
+        token_expiration_seconds: obj.spec.token_expiration_seconds.map(|s| {
+            // Written before the CRD bounded it: kept, within the bounds, rather than dropped
+            // (which would take its pods' credentials away on an upgrade).
+            let within = s.clamp(*TOKEN_LIFETIME.start(), *TOKEN_LIFETIME.end());
+            if within != s {
+                tracing::warn!(
+                    association = obj.name_any(),
+                    requested = s,
+                    used = within,
+                    "tokenExpirationSeconds outside 600..172800: used within the bounds; update the object"
+                );
+            }
+            within
+        }),
         created_at: ts(created),
         modified_at: ts(modified),
     }
@@ -291,13 +304,16 @@ mod tests {
     }
 
     #[test]
-    fn cel_wants_a_positive_token_lifetime() {
+    fn cel_wants_a_token_lifetime_between_ten_minutes_and_48_hours() {
         for (seconds, ok) in [
-            (Some(1), true),
+            (Some(600), true),
             (Some(3600), true),
+            (Some(172_800), true),
             (None, true),
+            (Some(599), false),
             (Some(0), false),
             (Some(-5), false),
+            (Some(172_801), false),
         ] {
             let mut s = spec("a", "b");
             s.token_expiration_seconds = seconds;
@@ -305,7 +321,9 @@ mod tests {
             assert_eq!(e.is_empty(), ok, "{seconds:?}: {e}");
             if !ok {
                 assert!(
-                    e.contains("tokenExpirationSeconds must be a positive number of seconds"),
+                    e.contains(
+                        "tokenExpirationSeconds must be between 600 (10 minutes) and 172800 (48 hours)"
+                    ),
                     "{e}"
                 );
             }
@@ -364,6 +382,16 @@ mod tests {
         }
         for v in ["", "a/b", "x y", "a#b", "v=1+2@h:3", "ünï"] {
             assert_eq!(value_re.is_match(v), check_tag_value(v).is_ok(), "value {v:?}");
+        }
+    }
+
+    #[test]
+    fn an_object_written_before_the_bounds_keeps_its_association_within_them() {
+        for (stored, used) in [(300, 600), (1 << 40, 172_800), (3600, 3600)] {
+            let mut s = spec("a", "b");
+            s.token_expiration_seconds = Some(stored);
+            let a = to_association(&object("a.b", s), None).unwrap();
+            assert_eq!(a.token_expiration_seconds, Some(used), "{stored}");
         }
     }
 

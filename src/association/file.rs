@@ -247,7 +247,7 @@ mod tests {
         let text = "- {namespace: a, serviceAccount: b, agencyName: c, tokenExpirationSeconds: 0}\n";
         let err = parse(&p(), text).unwrap_err().to_string();
         assert!(
-            err.contains("associations[0] (a/b): tokenExpirationSeconds 0 must be a positive"),
+            err.contains("associations[0] (a/b): tokenExpirationSeconds 0 must be between 600 (10 minutes) and 172800 (48 hours)"),
             "{err}"
         );
         let text = "- {namespace: a, serviceAccount: b, agencyName: c, tokenExpirationSeconds: 1h}\n";

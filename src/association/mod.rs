@@ -20,6 +20,9 @@ pub use index::{Index, Reader, Writer, store};
 pub(crate) const MAX_TAGS: usize = 20;
 /// The longest inline session policy STS accepts (plain text).
 const MAX_POLICY: usize = 2048;
+/// The token lifetimes an association may ask for: from the API server's shortest projected
+/// token (10 minutes) to 48 hours, beyond which a leaked token outlives any reasonable need.
+pub(crate) const TOKEN_LIFETIME: std::ops::RangeInclusive<i64> = 600..=172_800;
 
 /// An association as written by a user: everything but the target optional.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -138,9 +141,12 @@ impl AssociationSpec {
                 ));
             }
         }
-        if let Some(s) = self.token_expiration_seconds.filter(|s| *s < 1) {
+        if let Some(s) = self
+            .token_expiration_seconds
+            .filter(|s| !TOKEN_LIFETIME.contains(s))
+        {
             errs.push(format!(
-                "tokenExpirationSeconds {s} must be a positive number of seconds"
+                "tokenExpirationSeconds {s} must be between 600 (10 minutes) and 172800 (48 hours)"
             ));
         }
         if self.tags.len() > MAX_TAGS {
@@ -401,21 +407,21 @@ mod tests {
     }
 
     #[test]
-    fn token_lifetime_is_optional_and_positive() {
+    fn token_lifetime_is_optional_and_within_ten_minutes_and_48_hours() {
         let mut s = spec("ns", "sa");
         assert_eq!(s.clone().validate().unwrap().token_expiration_seconds, None);
-        // Out of the API server's range is clamped at admission, not refused here.
-        for ok in [1, 300, 3600, 1 << 40] {
+        for ok in [600, 3600, 172_800] {
             s.token_expiration_seconds = Some(ok);
             let a = s.clone().validate().unwrap();
             assert_eq!(a.token_expiration_seconds, Some(ok));
             assert_eq!(a.into_indexed().token_expiration_seconds, Some(ok));
         }
-        for bad in [0, -5] {
+        for bad in [0, -5, 599, 172_801, 1 << 40] {
             s.token_expiration_seconds = Some(bad);
             let e = s.clone().validate().unwrap_err().to_string();
             assert!(
-                e.contains("tokenExpirationSeconds") && e.contains("positive"),
+                e.contains("tokenExpirationSeconds")
+                    && e.contains("between 600 (10 minutes) and 172800 (48 hours)"),
                 "{e}"
             );
         }

@@ -242,6 +242,14 @@ fn flags_the_sdks_or_tools_would_refuse_are_refused() {
             "--aws-region is for --provider eks",
         ),
         (
+            &["--token-expiration", "172801"],
+            "--token-expiration 172801 must be between 600 (10 minutes, the API server's shortest) and 172800 (48 hours)",
+        ),
+        (
+            &["--token-expiration", "599"],
+            "--token-expiration 599 must be between 600",
+        ),
+        (
             &["--provider", "eks", "--aws-region", "eu west"],
             "is not a region name",
         ),

@@ -34,9 +34,9 @@ pub const TOKEN_EXPIRATION_ANNOTATION: &str = "podidentity.io/token-expiration";
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// The shortest token lifetime the API server accepts for a projected token.
-pub const MIN_TOKEN_EXPIRATION: i64 = 600;
-/// The longest (2^32 s).
-pub const MAX_TOKEN_EXPIRATION: i64 = 1 << 32;
+pub const MIN_TOKEN_EXPIRATION: i64 = *crate::association::TOKEN_LIFETIME.start();
+/// The longest given (48 hours; the API server would issue up to 2^32 s).
+pub const MAX_TOKEN_EXPIRATION: i64 = *crate::association::TOKEN_LIFETIME.end();
 /// Token lifetime when none is configured.
 pub const DEFAULT_TOKEN_EXPIRATION: i64 = 86_400;
 
@@ -194,7 +194,7 @@ impl Injection {
             let used = seconds.clamp(MIN_TOKEN_EXPIRATION, MAX_TOKEN_EXPIRATION);
             if used != seconds {
                 warnings.push(format!(
-                    "{what} {seconds} is outside the API server's {MIN_TOKEN_EXPIRATION}..2^32 s; token lifetime {used} s"
+                    "{what} {seconds} is outside {MIN_TOKEN_EXPIRATION}..{MAX_TOKEN_EXPIRATION} s; token lifetime {used} s"
                 ));
             }
             used
