@@ -2,7 +2,7 @@
 //! refuse exactly what the programs' own validation does, with the documented messages.
 
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
-use pod_identity_webhook::testing::{PodIdentityAssociation, to_association};
+use pod_identity_webhook::testing::{PodIdentityAssociation, file, to_association};
 use serde_json::{Value, json};
 
 use crate::common::apiserver::ApiServer;
@@ -21,9 +21,16 @@ async fn verdict(api: &Api<DynamicObject>, object: &Value, dry_run: bool) -> Res
 }
 
 /// What the programs' validation says of `object` (the file and watch sources share it).
+/// What the programs' validation of a write says of `object`: the name rule of the watch, and
+/// the association file's rules for its spec (the association API shares them). The watch
+/// itself tolerates a token lifetime the CRD took before it was bounded.
 fn ours(object: &Value) -> Result<(), String> {
     let obj: PodIdentityAssociation = serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
-    to_association(&obj, None).map(|_| ()).map_err(|e| e.to_string())
+    to_association(&obj, None).map_err(|e| e.to_string())?;
+    let text = json!({"associations": [object["spec"]]}).to_string();
+    file::parse(std::path::Path::new("associations.json"), &text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn object(name: &str, spec: Value) -> Value {
@@ -110,7 +117,31 @@ async fn the_crds_rules_accept_and_refuse_what_the_validation_does() {
             "token lifetime 0",
             "crd-rules.app",
             with(&|s| s["tokenExpirationSeconds"] = json!(0)),
-            Some("tokenExpirationSeconds must be a positive number of seconds"),
+            Some("tokenExpirationSeconds must be between 600 (10 minutes) and 172800 (48 hours)"),
+        ),
+        (
+            "token lifetime 599 s",
+            "crd-rules.app",
+            with(&|s| s["tokenExpirationSeconds"] = json!(599)),
+            Some("tokenExpirationSeconds must be between 600"),
+        ),
+        (
+            "token lifetime 10 minutes",
+            "crd-rules.app",
+            with(&|s| s["tokenExpirationSeconds"] = json!(600)),
+            None,
+        ),
+        (
+            "token lifetime 48 hours",
+            "crd-rules.app",
+            with(&|s| s["tokenExpirationSeconds"] = json!(172_800)),
+            None,
+        ),
+        (
+            "token lifetime 48 hours and a second",
+            "crd-rules.app",
+            with(&|s| s["tokenExpirationSeconds"] = json!(172_801)),
+            Some("tokenExpirationSeconds must be between 600"),
         ),
         (
             "token lifetime an hour",
