@@ -356,6 +356,11 @@ pub struct ExchangeArgs {
     /// The only identity allowed to call: the agents' service account.
     #[arg(long, env = "POD_IDENTITY_AGENT_SERVICE_ACCOUNT", default_value = crate::exchange::AGENT)]
     pub(crate) agent_service_account: String,
+    /// The agents' DaemonSet, NAMESPACE/NAME: a caller's token must be bound to a running pod
+    /// of it on the node the token names (the exchange needs get on pods there). Empty: any
+    /// node-bound token of --agent-service-account is taken.
+    #[arg(long, env = "POD_IDENTITY_AGENT_DAEMONSET", default_value = crate::exchange::AGENT_DAEMONSET)]
+    pub(crate) agent_daemonset: String,
     /// IAM calls per second for one pod service account; beyond it (and the burst), 429.
     #[arg(long, default_value_t = crate::exchange::RATE_PER_SERVICE_ACCOUNT)]
     pub(crate) rate_per_service_account: f64,

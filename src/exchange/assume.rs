@@ -44,6 +44,10 @@ pub(super) struct ExchangeState {
     /// Callers' tokens and what their review said (refusals too, so a replayed bad token
     /// costs one review per TTL).
     pub(super) callers: Recent<Result<Holder, String>>,
+    /// The agents' DaemonSet, whose running pods alone may call.
+    pub(super) agent_pods: Option<AgentPods>,
+    /// What the DaemonSet check said of a caller's token lately.
+    pub(super) agent_pod_checks: Recent<Result<(), String>>,
     /// Answers issued for pod tokens.
     pub(super) issued: Recent<Issued>,
     pub(super) refusals: SampledLog,
@@ -358,8 +362,101 @@ pub(super) async fn authenticate(
             ),
         ));
     }
-    let node = holder.node.ok_or_else(|| no_node_binding("the agent's token"))?;
+    let node = holder
+        .node
+        .clone()
+        .ok_or_else(|| no_node_binding("the agent's token"))?;
+    if let Some(agents) = &s.agent_pods {
+        let checked = match s.agent_pod_checks.get(&hash) {
+            Some(checked) => checked,
+            None => {
+                // A failure to ask is not remembered: only what the API server said.
+                let checked = agents.check(&holder, &node).await.map_err(|e| {
+                    unavailable(review::ReviewError::Failed {
+                        what: "reading the agent's pod",
+                        source: e,
+                    })
+                })?;
+                s.agent_pod_checks.put(hash, checked.clone());
+                checked
+            }
+        };
+        checked.map_err(|why| {
+            Refusal::new(
+                StatusCode::FORBIDDEN,
+                "CCE.01403005",
+                Reason::CallerNotAgentPod,
+                format!(
+                    "X-Auth-Token must be bound to a running pod of the agent DaemonSet {}/{} on node {node}: {why}",
+                    agents.namespace, agents.daemonset
+                ),
+            )
+        })?;
+    }
     Ok(Caller { node })
+}
+
+/// The running pods of the agents' DaemonSet: the only callers, one per node.
+pub(super) struct AgentPods {
+    namespace: String,
+    daemonset: String,
+    pods: kube::Api<k8s_openapi::api::core::v1::Pod>,
+}
+
+impl AgentPods {
+    pub(super) fn new(client: kube::Client, namespace: String, daemonset: String) -> Self {
+        AgentPods {
+            pods: kube::Api::namespaced(client, &namespace),
+            namespace,
+            daemonset,
+        }
+    }
+
+    /// Whether `holder`'s token is bound to a running pod of the DaemonSet on `node`: `Err`
+    /// says why not; the outer error is the API server's.
+    async fn check(&self, holder: &Holder, node: &str) -> Result<Result<(), String>, kube::Error> {
+        let (Some(name), Some(uid)) = (holder.pod.as_deref(), holder.pod_uid.as_deref()) else {
+            return Ok(Err(
+                "the token is not bound to a pod (a token bound to a node or a secret is not the agent's)"
+                    .into(),
+            ));
+        };
+        let Some(pod) = self.pods.get_opt(name).await? else {
+            return Ok(Err(format!("its pod {}/{name} does not exist", self.namespace)));
+        };
+        if pod.metadata.uid.as_deref() != Some(uid) {
+            return Ok(Err(format!("its pod {}/{name} was replaced", self.namespace)));
+        }
+        let owned = pod.metadata.owner_references.iter().flatten().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "DaemonSet"
+                && o.api_version == "apps/v1"
+                && o.name == self.daemonset
+        });
+        if !owned {
+            return Ok(Err(format!(
+                "pod {}/{name} is not one of the DaemonSet's",
+                self.namespace
+            )));
+        }
+        let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        if spec_node != Some(node) {
+            return Ok(Err(format!(
+                "pod {}/{name} runs on {}, the token names {node}",
+                self.namespace,
+                spec_node.unwrap_or("no node")
+            )));
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if phase != Some("Running") {
+            return Ok(Err(format!(
+                "pod {}/{name} is {}, not Running",
+                self.namespace,
+                phase.unwrap_or("without a phase")
+            )));
+        }
+        Ok(Ok(()))
+    }
 }
 
 /// The caller's token: the `X-Auth-Token` header, trimmed, when not empty.

@@ -91,6 +91,7 @@ fn eks_error(r: &Refusal) -> (StatusCode, &'static str) {
         Reason::NoCallerToken
         | Reason::CallerInvalid
         | Reason::CallerNotAgent
+        | Reason::CallerNotAgentPod
         | Reason::NoNodeBinding
         | Reason::OtherNode => "AccessDeniedException",
         Reason::RateLimited => "ThrottlingException",

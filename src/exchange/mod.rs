@@ -73,12 +73,17 @@ pub struct ExchangeConfig {
     pub burst_per_service_account: f64,
     /// How long a reviewed caller and an issued answer are remembered (zero: not at all).
     pub cache_ttl: Duration,
+    /// The agents' DaemonSet (namespace, name): a caller's token must be bound to a running
+    /// pod of it on the node the token names. `None`: any node-bound token of `agent` is taken.
+    pub agent_daemonset: Option<(String, String)>,
 }
 
 /// The audience of the agents' tokens (the DaemonSet's projected token) by default.
 pub const CALLER_AUDIENCE: &str = "pod-identity-exchange";
 /// The agents' service account by default (`manifests/agent`).
 pub const AGENT: &str = "system:serviceaccount:pod-identity-agent:pod-identity-agent";
+/// The agents' DaemonSet by default (`manifests/agent`, the chart).
+pub const AGENT_DAEMONSET: &str = "pod-identity-agent/pod-identity-agent";
 /// IAM calls per second and burst per pod service account by default: far above what pods
 /// starting and refreshing need, far below what IAM's account-wide throttling tolerates.
 pub const RATE_PER_SERVICE_ACCOUNT: f64 = 5.0;
@@ -87,7 +92,8 @@ pub const BURST_PER_SERVICE_ACCOUNT: f64 = 50.0;
 pub const CACHE_TTL: f64 = 60.0;
 
 impl ExchangeConfig {
-    /// The defaults of the `exchange` command for the rest.
+    /// The defaults of the `exchange` command for the rest, but the agent DaemonSet check,
+    /// which the command turns on (`--agent-daemonset`).
     pub fn new(listen: SocketAddr, project_id: &str, cluster_id: &str) -> Self {
         ExchangeConfig {
             listen,
@@ -100,6 +106,7 @@ impl ExchangeConfig {
             rate_per_service_account: RATE_PER_SERVICE_ACCOUNT,
             burst_per_service_account: BURST_PER_SERVICE_ACCOUNT,
             cache_ttl: Duration::from_secs_f64(CACHE_TTL),
+            agent_daemonset: None,
         }
     }
 }
@@ -119,6 +126,21 @@ fn cache_ttl(s: f64) -> Result<Duration, ArgError> {
 }
 
 const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// `--agent-daemonset NAMESPACE/NAME`, or empty for none.
+fn agent_daemonset(s: &str) -> Result<Option<(String, String)>, ArgError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(Some((ns.to_owned(), name.to_owned())))
+        }
+        _ => Err(ArgError(format!(
+            "--agent-daemonset {s:?} must be NAMESPACE/NAME (or empty to accept any node-bound token of --agent-service-account)"
+        ))),
+    }
+}
 
 /// Tokens remembered at most, per cache.
 const RECENT_CAPACITY: usize = 10_000;
@@ -159,6 +181,7 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         rate_per_service_account: args.rate_per_service_account,
         burst_per_service_account: args.burst_per_service_account,
         cache_ttl,
+        agent_daemonset: agent_daemonset(&args.agent_daemonset)?,
         ..ExchangeConfig::new(
             args.listen,
             args.project_id.as_deref().unwrap_or_default(),
@@ -275,7 +298,7 @@ impl Exchange {
             project_id: config.project_id.clone(),
             cluster_id: config.cluster_id.clone(),
             reviewer: reviewer.clone(),
-            objects: kube::Api::all(cluster),
+            objects: kube::Api::all(cluster.clone()),
             callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
             reviews_per_client: KeyedBuckets::new(
                 associations::REVIEWS_PER_CLIENT.0,
@@ -294,6 +317,10 @@ impl Exchange {
             metrics,
             budgets: KeyedBuckets::new(config.rate_per_service_account, config.burst_per_service_account),
             callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
+            agent_pods: config
+                .agent_daemonset
+                .map(|(namespace, name)| assume::AgentPods::new(cluster.clone(), namespace, name)),
+            agent_pod_checks: Recent::new(config.cache_ttl, RECENT_CAPACITY),
             issued: Recent::new(config.cache_ttl, RECENT_CAPACITY),
             refusals: SampledLog::new(Duration::from_secs(60), REFUSALS_LOGGED_PER_MINUTE),
         });

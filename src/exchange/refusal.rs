@@ -29,6 +29,7 @@ pub(crate) enum Reason {
     NoCallerToken,
     CallerInvalid,
     CallerNotAgent,
+    CallerNotAgentPod,
     PodTokenInvalid,
     NotPodBound,
     NoNodeBinding,
@@ -41,12 +42,13 @@ pub(crate) enum Reason {
 }
 
 impl Reason {
-    pub(crate) const ALL: [Reason; 14] = [
+    pub(crate) const ALL: [Reason; 15] = [
         Reason::UnknownCluster,
         Reason::BadRequest,
         Reason::NoCallerToken,
         Reason::CallerInvalid,
         Reason::CallerNotAgent,
+        Reason::CallerNotAgentPod,
         Reason::PodTokenInvalid,
         Reason::NotPodBound,
         Reason::NoNodeBinding,
@@ -65,6 +67,7 @@ impl Reason {
             Reason::NoCallerToken => "no_caller_token",
             Reason::CallerInvalid => "caller_invalid",
             Reason::CallerNotAgent => "caller_not_agent",
+            Reason::CallerNotAgentPod => "caller_not_agent_pod",
             Reason::PodTokenInvalid => "pod_token_invalid",
             Reason::NotPodBound => "not_pod_bound",
             Reason::NoNodeBinding => "no_node_binding",

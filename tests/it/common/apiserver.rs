@@ -346,19 +346,96 @@ impl ApiServer {
         self.token(namespace, sa, Some(&p), audience, 3600).await
     }
 
-    /// The token of the agent on `node` as the DaemonSet's pod there would have it: service
-    /// account `pod-identity-agent/pod-identity-agent`, bound to pod
-    /// `pod-identity-agent-<node>`, audience `pod-identity-exchange`.
+    /// The token of the agent on `node` as the DaemonSet's pod there has it: service account
+    /// `pod-identity-agent/pod-identity-agent`, bound to the running pod
+    /// `pod-identity-agent-<node>` of DaemonSet `pod-identity-agent`, audience
+    /// `pod-identity-exchange`.
     pub async fn agent_token(&self, node: &str) -> String {
         use super::agents::{AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT};
-        self.pod_token(
+        let pod = self.agent_pod(node).await;
+        self.token(
             AGENT_NAMESPACE,
             AGENT_SERVICE_ACCOUNT,
-            &format!("pod-identity-agent-{node}"),
-            node,
+            Some(&pod),
             "pod-identity-exchange",
+            3600,
         )
         .await
+    }
+
+    /// The agent DaemonSet's running pod on `node` (DaemonSet, pod and its phase made as the
+    /// controller and the kubelet would, unless they are there).
+    pub async fn agent_pod(&self, node: &str) -> Pod {
+        use super::agents::{AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT};
+        use k8s_openapi::api::apps::v1::DaemonSet;
+        self.create_namespace(AGENT_NAMESPACE, &[]).await;
+        let ds: DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": "pod-identity-agent"},
+            "spec": {"selector": {"matchLabels": {"app": "pod-identity-agent"}},
+                "template": {"metadata": {"labels": {"app": "pod-identity-agent"}},
+                    "spec": {"serviceAccountName": AGENT_SERVICE_ACCOUNT,
+                        "containers": [{"name": "agent", "image": "registry.example/agent:1"}]}}}}))
+        .unwrap();
+        let daemonsets = Api::<DaemonSet>::namespaced(self.client(), AGENT_NAMESPACE);
+        create(&daemonsets, &ds).await;
+        let ds = daemonsets.get("pod-identity-agent").await.unwrap();
+        let name = format!("pod-identity-agent-{node}");
+        let pod = self
+            .pod_with(
+                AGENT_NAMESPACE,
+                json!({"metadata": {"name": name, "labels": {"app": "pod-identity-agent"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "pod-identity-agent",
+                        "uid": ds.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
+                    "spec": {"nodeName": node, "serviceAccountName": AGENT_SERVICE_ACCOUNT,
+                        "containers": [{"name": "agent", "image": "registry.example/agent:1"}]}}),
+            )
+            .await;
+        self.set_running(&pod).await
+    }
+
+    /// `pod` with `status.phase: Running`, as its kubelet would report it.
+    pub async fn set_running(&self, pod: &Pod) -> Pod {
+        let pods = Api::<Pod>::namespaced(self.client(), pod.metadata.namespace.as_deref().unwrap());
+        let status = json!({"status": {"phase": "Running"}});
+        pods.patch_status(
+            pod.metadata.name.as_deref().unwrap(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A token of `namespace/sa` bound to Node `node` (made unless it is there), as
+    /// `kubectl create token --bound-object-kind Node` makes: it names the node but no pod.
+    pub async fn node_token(&self, namespace: &str, sa: &str, node: &str, audience: &str) -> String {
+        self.node(node).await;
+        self.service_account(namespace, sa).await;
+        let uid = Api::<Node>::all(self.client())
+            .get(node)
+            .await
+            .unwrap()
+            .metadata
+            .uid;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![audience.to_owned()],
+                expiration_seconds: Some(3600),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Node".into()),
+                    name: Some(node.to_owned()),
+                    uid,
+                }),
+            },
+            ..Default::default()
+        };
+        let sas = Api::<ServiceAccount>::namespaced(self.client(), namespace);
+        let answer: TokenRequest = sas
+            .create_subresource("token", sa, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest bound to node {node}: {e}"));
+        answer.status.expect("a token").token
     }
 
     /// Applies the `PodIdentityAssociation` CRD (the binary's `crd` output) and waits until

@@ -141,13 +141,15 @@ pub fn check_webhook_contract(hook: &Value, system_ns: &str) {
 /// The only rules any role may grant: the webhook reads associations; the agent reads them and
 /// lists and watches pods (its node's); the exchange reviews tokens, asks SubjectAccessReviews
 /// and reads and writes associations (the association API, for callers the API server
-/// authorised). Anything else (another role, a wildcard, another write) is a finding.
+/// authorised), and gets the agents' pods (in their namespace only) to accept only the agent
+/// DaemonSet's running pods as callers. Anything else (another role, a wildcard, another write) is a finding.
 pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
     let read = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]});
     let review = serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]});
     let read_write = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch", "create", "update", "delete"]});
     let access = serde_json::json!({"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]});
     let pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
+    let get_pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]});
     let namespaces = serde_json::json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]});
     let events =
         serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]});
@@ -168,6 +170,9 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
             }
             ("Role", "pod-identity-webhook") => serde_json::json!([lease_create, lease_use]),
             ("ClusterRole", "pod-identity-exchange") => serde_json::json!([review, read_write, access]),
+            ("Role", "pod-identity-exchange") if d["metadata"]["namespace"] == "pod-identity-agent" => {
+                serde_json::json!([get_pods])
+            }
             ("ClusterRole", "pod-identity-agent") => serde_json::json!([read, pods]),
             ("ClusterRole" | "Role", _) => {
                 findings.push(format!("{kind}/{name}: a role nothing needs"));
