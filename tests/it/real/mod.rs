@@ -2,3 +2,5 @@
 //! returns early, and the run says which were not run, without it.
 
 mod crd;
+mod explain;
+mod report;
