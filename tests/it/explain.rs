@@ -1,11 +1,8 @@
-//! `explain` through the binary, on the example pods and cluster objects, and on live pods of
-//! the stand-in API server: each reason, its next step and its exit status.
+//! `explain` through the binary, on the example pods and cluster objects: each reason, its
+//! next step and its exit status (live pods: `real::explain`).
 
 use std::path::Path;
 use std::process::Command;
-
-use crate::common::standin::{StandIn, association, pod};
-use serde_json::json;
 
 use crate::common::BIN;
 
@@ -153,66 +150,4 @@ fn skipped_containers_live_pods_and_bad_input() {
     let no_pod = input(dir.path(), "none.yaml", &["{kind: ConfigMap}"]);
     let (code, out) = explain(&no_pod, &[]);
     assert_eq!(code, 2, "{out}");
-}
-
-/// `explain NAMESPACE/NAME` with a kubeconfig for `api`: the exit status and the output.
-async fn explain_live(api: &StandIn, target: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters: [{{name: s, cluster: {{server: 'http://{}'}}}}]\nusers: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: s, user: u}}}}]\ncurrent-context: c\n",
-        api.addr
-    );
-    std::fs::write(&kubeconfig, config).unwrap();
-    let target = target.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(BIN)
-            .args(["explain", &target])
-            .env("KUBECONFIG", &kubeconfig)
-            .env_remove("POD_IDENTITY_ASSOCIATIONS")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code().unwrap(), text)
-    })
-    .await
-    .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_pods_are_explained_from_the_cluster() {
-    let api = StandIn::start(false).await;
-    api.apply_namespace(json!({"apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": "pi-demo", "labels": {"podidentity.io/injection": "enabled"}}}));
-    api.apply_namespace(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}}));
-    api.apply(association("pi-demo", "app", "live-agency"));
-    let mut early = pod("pi-demo", "early", "node-a");
-    early["spec"]["serviceAccountName"] = json!("app");
-    api.apply_pod(early.clone());
-    let mut injected = early.clone();
-    injected["metadata"]["name"] = json!("injected");
-    injected["metadata"]["uid"] = json!("injected-uid");
-    injected["metadata"]["annotations"] = json!({"podidentity.io/association": "uid-pi-demo.app"});
-    api.apply_pod(injected);
-    let mut elsewhere = early.clone();
-    elsewhere["metadata"]["namespace"] = json!("plain");
-    api.apply_pod(elsewhere);
-
-    // Created before its association: would be injected now, is not.
-    let (code, out) = explain_live(&api, "pi-demo/early").await;
-    assert_eq!(code, 3, "{out}");
-    assert!(
-        out.contains("grants live-agency"),
-        "the cluster's association: {out}"
-    );
-    assert!(out.contains("next: recreate the pod"), "{out}");
-    let (code, out) = explain_live(&api, "pi-demo/injected").await;
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("the pod carries the injection"), "{out}");
-    let (code, out) = explain_live(&api, "plain/early").await;
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("kubectl label namespace plain"), "{out}");
-    let (code, out) = explain_live(&api, "pi-demo/missing").await;
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("pod pi-demo/missing"), "{out}");
 }

@@ -22,7 +22,6 @@ mod proptest;
 mod readme;
 mod real;
 mod reload;
-mod report;
 mod sdk;
 mod secrets;
 mod shutdown;

@@ -3,5 +3,7 @@
 
 mod agent_identity;
 mod crd;
+mod explain;
 mod issuer;
+mod report;
 mod webhook;
