@@ -24,6 +24,5 @@ mod real;
 mod reload;
 mod report;
 mod sdk;
-mod secrets;
 mod shutdown;
 mod webhook;

@@ -2,3 +2,8 @@
 //! returns early, and the run says which were not run, without it.
 
 mod crd;
+mod eks_auth;
+mod exchange;
+mod helm;
+mod sdk;
+mod secrets;
