@@ -1,11 +1,10 @@
-//! The credential agent on loopback, against test doubles of IAM and CCE, and reaching the
-//! exchange (whose own tests are in `exchange`).
+//! The credential agent on loopback, against test doubles of IAM and CCE (reaching the
+//! exchange, on the real API server, is in `real::exchange`).
 
 use std::time::Duration;
 
 use crate::common::agents::*;
 use crate::common::doubles::{self, Mode};
-use crate::common::standin::StandIn;
 use pod_identity_webhook::profile::Provider;
 use serde_json::Value;
 
@@ -244,42 +243,6 @@ async fn upstream_failures_map_to_clear_statuses() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_reaches_the_exchange_over_https() {
-    let api = StandIn::start(false).await;
-    let iam = doubles::iam().await;
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("exchange-tls");
-    pod_identity_webhook::certs::write(&certs, &pod_identity_webhook::certs::generate_local(1).unwrap())
-        .unwrap();
-    let exchange = start_exchange_with(&api, &iam.url, dir.path(), Some(&certs)).await;
-    assert!(exchange.url.starts_with("https://"));
-    let ca = certs.join("ca.crt");
-    let agent = start_agent(
-        Provider::Cce,
-        cce_backend_trusting(&exchange.url, dir.path(), Duration::from_secs(4), Some(&ca)),
-        |_| {},
-    )
-    .await;
-    let (status, body) = call(&agent.url, Some(&pod_token("pi-demo", "app", "a", AUD)), None).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["credentials"]["accessKeyId"], "IAMAK00001");
-    // An agent that does not trust the exchange's CA gets nothing from it.
-    let untrusting = start_agent(
-        Provider::Cce,
-        cce_backend(&exchange.url, dir.path(), Duration::from_secs(4)),
-        |_| {},
-    )
-    .await;
-    let (status, body) = call(
-        &untrusting.url,
-        Some(&pod_token("pi-demo", "app", "b", AUD)),
-        None,
-    )
-    .await;
-    assert_eq!(status, 502, "{body}");
-    assert_eq!(iam.calls().len(), 1);
-}
 /// The agent on IPv6 loopback as well as IPv4 (as on a node: 169.254.170.23 and
 /// [fd00:ec2::23]): a real socket on [::1] and a real HTTP client, with the Host header of
 /// each address accepted.

@@ -48,9 +48,9 @@ out["lint"] = chart.lint(req["chart"], req["values"], strict=True)
 print(json.dumps(out))
 "#;
 
-struct Rendered {
+pub(crate) struct Rendered {
     /// Every object of the templates, in template order.
-    docs: Vec<Value>,
+    pub(crate) docs: Vec<Value>,
     notes: String,
     crds: Vec<String>,
 }
@@ -105,7 +105,7 @@ fn try_render_chart(chart: &Path, values: &Value) -> Result<Rendered, String> {
     Ok(Rendered { docs, notes, crds })
 }
 
-fn render(values: &Value) -> Rendered {
+pub(crate) fn render(values: &Value) -> Rendered {
     try_render_chart(&chart_dir(), values).unwrap_or_else(|e| panic!("{values}: {e}"))
 }
 
@@ -124,7 +124,7 @@ fn lint_findings(values: &Value) -> Vec<String> {
         .collect()
 }
 
-const CIDRS: &str = r#"{"apiServerCIDR": "192.0.2.10/32", "nodeCIDR": "198.51.100.0/24"}"#;
+pub(crate) const CIDRS: &str = r#"{"apiServerCIDR": "192.0.2.10/32", "nodeCIDR": "198.51.100.0/24"}"#;
 
 /// The settings that matter, one combination each: both profiles, the three certificate
 /// modes, each component off, NetworkPolicies off.
@@ -976,19 +976,19 @@ fn the_readmes_eks_helm_install_renders_a_deployment_that_passes_the_checks() {
 }
 
 /// The container named `name` of the workload `kind/workload`: its pod spec and itself.
-fn container<'a>(docs: &'a [Value], kind: &str, workload: &str) -> (&'a Value, &'a Value) {
+pub(crate) fn container<'a>(docs: &'a [Value], kind: &str, workload: &str) -> (&'a Value, &'a Value) {
     let pod = &find(docs, kind, workload)["spec"]["template"]["spec"];
     (pod, &pod["containers"][0])
 }
 
 /// The value of `--name=` in `args`, if set.
-fn flag_of<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
+pub(crate) fn flag_of<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
     let prefix = format!("{name}=");
     args.iter().find_map(|a| a.strip_prefix(&prefix))
 }
 
 /// The container's `env` entries with a plain value, by name.
-fn env_of(container: &Value) -> BTreeMap<String, String> {
+pub(crate) fn env_of(container: &Value) -> BTreeMap<String, String> {
     container["env"]
         .as_array()
         .into_iter()
@@ -1130,143 +1130,12 @@ fn chart_renders_eks_mode_with_the_exchanges_aws_credentials() {
 
 /// `s` with every absolute path moved under `root` (where the test lays out what the pod's
 /// volumes would hold).
-fn under(root: &Path, s: &str) -> String {
+pub(crate) fn under(root: &Path, s: &str) -> String {
     match s.split_once("=/") {
         Some((flag, path)) if flag.starts_with("--") => format!("{flag}={}", root.join(path).display()),
         _ if s.starts_with('/') => root.join(&s[1..]).display().to_string(),
         _ => s.to_owned(),
     }
-}
-
-/// The agent and the exchange the chart renders for backend eks, started with exactly the
-/// rendered arguments and environment (only addresses and the pods' mount paths moved to this
-/// machine): a pod's token goes through the agent, over TLS to the exchange, which signs STS
-/// with the key of the profile in the files Secret.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod() {
-    use crate::common::agents::{agent_token, credentials_request, pod_token};
-    use crate::common::free_ports;
-    use crate::common::standin::{StandIn, pod};
-    use crate::eks_auth::{recording_sts, spawn_isolated};
-    crate::common::crypto();
-    let api = StandIn::start(false).await;
-    api.apply(json!({"apiVersion": "podidentity.io/v1alpha1", "kind": "PodIdentityAssociation",
-        "metadata": {"name": "pi-demo.app"},
-        "spec": {"namespace": "pi-demo", "serviceAccount": "app", "roleArn": "arn:aws:iam::111122223333:role/app-role"}}));
-    api.apply_pod(pod("pi-demo", "app-1", crate::common::NODE));
-    let (sts_url, calls) = recording_sts().await;
-    let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
-    let values = json!({"provider": "eks", "backend": "eks", "awsRegion": "us-west-2",
-        "eks": {"clusterName": "edge-1", "stsEndpoint": sts_url}, "networkPolicies": cidrs,
-        "exchange": {"aws": {"filesSecret": "pod-identity-aws", "profile": "exchange"}}});
-    let docs = render(&values).docs;
-    let (_, exchange) = container(&docs, "Deployment", "pod-identity-exchange");
-    let (_, agent) = container(&docs, "DaemonSet", "pod-identity-agent");
-
-    // What the volumes would hold: the profile's files, the exchange's pair and its CA, the
-    // agent's token.
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let env = env_of(exchange);
-    let credentials = PathBuf::from(under(root, &env["AWS_SHARED_CREDENTIALS_FILE"]));
-    std::fs::create_dir_all(credentials.parent().unwrap()).unwrap();
-    std::fs::write(
-        &credentials,
-        "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = d\n\
-         [exchange]\naws_access_key_id = AKIDCHART\naws_secret_access_key = chart-secret\n",
-    )
-    .unwrap();
-    let exchange_args: Vec<&str> = args_of(exchange);
-    let cert_dir = PathBuf::from(under(root, flag_of(&exchange_args, "--cert-dir").unwrap()));
-    let out = Command::new(BIN)
-        .args(["certs", "--dns", "localhost", "--out"])
-        .arg(&cert_dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let agent_args: Vec<&str> = args_of(agent);
-    let ca_file = PathBuf::from(under(root, flag_of(&agent_args, "--ca-file").unwrap()));
-    std::fs::create_dir_all(ca_file.parent().unwrap()).unwrap();
-    std::fs::copy(cert_dir.join("ca.crt"), &ca_file).unwrap();
-    let token_file = PathBuf::from(under(root, flag_of(&agent_args, "--auth-token-file").unwrap()));
-    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
-    std::fs::write(&token_file, agent_token(crate::common::NODE)).unwrap();
-    let kubeconfig = api.kubeconfig(root, "kube-bearer-token");
-
-    let [xport, aport, admin] = free_ports::<3>();
-    let moved = |args: &[&str], to: &[(&str, String)]| -> Vec<String> {
-        args.iter()
-            .map(|a| {
-                let flag = a.split('=').next().unwrap();
-                match to.iter().find(|(f, _)| *f == flag) {
-                    Some((_, value)) => format!("{flag}={value}"),
-                    None => under(root, a),
-                }
-            })
-            .collect()
-    };
-    let args = moved(&exchange_args, &[("--listen", format!("127.0.0.1:{xport}"))]);
-    let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), under(root, v))).collect();
-    env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let exchange = spawn_isolated(root, "exchange", &arg_refs, &env_refs);
-    let ca = std::fs::read(cert_dir.join("ca.crt")).unwrap();
-    crate::common::until_ready(
-        &crate::common::client(&[&ca], crate::common::Http::H1),
-        &format!("https://localhost:{xport}/readyz"),
-        std::time::Instant::now() + std::time::Duration::from_secs(30),
-    )
-    .await;
-
-    let args = moved(
-        &agent_args,
-        &[
-            ("--listen", format!("127.0.0.1:{aport}")),
-            ("--admin-listen", format!("127.0.0.1:{admin}")),
-            ("--eks-endpoint", format!("https://localhost:{xport}")),
-        ],
-    );
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    // The downward API's spec.nodeName.
-    assert_eq!(agent["env"][0]["name"], "POD_IDENTITY_NODE_NAME");
-    let env = [
-        ("POD_IDENTITY_NODE_NAME", crate::common::NODE),
-        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-    ];
-    let agent = spawn_isolated(root, "agent", &arg_refs, &env);
-    crate::common::until_ready(
-        &reqwest::Client::new(),
-        &format!("http://127.0.0.1:{admin}/readyz"),
-        std::time::Instant::now() + std::time::Duration::from_secs(30),
-    )
-    .await;
-
-    let token = pod_token("pi-demo", "app", "app-1", "pods.eks.amazonaws.com");
-    let r = credentials_request(&format!("http://127.0.0.1:{aport}/v1/credentials"), &token).await;
-    let status = r.status();
-    let body: Value = r.json().await.unwrap_or_default();
-    assert_eq!(
-        status,
-        200,
-        "{body}\nagent:\n{}\nexchange:\n{}",
-        agent.log(),
-        exchange.log()
-    );
-    assert_eq!(body["AccessKeyId"], "ASIASTAND");
-    let calls = calls.lock().unwrap();
-    assert_eq!(calls.len(), 1);
-    assert_eq!(
-        calls[0].get("RoleArn"),
-        Some("arn:aws:iam::111122223333:role/app-role")
-    );
-    assert!(
-        calls[0]
-            .authorization
-            .starts_with("AWS4-HMAC-SHA256 Credential=AKIDCHART/"),
-        "{}",
-        calls[0].authorization
-    );
 }
 
 /// The association the NOTES show (an indented heredoc ending at `EOF_`), with `fill` put in

@@ -23,6 +23,5 @@ mod readme;
 mod real;
 mod reload;
 mod sdk;
-mod secrets;
 mod shutdown;
 mod webhook;

@@ -1,18 +1,18 @@
 //! The real SDKs against the agent: huaweicloudsdkcore's PodIdentityCredentialProvider and
 //! botocore's container credential provider obtain credentials, and the request signer agrees
-//! with the SDK's for the same inputs.
+//! with the SDK's for the same inputs. (Through the exchange, with TokenReview on the real API
+//! server: `real::sdk`.)
 
 use std::time::Duration;
 
 use crate::common::agents::*;
 use crate::common::doubles;
 use crate::common::python;
-use crate::common::standin::StandIn;
 use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::{AccessKey, signer};
 use serde_json::Value;
 
-const HC_SCRIPT: &str = r#"
+pub(crate) const HC_SCRIPT: &str = r#"
 import json
 from huaweicloudsdkcore.auth.provider import PodIdentityCredentialProvider
 c = PodIdentityCredentialProvider.get_basic().get_credentials()
@@ -40,7 +40,7 @@ async fn direct(url: &str, token: &str) -> Value {
 
 /// Runs an SDK `script` (off the async runtime) with the endpoint and token-file env vars of
 /// `provider`, and returns what it printed as JSON.
-async fn sdk(script: &'static str, provider: Provider, url: &str, token_file: &str) -> Value {
+pub(crate) async fn sdk(script: &'static str, provider: Provider, url: &str, token_file: &str) -> Value {
     let p = provider.profile();
     let env = [
         (p.endpoint_env, url.to_owned()),
@@ -55,7 +55,7 @@ async fn sdk(script: &'static str, provider: Provider, url: &str, token_file: &s
     serde_json::from_str(out.trim()).unwrap()
 }
 
-fn write_token(dir: &std::path::Path, token: &str) -> String {
+pub(crate) fn write_token(dir: &std::path::Path, token: &str) -> String {
     let path = dir.join("token");
     std::fs::write(&path, token).unwrap();
     path.to_str().unwrap().to_owned()
@@ -95,44 +95,6 @@ async fn botocore_reads_the_eks_shape() {
     assert_eq!(parsed["sk"], body["SecretAccessKey"]);
     assert_eq!(parsed["token"], body["Token"]);
     assert_eq!(parsed["method"], "container-role");
-}
-
-/// SDK → agent (cce backend) → exchange → TokenReview (stand-in) + IAM (double): the SDK ends
-/// up with the credentials IAM issued for the association's agency.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_from_the_sdk_to_iam() {
-    let api = StandIn::start(false).await;
-    let iam = doubles::iam().await;
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = start_exchange(&api, &iam.url, dir.path()).await;
-    let agent = start_agent(
-        Provider::Cce,
-        cce_backend(&exchange.url, dir.path(), Duration::from_secs(4)),
-        |_| {},
-    )
-    .await;
-    let token = pod_token("pi-demo", "worker", "worker-5d8f", "service.cce.pods");
-    let file = write_token(dir.path(), &token);
-    let parsed = sdk(HC_SCRIPT, Provider::Cce, &agent.url, &file).await;
-    assert_eq!(parsed["ak"], "IAMAK00001");
-    assert_eq!(
-        parsed["sk"], "iam-secret-1-worker-agency",
-        "the worker association's agency"
-    );
-    assert_eq!(parsed["token"], "iam-security-token-1");
-    let calls = iam.calls();
-    assert_eq!(calls.len(), 1);
-    assert_eq!(
-        calls[0].body["auth"]["identity"]["assume_role"]["agency_name"],
-        "worker-agency"
-    );
-    assert_eq!(
-        calls[0].body["auth"]["identity"]["assume_role"]["session_user"]["name"],
-        format!("cce-{CLUSTER}-worker-5d8f")
-    );
-    // The agent's token, then the pod's.
-    assert_eq!(api.reviews_for("pod-identity-exchange"), 1);
-    assert_eq!(api.reviews_for("service.cce.pods"), 1);
 }
 
 const SIGN_SCRIPT: &str = r#"
@@ -216,7 +178,7 @@ print(Signer(BasicCredentials(i["ak"], i["sk"])).sign(req).header_params["Author
 /// Recomputes, with the SDK's own signer, the signature of a request a double received, over
 /// the headers it names as signed exactly as they arrived and the body byte for byte; the
 /// result must be the `Authorization` the request carried.
-fn assert_sdk_signature(call: &doubles::Call, ak: &str, sk: &str) {
+pub(crate) fn assert_sdk_signature(call: &doubles::Call, ak: &str, sk: &str) {
     let auth = call.header("Authorization").unwrap();
     assert!(
         auth.starts_with(&format!("SDK-HMAC-SHA256 Access={ak}, SignedHeaders=")),
@@ -264,35 +226,4 @@ async fn agent_requests_signed_with_ak_sk_verify_with_the_sdk() {
     assert_eq!(call.header("X-Project-Id"), Some(PROJECT));
     assert_eq!(call.header("X-Security-Token"), Some("temp-token"));
     assert_sdk_signature(call, "AKSIGNED", "sk/with+chars");
-}
-
-/// The exchange's IAM call with AK/SK: IAM requires `Content-Type: application/json;charset=utf8`,
-/// and the signature must cover exactly that value (it once covered `application/json` while
-/// sending the other, which IAM refuses).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exchange_iam_requests_signed_with_ak_sk_verify_with_the_sdk() {
-    let api = StandIn::start(false).await;
-    let iam = doubles::iam().await;
-    let key = AccessKey {
-        ak: "AKOPERATOR".into(),
-        sk: "operator/secret+key".into(),
-        security_token: None,
-    };
-    let exchange = start_exchange_signed(&api, &iam.url, key).await;
-    let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/api/v3/projects/{PROJECT}/clusters/{CLUSTER}/assume-agency-for-pod-identity",
-            exchange.url
-        ))
-        .header("X-Auth-Token", agent_token(crate::common::NODE))
-        .json(&serde_json::json!({ "token": token }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let call = &iam.calls()[0];
-    assert_eq!(call.header("Content-Type"), Some("application/json;charset=utf8"));
-    assert!(call.header("X-Auth-Token").is_none());
-    assert_sdk_signature(call, "AKOPERATOR", "operator/secret+key");
 }

@@ -4,6 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::TokenReview;
 use pod_identity_webhook::agent::backend::{Backend, CceBackend, LocalBackend};
 use pod_identity_webhook::agent::cache::Cache;
 use pod_identity_webhook::agent::metrics::AgentMetrics;
@@ -11,7 +13,7 @@ use pod_identity_webhook::agent::{Agent, AgentConfig};
 use pod_identity_webhook::exchange::eks::Eks;
 use pod_identity_webhook::exchange::iam::{Domain, Iam};
 use pod_identity_webhook::exchange::metrics::ExchangeMetrics;
-use pod_identity_webhook::exchange::review::KubeReviewer;
+use pod_identity_webhook::exchange::review::{Holder, KubeReviewer, ReviewError, TokenReviewer};
 use pod_identity_webhook::exchange::sts::Sts;
 use pod_identity_webhook::exchange::{Exchange, ExchangeConfig};
 use pod_identity_webhook::profile::Provider;
@@ -141,7 +143,47 @@ pub async fn start_agent_following(
 pub struct RunningExchange {
     pub url: String,
     pub metrics: Arc<ExchangeMetrics>,
+    /// The TokenReviews it asked, by audience: counted where its reviewer hands them to the
+    /// API server.
+    pub reviews: Arc<Reviews>,
     stop: Option<oneshot::Sender<()>>,
+}
+
+/// TokenReviews asked, by audience (`""`: the API server's own), as they leave the exchange.
+#[derive(Default)]
+pub struct Reviews(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl Reviews {
+    pub fn of(&self, audience: &str) -> u64 {
+        self.0.lock().unwrap().get(audience).copied().unwrap_or(0)
+    }
+}
+
+/// The exchange's reviewer, counting each TokenReview it sends.
+struct Counted {
+    inner: KubeReviewer,
+    reviews: Arc<Reviews>,
+}
+
+impl TokenReviewer for Counted {
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+        audience: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<TokenReview, ReviewError>> {
+        *self
+            .reviews
+            .0
+            .lock()
+            .unwrap()
+            .entry(audience.unwrap_or_default().to_owned())
+            .or_default() += 1;
+        self.inner.review(token, audience)
+    }
+
+    fn may<'a>(&'a self, holder: &'a Holder, verb: &'a str) -> BoxFuture<'a, Result<bool, ReviewError>> {
+        self.inner.may(holder, verb)
+    }
 }
 
 impl RunningExchange {
@@ -159,6 +201,13 @@ impl Drop for RunningExchange {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+    }
+}
+
+impl RunningExchange {
+    /// The TokenReviews it asked for `audience`.
+    pub fn reviews_for(&self, audience: &str) -> u64 {
+        self.reviews.of(audience)
     }
 }
 
@@ -234,7 +283,11 @@ async fn bind_and_run(
 ) -> RunningExchange {
     let tls = config.cert_dir.is_some();
     let metrics = Arc::new(ExchangeMetrics::default());
-    let reviewer = Arc::new(KubeReviewer::new(api.kube_config(), Duration::from_secs(1)).unwrap());
+    let reviews = Arc::new(Reviews::default());
+    let reviewer = Arc::new(Counted {
+        inner: KubeReviewer::new(api.kube_config(), Duration::from_secs(1)).unwrap(),
+        reviews: reviews.clone(),
+    });
     let exchange = Exchange::bind(
         config,
         reviewer,
@@ -253,6 +306,7 @@ async fn bind_and_run(
     RunningExchange {
         url,
         metrics,
+        reviews,
         stop: Some(tx),
     }
 }

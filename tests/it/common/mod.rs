@@ -472,6 +472,12 @@ pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
 impl Logs {
     /// Captures this thread's log events (debug and up) until the guard is dropped.
     pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        // tracing-core asks only the registering thread's subscriber whether a callsite is
+        // enabled while at most one dispatcher is registered: with this capture the only one,
+        // another test's thread (no subscriber) registering a callsite first would disable
+        // it here too. A second dispatcher, kept for good, makes it ask every subscriber.
+        static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let logs = Logs::default();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)

@@ -3,7 +3,12 @@
 
 mod agent_identity;
 mod crd;
+mod eks_auth;
+mod exchange;
 mod explain;
+mod helm;
 mod issuer;
 mod report;
+mod sdk;
+mod secrets;
 mod webhook;
