@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use pod_identity_webhook::agent::NodePods;
 use pod_identity_webhook::profile::Provider;
-use pod_identity_webhook::testing::watch_associations;
+use pod_identity_webhook::testing::{PodIdentityAssociation, watch_associations};
 use serde_json::{Value, json};
 
 use crate::common::agents::*;
@@ -112,12 +112,21 @@ async fn a_deleted_or_repointed_association_changes_the_next_answer_within_two_s
     assert_eq!(ask(&c, &agent.url, &app).await.0, 200);
     assert_eq!(iam.calls().len(), before, "answered from the cache");
 
-    let (ok, out, err) = api.kubectl(&["delete", "pia", &format!("{ns}.app")], None);
-    assert!(ok, "{out}{err}");
-    api.apply(&association_yaml(&ns, "worker", "other-agency"));
-    // SDK-like clients keep asking, each change timed from kubectl's return (the API server
-    // has stored both changes by then).
+    let pias: Api<DynamicObject> =
+        Api::all_with(api.client(), &ApiResource::erase::<PodIdentityAssociation>(&()));
     let start = Instant::now();
+    pias.delete(&format!("{ns}.app"), &DeleteParams::default())
+        .await
+        .unwrap();
+    let repoint = json!({"spec": {"agencyName": "other-agency"}});
+    pias.patch(
+        &format!("{ns}.worker"),
+        &PatchParams::default(),
+        &Patch::Merge(&repoint),
+    )
+    .await
+    .unwrap();
+    // SDK-like clients keep asking, each change timed from the API server's first write.
     let (mut revoked, mut repointed) = (None, None);
     while revoked.is_none() || repointed.is_none() {
         assert!(
