@@ -14,7 +14,6 @@ mod exchange;
 mod explain;
 mod helm;
 mod kubernetes;
-mod lifecycle;
 mod manifests;
 mod operations;
 mod pod_security;

@@ -636,3 +636,95 @@ pub fn association_yaml(namespace: &str, service_account: &str, agency: &str) ->
         "apiVersion: podidentity.io/v1alpha1\nkind: PodIdentityAssociation\nmetadata:\n  name: {namespace}.{service_account}\nspec:\n  namespace: {namespace}\n  serviceAccount: {service_account}\n  agencyName: {agency}\n"
     )
 }
+
+/// The API server's own audience (its service-account issuer): what `kubectl create token`
+/// gives by default.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The rules of ClusterRole `name` in the manifest `path` (relative to the crate), as JSON.
+pub fn manifest_rules(path: &str, name: &str) -> Value {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no ClusterRole {name} in {path}"))["rules"]
+        .clone()
+}
+
+/// The API server as the holder of `token` sees it: for programs run with their own RBAC.
+pub struct Acting<'a> {
+    pub api: &'a ApiServer,
+    pub token: String,
+}
+
+impl super::KubeApi for Acting<'_> {
+    fn kube_config(&self) -> kube::Config {
+        self.api.config_as(&self.token)
+    }
+}
+
+impl ApiServer {
+    /// Service account `namespace/name` (made unless it is there) bound by a
+    /// ClusterRoleBinding to a ClusterRole `<namespace>-<name>` of its own holding `rules`
+    /// (RBAC rules, JSON). Returns once the authorizer decides by them, with a token of the
+    /// service account for the API server, valid an hour.
+    pub async fn service_account_with(&self, namespace: &str, name: &str, rules: Value) -> String {
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+        self.service_account(namespace, name).await;
+        let role_name = format!("{namespace}-{name}");
+        let role: ClusterRole =
+            serde_json::from_value(json!({"metadata": {"name": role_name}, "rules": rules})).unwrap();
+        create(&Api::<ClusterRole>::all(self.client()), &role).await;
+        let binding: ClusterRoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": role_name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        }))
+        .unwrap();
+        create(&Api::<ClusterRoleBinding>::all(self.client()), &binding).await;
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let groups = [
+            "system:serviceaccounts",
+            &format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated",
+        ];
+        let strs = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        };
+        let end = Instant::now() + Duration::from_secs(20);
+        for rule in rules.as_array().into_iter().flatten() {
+            for group in strs(&rule["apiGroups"]) {
+                for resource in strs(&rule["resources"]) {
+                    for verb in strs(&rule["verbs"]) {
+                        while !self.may(&user, &groups, &verb, &group, &resource).await {
+                            assert!(Instant::now() < end, "RBAC never let {user} {verb} {resource}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        }
+        self.token(namespace, name, None, API_AUDIENCE, 3600).await
+    }
+
+    /// Whether the authorizer lets `user` (in `groups`) `verb` `resource` of API group
+    /// `group`, cluster-wide: a SubjectAccessReview by the admin.
+    pub async fn may(&self, user: &str, groups: &[&str], verb: &str, group: &str, resource: &str) -> bool {
+        use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+        let review: SubjectAccessReview = serde_json::from_value(json!({"spec": {
+            "user": user, "groups": groups,
+            "resourceAttributes": {"group": group, "resource": resource, "verb": verb},
+        }}))
+        .unwrap();
+        let answer = Api::<SubjectAccessReview>::all(self.client())
+            .create(&PostParams::default(), &review)
+            .await
+            .unwrap();
+        answer.status.is_some_and(|s| s.allowed)
+    }
+}

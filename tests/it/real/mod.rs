@@ -2,12 +2,14 @@
 //! returns early, and the run says which were not run, without it.
 
 mod agent_identity;
+mod associations_api;
 mod crd;
 mod eks_auth;
 mod exchange;
 mod explain;
 mod helm;
 mod issuer;
+mod lifecycle;
 mod report;
 mod sdk;
 mod secrets;
