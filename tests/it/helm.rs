@@ -48,11 +48,11 @@ out["lint"] = chart.lint(req["chart"], req["values"], strict=True)
 print(json.dumps(out))
 "#;
 
-struct Rendered {
+pub(crate) struct Rendered {
     /// Every object of the templates, in template order.
-    docs: Vec<Value>,
+    pub(crate) docs: Vec<Value>,
     notes: String,
-    crds: Vec<String>,
+    pub(crate) crds: Vec<String>,
 }
 
 fn engine(chart: &Path, values: &Value) -> Value {
@@ -105,7 +105,7 @@ fn try_render_chart(chart: &Path, values: &Value) -> Result<Rendered, String> {
     Ok(Rendered { docs, notes, crds })
 }
 
-fn render(values: &Value) -> Rendered {
+pub(crate) fn render(values: &Value) -> Rendered {
     try_render_chart(&chart_dir(), values).unwrap_or_else(|e| panic!("{values}: {e}"))
 }
 
@@ -124,11 +124,11 @@ fn lint_findings(values: &Value) -> Vec<String> {
         .collect()
 }
 
-const CIDRS: &str = r#"{"apiServerCIDR": "192.0.2.10/32", "nodeCIDR": "198.51.100.0/24"}"#;
+pub(crate) const CIDRS: &str = r#"{"apiServerCIDR": "192.0.2.10/32", "nodeCIDR": "198.51.100.0/24"}"#;
 
 /// The settings that matter, one combination each: both profiles, the three certificate
 /// modes, each component off, NetworkPolicies off.
-fn matrix() -> Vec<Value> {
+pub(crate) fn matrix() -> Vec<Value> {
     let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
     let secret_mode = json!({"certificates": {"mode": "secret", "existingSecret": {"name": "my-webhook-tls", "caBundle": "TVlDQQ=="}},
         "exchange": {"existingSecret": "my-exchange-tls", "caCert": "-----BEGIN CERTIFICATE-----\nMYCA\n-----END CERTIFICATE-----\n"}});
@@ -976,19 +976,19 @@ fn the_readmes_eks_helm_install_renders_a_deployment_that_passes_the_checks() {
 }
 
 /// The container named `name` of the workload `kind/workload`: its pod spec and itself.
-fn container<'a>(docs: &'a [Value], kind: &str, workload: &str) -> (&'a Value, &'a Value) {
+pub(crate) fn container<'a>(docs: &'a [Value], kind: &str, workload: &str) -> (&'a Value, &'a Value) {
     let pod = &find(docs, kind, workload)["spec"]["template"]["spec"];
     (pod, &pod["containers"][0])
 }
 
 /// The value of `--name=` in `args`, if set.
-fn flag_of<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
+pub(crate) fn flag_of<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
     let prefix = format!("{name}=");
     args.iter().find_map(|a| a.strip_prefix(&prefix))
 }
 
 /// The container's `env` entries with a plain value, by name.
-fn env_of(container: &Value) -> BTreeMap<String, String> {
+pub(crate) fn env_of(container: &Value) -> BTreeMap<String, String> {
     container["env"]
         .as_array()
         .into_iter()
@@ -1130,7 +1130,7 @@ fn chart_renders_eks_mode_with_the_exchanges_aws_credentials() {
 
 /// `s` with every absolute path moved under `root` (where the test lays out what the pod's
 /// volumes would hold).
-fn under(root: &Path, s: &str) -> String {
+pub(crate) fn under(root: &Path, s: &str) -> String {
     match s.split_once("=/") {
         Some((flag, path)) if flag.starts_with("--") => format!("{flag}={}", root.join(path).display()),
         _ if s.starts_with('/') => root.join(&s[1..]).display().to_string(),

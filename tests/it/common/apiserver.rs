@@ -556,6 +556,6 @@ pub fn shared() -> Option<&'static ApiServer> {
 /// A `PodIdentityAssociation` for `namespace/service_account` → `agency`, as a YAML document.
 pub fn association_yaml(namespace: &str, service_account: &str, agency: &str) -> String {
     format!(
-        "apiVersion: podidentity.io/v1alpha1\nkind: PodIdentityAssociation\nmetadata:\n  name: {namespace}.{service_account}\nspec:\n  namespace: {namespace}\n  serviceAccount: {service_account}\n  agency: {agency}\n"
+        "apiVersion: podidentity.io/v1alpha1\nkind: PodIdentityAssociation\nmetadata:\n  name: {namespace}.{service_account}\nspec:\n  namespace: {namespace}\n  serviceAccount: {service_account}\n  agencyName: {agency}\n"
     )
 }

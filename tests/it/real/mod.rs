@@ -2,3 +2,4 @@
 //! returns early, and the run says which were not run, without it.
 
 mod crd;
+mod manifests;
