@@ -743,3 +743,210 @@ async fn the_charts_rbac_lets_each_program_make_exactly_its_calls() {
     }
     assert!(problems.is_empty(), "RBAC of the chart:\n{}", problems.join("\n"));
 }
+
+/// The agent and the exchange the chart renders for backend eks, with the rendering's RBAC
+/// applied for real and each authenticating to the API server with its own service account's
+/// real token (the agent's bound to its DaemonSet pod), started with exactly the rendered
+/// arguments and environment (only addresses and the pods' mount paths moved to this
+/// machine): a pod's real token goes through the agent, over TLS to the exchange (which
+/// reviews both tokens with the API server and reads the association), and STS is signed
+/// with the key of the profile in the files Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod_with_their_service_accounts() {
+    use crate::common::agents::credentials_request;
+    use crate::common::deploy::args_of;
+    use crate::common::free_ports;
+    use crate::eks_auth::{recording_sts, spawn_isolated};
+    use crate::helm::{CIDRS, container, env_of, flag_of, under};
+    let Some(api) = ApiServer::start_own("eks-rendering", &[]) else {
+        return;
+    };
+    crate::common::crypto();
+    let (sts_url, calls) = recording_sts().await;
+    let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
+    let values = json!({"provider": "eks", "backend": "eks", "awsRegion": "us-west-2",
+        "eks": {"clusterName": "edge-1", "stsEndpoint": sts_url}, "networkPolicies": cidrs,
+        "exchange": {"aws": {"filesSecret": "pod-identity-aws", "profile": "exchange"}}});
+    let docs = chart(&values);
+    let kinds = [
+        "CustomResourceDefinition",
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ];
+    let mut real: Vec<&Value> = docs
+        .iter()
+        .filter(|d| kinds.contains(&d["kind"].as_str().unwrap_or_default()))
+        .collect();
+    real.sort_by_key(|d| kinds.iter().position(|k| d["kind"] == *k));
+    let findings = apply(&api, "the eks rendering", &["--server-side"], &real);
+    assert!(findings.is_empty(), "{}", findings.join("\n"));
+    let (ok, out, err) = api.kubectl(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/podidentityassociations.podidentity.io",
+        ],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    api.apply(
+        "apiVersion: podidentity.io/v1alpha1\nkind: PodIdentityAssociation\nmetadata:\n  name: pi-demo.app\nspec:\n  namespace: pi-demo\n  serviceAccount: app\n  roleArn: arn:aws:iam::111122223333:role/app-role\n",
+    );
+    let (_, exchange) = container(&docs, "Deployment", "pod-identity-exchange");
+    let (agent_pod, agent) = container(&docs, "DaemonSet", "pod-identity-agent");
+    let agent_sa = agent_pod["serviceAccountName"].as_str().unwrap();
+    let exchange_sa = find_sa(&docs, "Deployment", "pod-identity-exchange");
+
+    // The programs' own tokens: the exchange's, and the agent's bound to its pod on the node.
+    let agent_ns = crate::common::agents::AGENT_NAMESPACE;
+    let agent_of_node = api
+        .pod_with(
+            agent_ns,
+            json!({"metadata": {"name": format!("pod-identity-agent-{NODE}")},
+                "spec": {"nodeName": NODE, "serviceAccountName": agent_sa,
+                "containers": [{"name": "agent", "image": "registry.example/app:1"}]}}),
+        )
+        .await;
+    let agent_kube = api
+        .token(agent_ns, agent_sa, Some(&agent_of_node), API_AUDIENCE, 3600)
+        .await;
+    let exchange_kube = api.token(SYSTEM, &exchange_sa, None, API_AUDIENCE, 3600).await;
+
+    // What the volumes would hold: the profile's files, the exchange's pair and its CA, the
+    // agent's token for the exchange.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let env = env_of(exchange);
+    let credentials = PathBuf::from(under(root, &env["AWS_SHARED_CREDENTIALS_FILE"]));
+    std::fs::create_dir_all(credentials.parent().unwrap()).unwrap();
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = d\n\
+         [exchange]\naws_access_key_id = AKIDCHART\naws_secret_access_key = chart-secret\n",
+    )
+    .unwrap();
+    let exchange_args: Vec<&str> = args_of(exchange);
+    let cert_dir = PathBuf::from(under(root, flag_of(&exchange_args, "--cert-dir").unwrap()));
+    let out = Command::new(BIN)
+        .args(["certs", "--dns", "localhost", "--out"])
+        .arg(&cert_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let agent_args: Vec<&str> = args_of(agent);
+    let ca_file = PathBuf::from(under(root, flag_of(&agent_args, "--ca-file").unwrap()));
+    std::fs::create_dir_all(ca_file.parent().unwrap()).unwrap();
+    std::fs::copy(cert_dir.join("ca.crt"), &ca_file).unwrap();
+    let token_file = PathBuf::from(under(root, flag_of(&agent_args, "--auth-token-file").unwrap()));
+    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
+    std::fs::write(&token_file, api.agent_token(NODE).await).unwrap();
+
+    let [xport, aport, admin] = free_ports::<3>();
+    let moved = |args: &[&str], to: &[(&str, String)]| -> Vec<String> {
+        args.iter()
+            .map(|a| {
+                let flag = a.split('=').next().unwrap();
+                match to.iter().find(|(f, _)| *f == flag) {
+                    Some((_, value)) => format!("{flag}={value}"),
+                    None => under(root, a),
+                }
+            })
+            .collect()
+    };
+    let args = moved(&exchange_args, &[("--listen", format!("127.0.0.1:{xport}"))]);
+    let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), under(root, v))).collect();
+    let kubeconfig = api.kubeconfig(root, &exchange_kube);
+    env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exchange = spawn_isolated(root, "exchange", &arg_refs, &env_refs);
+    let ca = std::fs::read(cert_dir.join("ca.crt")).unwrap();
+    crate::common::until_ready(
+        &crate::common::client(&[&ca], crate::common::Http::H1),
+        &format!("https://localhost:{xport}/readyz"),
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await;
+
+    let args = moved(
+        &agent_args,
+        &[
+            ("--listen", format!("127.0.0.1:{aport}")),
+            ("--admin-listen", format!("127.0.0.1:{admin}")),
+            ("--eks-endpoint", format!("https://localhost:{xport}")),
+        ],
+    );
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The downward API's spec.nodeName.
+    assert_eq!(agent["env"][0]["name"], "POD_IDENTITY_NODE_NAME");
+    let kubeconfig = api.kubeconfig(root, &agent_kube);
+    let env = [
+        ("POD_IDENTITY_NODE_NAME", NODE),
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+    ];
+    let agent = spawn_isolated(root, "agent", &arg_refs, &env);
+    crate::common::until_ready(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await;
+
+    let token = api
+        .pod_token("pi-demo", "app", "app-1", NODE, "pods.eks.amazonaws.com")
+        .await;
+    let r = credentials_request(&format!("http://127.0.0.1:{aport}/v1/credentials"), &token).await;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or_default();
+    assert_eq!(
+        status,
+        200,
+        "{body}\nagent:\n{}\nexchange:\n{}",
+        agent.log(),
+        exchange.log()
+    );
+    assert_eq!(body["AccessKeyId"], "ASIASTAND");
+    {
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(
+            calls[0].get("RoleArn"),
+            Some("arn:aws:iam::111122223333:role/app-role")
+        );
+        assert!(
+            calls[0]
+                .authorization
+                .starts_with("AWS4-HMAC-SHA256 Credential=AKIDCHART/"),
+            "{}",
+            calls[0].authorization
+        );
+    }
+    // The agent follows its node's pods with its own account (list and watch granted), and
+    // neither program was refused anything.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("following this node's pods") && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (agent_log, exchange_log) = (agent.log(), exchange.log());
+    assert!(agent_log.contains("following this node's pods"), "{agent_log}");
+    for (program, log) in [("agent", &agent_log), ("exchange", &exchange_log)] {
+        assert!(
+            !log.contains("forbidden") && !log.contains("may not"),
+            "{program} was refused:\n{log}"
+        );
+    }
+}
+
+/// The service account the pods of workload `kind/name` run as.
+fn find_sa(docs: &[Value], kind: &str, name: &str) -> String {
+    let w = crate::common::deploy::find(docs, kind, name);
+    w["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
