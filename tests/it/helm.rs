@@ -52,7 +52,7 @@ pub(crate) struct Rendered {
     /// Every object of the templates, in template order.
     pub(crate) docs: Vec<Value>,
     notes: String,
-    crds: Vec<String>,
+    pub(crate) crds: Vec<String>,
 }
 
 fn engine(chart: &Path, values: &Value) -> Value {
@@ -128,7 +128,7 @@ pub(crate) const CIDRS: &str = r#"{"apiServerCIDR": "192.0.2.10/32", "nodeCIDR":
 
 /// The settings that matter, one combination each: both profiles, the three certificate
 /// modes, each component off, NetworkPolicies off.
-fn matrix() -> Vec<Value> {
+pub(crate) fn matrix() -> Vec<Value> {
     let cidrs: Value = serde_json::from_str(CIDRS).unwrap();
     let secret_mode = json!({"certificates": {"mode": "secret", "existingSecret": {"name": "my-webhook-tls", "caBundle": "TVlDQQ=="}},
         "exchange": {"existingSecret": "my-exchange-tls", "caCert": "-----BEGIN CERTIFICATE-----\nMYCA\n-----END CERTIFICATE-----\n"}});

@@ -81,7 +81,7 @@ fn render_copy_with_certs(overlay: &str, names: &[&str]) -> (Vec<Value>, PathBuf
 
 /// Every overlay, rendered as it would be applied: `manifests/` and `manifests/agent` after
 /// `certs`, `manifests/cert-manager` as it is, and the EKS overlays.
-fn every_overlay() -> Vec<(&'static str, Vec<Value>)> {
+pub(crate) fn every_overlay() -> Vec<(&'static str, Vec<Value>)> {
     let mut renders = vec![
         ("manifests", render_with_certs().0),
         (

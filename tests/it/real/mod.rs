@@ -10,6 +10,7 @@ mod explain;
 mod helm;
 mod issuer;
 mod lifecycle;
+mod manifests;
 mod report;
 mod sdk;
 mod secrets;
