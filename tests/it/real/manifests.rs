@@ -822,14 +822,9 @@ async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod_with_their_
 
     // The programs' own tokens: the exchange's, and the agent's bound to its pod on the node.
     let agent_ns = crate::common::agents::AGENT_NAMESPACE;
-    let agent_of_node = api
-        .pod_with(
-            agent_ns,
-            json!({"metadata": {"name": format!("pod-identity-agent-{NODE}")},
-                "spec": {"nodeName": NODE, "serviceAccountName": agent_sa,
-                "containers": [{"name": "agent", "image": "registry.example/app:1"}]}}),
-        )
-        .await;
+    // A running pod of the DaemonSet: the only caller the exchange accepts.
+    assert_eq!(agent_sa, crate::common::agents::AGENT_SERVICE_ACCOUNT);
+    let agent_of_node = api.agent_pod(NODE).await;
     let agent_kube = api
         .token(agent_ns, agent_sa, Some(&agent_of_node), API_AUDIENCE, 3600)
         .await;

@@ -7,7 +7,6 @@ mod crd;
 mod eks_auth;
 mod exchange;
 mod explain;
-mod helm;
 mod issuer;
 mod lifecycle;
 mod manifests;
