@@ -1,14 +1,12 @@
-//! An in-process stand-in for the Kubernetes API server, serving list and watch for
-//! `podidentityassociations.podidentity.io` and for pods (with the `spec.nodeName` field
-//! selector) the way kube-apiserver does: a list with a resourceVersion, then a chunked stream
-//! of newline-delimited watch events from it, and `410 Gone` for a resourceVersion that was
-//! compacted away; create, get, replace (409 on a stale resourceVersion) and delete (with a uid
-//! precondition) of single associations; TokenReview; SubjectAccessReview from an RBAC
-//! table the test sets; `coordination.k8s.io` Leases (create, get, and patches: merge patches
-//! take ownership of the fields they set, and a server-side apply of a field another field
-//! manager owns with another value is refused with 409, as kube-apiserver's field management
-//! does); and `events.k8s.io` Events (create, 409 on a name taken). "Down" drops every
-//! connection.
+//! An in-process stand-in for the Kubernetes API server, kept only for what a real one cannot
+//! be made to do on purpose (the real one runs the other tests: `common::apiserver`): list
+//! requests held back, `410 Gone` for a resourceVersion compacted away on demand, a write that
+//! conflicts with another writer's change just before it, TokenReviews that hang or answer
+//! 429/503, and "down" (every connection dropped). Around those faults it serves what the
+//! programs need, the way kube-apiserver does: list and chunked watch of
+//! `podidentityassociations.podidentity.io`, create, get, replace (409 on a stale
+//! resourceVersion) and delete (with a uid precondition) of one association, TokenReview of
+//! the tests' unsigned tokens, and SubjectAccessReview from an RBAC table the test sets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -37,43 +35,22 @@ pub enum ReviewAnswer {
     Status(u16),
 }
 
-/// The kinds of object served.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Association,
-    Pod,
-}
-
-/// The objects of one kind, their history and their watchers.
+/// The associations, their history and their watchers.
 #[derive(Default)]
 struct Store {
     objects: BTreeMap<String, Value>,
     /// Watch events by resourceVersion; those at or below `Inner::compacted` are gone.
     log: Vec<(u64, Value)>,
-    /// Each watch with the node its field selector restricts it to.
-    watchers: Vec<(Option<String>, mpsc::UnboundedSender<Bytes>)>,
-}
-
-/// Whether `object` passes a `spec.nodeName=<node>` field selector.
-fn on_node(node: &Option<String>, object: &Value) -> bool {
-    node.as_ref()
-        .is_none_or(|n| object["spec"]["nodeName"].as_str() == Some(n))
+    watchers: Vec<mpsc::UnboundedSender<Bytes>>,
 }
 
 #[derive(Default)]
 struct Inner {
     associations: Store,
-    pods: Store,
-    /// Namespaces by name, for GET only.
-    namespaces: BTreeMap<String, Value>,
     rv: u64,
     compacted: u64,
-    /// Pods may not be listed or watched (403), as without the RBAC for it.
-    forbid_pods: bool,
     down: bool,
     lists: u64,
-    pod_lists: u64,
-    pod_watches: u64,
     reviews: u64,
     review_answer: ReviewAnswer,
     /// Reviews by the audience asked for.
@@ -82,13 +59,6 @@ struct Inner {
     conns: Vec<tokio::task::AbortHandle>,
     /// Verbs on podidentityassociations.podidentity.io, by username (RBAC).
     rbac: HashMap<String, Vec<String>>,
-    access_reviews: u64,
-    /// Leases by `namespace/name`, with the field manager owning each `spec` field.
-    leases: BTreeMap<String, (Value, HashMap<String, String>)>,
-    /// Events created, in order.
-    events: Vec<Value>,
-    /// MutatingWebhookConfigurations by name, for GET only.
-    webhook_configurations: BTreeMap<String, Value>,
     /// Replaces still to be preceded by another writer's change (so they conflict).
     interfere: u32,
     created: u64,
@@ -110,11 +80,7 @@ impl StandIn {
         let addr = listener.local_addr().unwrap();
         let s = StandIn { addr, inner, hold };
         let app = Router::new()
-            .route(
-                PATH,
-                get(|s: State<StandIn>, q: Query<HashMap<String, String>>| handle(s, q, Kind::Association))
-                    .post(create),
-            )
+            .route(PATH, get(handle).post(create))
             .route(
                 &format!("{PATH}/{{name}}"),
                 get(get_one).put(replace).delete(delete_one),
@@ -124,30 +90,8 @@ impl StandIn {
                 axum::routing::post(access_review),
             )
             .route(
-                "/api/v1/pods",
-                get(|s: State<StandIn>, q: Query<HashMap<String, String>>| handle(s, q, Kind::Pod)),
-            )
-            .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
-            .route("/api/v1/namespaces/{name}", get(get_namespace))
-            .route(
                 "/apis/authentication.k8s.io/v1/tokenreviews",
                 axum::routing::post(token_review),
-            )
-            .route(
-                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
-                axum::routing::post(create_lease),
-            )
-            .route(
-                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
-                get(get_lease).patch(patch_lease),
-            )
-            .route(
-                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
-                get(get_webhook_configuration),
-            )
-            .route(
-                "/apis/events.k8s.io/v1/namespaces/{ns}/events",
-                axum::routing::post(create_event),
             )
             .with_state(s.clone());
         let service = hyper_util::service::TowerToHyperService::new(app);
@@ -229,10 +173,6 @@ impl StandIn {
         granted.extend(verbs.iter().map(|v| v.to_string()));
     }
 
-    pub fn access_reviews(&self) -> u64 {
-        self.inner.lock().unwrap().access_reviews
-    }
-
     /// The next `n` replaces each find the object changed by another writer just before (a
     /// tag `writer-<resourceVersion>: other` added), so they conflict.
     pub fn interfere(&self, n: u32) {
@@ -248,79 +188,13 @@ impl StandIn {
         self.inner.lock().unwrap().lists
     }
 
-    /// Pod lists served (not counting refusals).
-    pub fn pod_lists(&self) -> u64 {
-        self.inner.lock().unwrap().pod_lists
-    }
-
-    /// Pod watches opened.
-    pub fn pod_watches(&self) -> u64 {
-        self.inner.lock().unwrap().pod_watches
-    }
-
-    /// Refuses pod lists and watches with 403, as an API server does without the RBAC.
-    pub fn forbid_pods(&self) {
-        self.inner.lock().unwrap().forbid_pods = true;
-    }
-
-    /// Creates or replaces a MutatingWebhookConfiguration (served to GET only).
-    pub fn apply_webhook_configuration(&self, obj: Value) {
-        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
-        self.inner
-            .lock()
-            .unwrap()
-            .webhook_configurations
-            .insert(name, obj);
-    }
-
-    /// The Events created so far.
-    pub fn events(&self) -> Vec<Value> {
-        self.inner.lock().unwrap().events.clone()
-    }
-
-    /// The Lease `namespace/name`, as stored.
-    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
-        let g = self.inner.lock().unwrap();
-        g.leases
-            .get(&format!("{namespace}/{name}"))
-            .map(|(l, _)| l.clone())
-    }
-
     /// Creates or replaces an association, as `kubectl apply` would.
-    pub fn apply(&self, obj: Value) {
-        self.apply_kind(Kind::Association, obj);
-    }
-
-    pub fn delete(&self, name: &str) {
-        self.delete_kind(Kind::Association, name);
-    }
-
-    /// Creates or replaces a pod (`metadata.namespace`/`name`, `spec.nodeName`).
-    pub fn apply_pod(&self, obj: Value) {
-        self.apply_kind(Kind::Pod, obj);
-    }
-
-    /// Creates or replaces a Namespace (served to GET only).
-    pub fn apply_namespace(&self, obj: Value) {
-        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
-        self.inner.lock().unwrap().namespaces.insert(name, obj);
-    }
-
-    /// Deletes the pod `namespace/name`.
-    pub fn delete_pod(&self, namespace: &str, name: &str) {
-        self.delete_kind(Kind::Pod, &format!("{namespace}/{name}"));
-    }
-
-    fn apply_kind(&self, what: Kind, mut obj: Value) {
+    pub fn apply(&self, mut obj: Value) {
         let mut g = self.inner.lock().unwrap();
         g.rv += 1;
         let rv = g.rv;
         let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
-        let key = match obj["metadata"]["namespace"].as_str() {
-            Some(ns) if what == Kind::Pod => format!("{ns}/{name}"),
-            _ => name.clone(),
-        };
-        let kind = if g.store(what).objects.contains_key(&key) {
+        let kind = if g.associations.objects.contains_key(&name) {
             "MODIFIED"
         } else {
             "ADDED"
@@ -330,19 +204,19 @@ impl StandIn {
         meta.entry("uid").or_insert(json!(format!("uid-{name}")));
         meta.entry("creationTimestamp")
             .or_insert(json!("2026-11-23T10:00:00Z"));
-        g.store(what).objects.insert(key, obj.clone());
-        g.store(what).emit(rv, json!({"type": kind, "object": obj}));
+        g.associations.objects.insert(name, obj.clone());
+        g.associations.emit(rv, json!({"type": kind, "object": obj}));
     }
 
-    fn delete_kind(&self, what: Kind, key: &str) {
+    pub fn delete(&self, name: &str) {
         let mut g = self.inner.lock().unwrap();
-        let Some(mut obj) = g.store(what).objects.remove(key) else {
+        let Some(mut obj) = g.associations.objects.remove(name) else {
             return;
         };
         g.rv += 1;
         let rv = g.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        g.store(what).emit(rv, json!({"type": "DELETED", "object": obj}));
+        g.associations.emit(rv, json!({"type": "DELETED", "object": obj}));
     }
 
     /// Compacts history and ends every watch with `410 Gone`, forcing clients to relist.
@@ -350,13 +224,8 @@ impl StandIn {
         let mut g = self.inner.lock().unwrap();
         g.compacted = g.rv;
         let gone = line(&gone_event());
-        let Inner {
-            associations, pods, ..
-        } = &mut *g;
-        for store in [associations, pods] {
-            for (_, w) in store.watchers.drain(..) {
-                let _ = w.send(gone.clone());
-            }
+        for w in g.associations.watchers.drain(..) {
+            let _ = w.send(gone.clone());
         }
     }
 
@@ -375,16 +244,6 @@ impl StandIn {
                 c.abort();
             }
             g.associations.watchers.clear();
-            g.pods.watchers.clear();
-        }
-    }
-}
-
-impl Inner {
-    fn store(&mut self, what: Kind) -> &mut Store {
-        match what {
-            Kind::Association => &mut self.associations,
-            Kind::Pod => &mut self.pods,
         }
     }
 }
@@ -392,47 +251,9 @@ impl Inner {
 impl Store {
     fn emit(&mut self, rv: u64, event: Value) {
         let bytes = line(&event);
-        self.watchers
-            .retain(|(node, w)| !on_node(node, &event["object"]) || w.send(bytes.clone()).is_ok());
+        self.watchers.retain(|w| w.send(bytes.clone()).is_ok());
         self.log.push((rv, event));
     }
-}
-
-fn found(object: Option<Value>) -> Response {
-    match object {
-        Some(o) => (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            o.to_string(),
-        )
-            .into_response(),
-        None => {
-            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": "not found", "reason": "NotFound", "code": 404});
-            (
-                StatusCode::NOT_FOUND,
-                [("content-type", "application/json")],
-                status.to_string(),
-            )
-                .into_response()
-        }
-    }
-}
-
-async fn get_pod(State(s): State<StandIn>, Path((ns, name)): Path<(String, String)>) -> Response {
-    found(
-        s.inner
-            .lock()
-            .unwrap()
-            .pods
-            .objects
-            .get(&format!("{ns}/{name}"))
-            .cloned(),
-    )
-}
-
-async fn get_namespace(State(s): State<StandIn>, Path(name): Path<String>) -> Response {
-    found(s.inner.lock().unwrap().namespaces.get(&name).cloned())
 }
 
 fn line(v: &Value) -> Bytes {
@@ -446,43 +267,18 @@ fn gone_event() -> Value {
         "message": "too old resource version", "reason": "Expired", "code": 410}})
 }
 
-async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>, what: Kind) -> Response {
+async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
     let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
-    let node: Option<String> = q
-        .get("fieldSelector")
-        .and_then(|f| f.strip_prefix("spec.nodeName="))
-        .map(str::to_owned);
-    if what == Kind::Pod && s.inner.lock().unwrap().forbid_pods {
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "message": "pods is forbidden: User \"system:serviceaccount:pod-identity-agent:pod-identity-agent\" cannot list resource \"pods\" in API group \"\" at the cluster scope",
-            "reason": "Forbidden", "code": 403});
-        return (
-            StatusCode::FORBIDDEN,
-            [("content-type", "application/json")],
-            status.to_string(),
-        )
-            .into_response();
-    }
     if !watching {
         let mut hold = s.hold.subscribe();
         let _ = hold.wait_for(|held| !held).await;
         let mut g = s.inner.lock().unwrap();
-        let (api_version, kind) = match what {
-            Kind::Association => {
-                g.lists += 1;
-                ("podidentity.io/v1alpha1", "PodIdentityAssociationList")
-            }
-            Kind::Pod => {
-                g.pod_lists += 1;
-                ("v1", "PodList")
-            }
-        };
-        let rv = g.rv;
+        g.lists += 1;
         let list = json!({
-            "apiVersion": api_version,
-            "kind": kind,
-            "metadata": {"resourceVersion": rv.to_string()},
-            "items": g.store(what).objects.values().filter(|o| on_node(&node, o)).cloned().collect::<Vec<_>>(),
+            "apiVersion": "podidentity.io/v1alpha1",
+            "kind": "PodIdentityAssociationList",
+            "metadata": {"resourceVersion": g.rv.to_string()},
+            "items": g.associations.objects.values().cloned().collect::<Vec<_>>(),
         });
         return (
             StatusCode::OK,
@@ -495,19 +291,15 @@ async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String
     let (tx, rx) = mpsc::unbounded_channel();
     {
         let mut g = s.inner.lock().unwrap();
-        if what == Kind::Pod {
-            g.pod_watches += 1;
-        }
         if from < g.compacted {
             let _ = tx.send(line(&gone_event()));
         } else {
-            let store = g.store(what);
-            for (rv, event) in &store.log {
-                if *rv > from && on_node(&node, &event["object"]) {
+            for (rv, event) in &g.associations.log {
+                if *rv > from {
                     let _ = tx.send(line(event));
                 }
             }
-            store.watchers.push((node, tx));
+            g.associations.watchers.push(tx);
         }
     }
     let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -655,8 +447,7 @@ async fn access_review(State(s): State<StandIn>, body: Bytes) -> Response {
     let spec = &review["spec"];
     let attrs = &spec["resourceAttributes"];
     let allowed = {
-        let mut g = s.inner.lock().unwrap();
-        g.access_reviews += 1;
+        let g = s.inner.lock().unwrap();
         let verb = attrs["verb"].as_str().unwrap_or("");
         attrs["group"] == "podidentity.io"
             && attrs["resource"] == "podidentityassociations"
@@ -670,147 +461,12 @@ async fn access_review(State(s): State<StandIn>, body: Bytes) -> Response {
     object_answer(StatusCode::CREATED, &out)
 }
 
-async fn get_webhook_configuration(State(s): State<StandIn>, Path(name): Path<String>) -> Response {
-    found(s.inner.lock().unwrap().webhook_configurations.get(&name).cloned())
-}
-
-async fn create_lease(State(s): State<StandIn>, Path(ns): Path<String>, body: Bytes) -> Response {
-    let mut obj: Value = serde_json::from_slice(&body).unwrap();
-    let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
-    let mut g = s.inner.lock().unwrap();
-    let key = format!("{ns}/{name}");
-    if g.leases.contains_key(&key) {
-        return status(
-            409,
-            "AlreadyExists",
-            format!("leases.coordination.k8s.io \"{name}\" already exists"),
-        );
-    }
-    g.rv += 1;
-    let meta = obj["metadata"].as_object_mut().unwrap();
-    meta.insert("namespace".into(), json!(ns));
-    meta.insert("resourceVersion".into(), json!(g.rv.to_string()));
-    meta.insert("uid".into(), json!(format!("uid-lease-{name}")));
-    if obj["spec"].is_null() {
-        obj["spec"] = json!({});
-    }
-    g.leases.insert(key, (obj.clone(), HashMap::new()));
-    object_answer(StatusCode::CREATED, &obj)
-}
-
-async fn get_lease(State(s): State<StandIn>, Path((ns, name)): Path<(String, String)>) -> Response {
-    match s.lease(&ns, &name) {
-        Some(l) => object_answer(StatusCode::OK, &l),
-        None => status(
-            404,
-            "NotFound",
-            format!("leases.coordination.k8s.io \"{name}\" not found"),
-        ),
-    }
-}
-
-/// A merge patch (strategic or JSON merge: the same for a Lease's scalar fields) or a
-/// server-side apply of `spec`, by the `fieldManager` of the query.
-async fn patch_lease(
-    State(s): State<StandIn>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: axum::http::HeaderMap,
-    body: Bytes,
-) -> Response {
-    let apply = headers
-        .get("content-type")
-        .is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch"));
-    // An apply body is YAML; kube sends JSON, which is YAML.
-    let patch: Value = serde_json::from_slice(&body).unwrap();
-    let manager = q.get("fieldManager").cloned().unwrap_or_default();
-    let mut g = s.inner.lock().unwrap();
-    g.rv += 1;
-    let rv = g.rv;
-    let Some((lease, owners)) = g.leases.get_mut(&format!("{ns}/{name}")) else {
-        return status(
-            404,
-            "NotFound",
-            format!("leases.coordination.k8s.io \"{name}\" not found"),
-        );
-    };
-    let fields = patch["spec"].as_object().cloned().unwrap_or_default();
-    if apply {
-        let conflicts: Vec<String> = fields
-            .iter()
-            .filter(|(f, v)| {
-                let owner = owners.get(*f);
-                owner.is_some_and(|o| *o != manager) && lease["spec"].get(f.as_str()) != Some(v)
-            })
-            .map(|(f, _)| format!("conflict with \"{}\": .spec.{f}", owners[f]))
-            .collect();
-        if !conflicts.is_empty() {
-            return status(
-                409,
-                "Conflict",
-                format!(
-                    "Apply failed with {} conflicts: {}",
-                    conflicts.len(),
-                    conflicts.join(", ")
-                ),
-            );
-        }
-    }
-    let spec = lease["spec"].as_object_mut().unwrap();
-    for (f, v) in fields {
-        if v.is_null() {
-            spec.remove(&f);
-            owners.remove(&f);
-        } else {
-            spec.insert(f.clone(), v);
-            owners.insert(f, manager.clone());
-        }
-    }
-    lease["metadata"]["resourceVersion"] = json!(rv.to_string());
-    object_answer(StatusCode::OK, lease)
-}
-
-/// Creates an Event; a name already taken is refused (409), as the API server does.
-async fn create_event(State(s): State<StandIn>, Path(ns): Path<String>, body: Bytes) -> Response {
-    let mut obj: Value = serde_json::from_slice(&body).unwrap();
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-    let mut g = s.inner.lock().unwrap();
-    if g.events
-        .iter()
-        .any(|e| e["metadata"]["name"] == name.as_str() && e["metadata"]["namespace"] == ns.as_str())
-    {
-        return status(
-            409,
-            "AlreadyExists",
-            format!("events.events.k8s.io \"{name}\" already exists"),
-        );
-    }
-    g.rv += 1;
-    obj["metadata"]["namespace"] = json!(ns);
-    obj["metadata"]["resourceVersion"] = json!(g.rv.to_string());
-    g.events.push(obj.clone());
-    object_answer(StatusCode::CREATED, &obj)
-}
-
-/// A well-formed association object for `<ns>/<sa>`.
 pub fn association(ns: &str, sa: &str, agency: &str) -> Value {
     json!({
         "apiVersion": "podidentity.io/v1alpha1",
         "kind": "PodIdentityAssociation",
         "metadata": {"name": format!("{ns}.{sa}")},
         "spec": {"namespace": ns, "serviceAccount": sa, "agencyName": agency},
-    })
-}
-
-/// A running pod `namespace/name` with uid `<name>-uid` (as `common::pod_token` binds its
-/// tokens to) on `node`.
-pub fn pod(namespace: &str, name: &str, node: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "uid": format!("{name}-uid")},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app"}]},
-        "status": {"phase": "Running"},
     })
 }
 
