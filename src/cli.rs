@@ -507,7 +507,7 @@ pub struct LimitArgs {
     pub(crate) max_connections: usize,
     /// Connections open at once per listener from one client address; more from it are
     /// closed as they arrive while others are still served (default: the program's: 256 for
-    /// the webhook, 64 for the exchange, 32 for the agent; never above --max-connections).
+    /// the webhook, 64 for the exchange and the agent; never above --max-connections).
     #[arg(long, env = "POD_IDENTITY_MAX_CONNECTIONS_PER_CLIENT")]
     pub(crate) max_connections_per_client: Option<usize>,
 }

@@ -39,7 +39,7 @@ fn default_limits() -> Limits {
     Limits {
         max_body: 16 * 1024,
         body_budget: 4 * 1024 * 1024,
-        max_connections_per_client: 32,
+        max_connections_per_client: 64,
         ..Limits::default()
     }
 }

@@ -159,6 +159,10 @@ async fn the_webhook_bounds_stalled_bodies_and_idle_connections() {
             "3",
             "--idle-timeout",
             "3",
+            // Every misbehaving client here shares one address; the per-client share has a
+            // test of its own.
+            "--max-connections-per-client",
+            "1024",
         ],
         &dir.path().join("log"),
     );
@@ -258,6 +262,8 @@ async fn the_agent_bounds_slow_clients_and_shuts_down_in_time() {
             "tests/fixtures/associations.yaml",
             "--header-read-timeout",
             "2",
+            "--max-connections-per-client",
+            "1024",
         ],
         &dir.path().join("log"),
     );
@@ -328,6 +334,9 @@ async fn the_agent_bounds_slow_clients_and_shuts_down_in_time() {
             "60",
             "--shutdown-timeout",
             "2",
+            // 50 requests in flight from one address.
+            "--max-connections-per-client",
+            "1024",
         ],
         &dir.path().join("log2"),
     );
@@ -438,6 +447,11 @@ async fn the_exchange_bounds_stalled_bodies_and_idle_connections() {
             &iam.url,
             "--domain-id",
             "domain-1",
+            // The stand-in's unsigned agent token has no DaemonSet pod behind it, and its
+            // clients share one address.
+            "--agent-daemonset=",
+            "--max-connections-per-client",
+            "1024",
             "--source",
             "kubernetes",
             "--auth-token-file",

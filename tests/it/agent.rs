@@ -148,7 +148,8 @@ async fn one_cold_token_and_a_thousand_requests_make_one_upstream_call() {
     let agent = start_agent(
         Provider::Cce,
         cce_backend(&cce.url, dir.path(), Duration::from_secs(4)),
-        |_| {},
+        // A thousand connections from one address: above any pod's share.
+        |c| c.limits.max_connections_per_client = 1024,
     )
     .await;
     let token = pod_token("pi-demo", "app", "app-1", AUD);

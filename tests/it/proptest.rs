@@ -302,7 +302,7 @@ fn pod_input() -> impl Strategy<Value = PodInput> {
             prop::option::weighted(0.2, prop::sample::select(vec!["false", "true", ""])),
             prop::bool::weighted(0.05),
             prop::option::weighted(0.2, prop::sample::select(vec!["3600", "100", "999999", "1h"])),
-            prop::option::weighted(0.2, prop::sample::select(vec![300, 7200, 1 << 40])),
+            prop::option::weighted(0.2, prop::sample::select(vec![600, 7200, 172_800])),
             any::<u64>(),
             prop::option::weighted(0.3, own_token()),
         ),
