@@ -617,7 +617,7 @@ fn not_run() {
             .map(str::to_owned)
             .collect();
         let line = format!(
-            "NOT RUN: {} tests need a real kube-apiserver and KUBE_ASSETS is not set; run them with `KUBE_ASSETS=$(../shared/k8s/unpack.sh) cargo test` (README, Tests): {}\n",
+            "NOT RUN: {} tests need a real kube-apiserver and KUBE_ASSETS is not set; run them with `KUBE_ASSETS=<a directory holding kube-apiserver and etcd> cargo test` (README, Tests): {}\n",
             names.len(),
             names.join(", ")
         );
