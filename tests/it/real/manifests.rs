@@ -555,6 +555,8 @@ fn programs() -> Vec<Program> {
             .into_iter()
             .map(|v| (v, "podidentity.io", pia, None, None)),
     );
+    // ... and the agents' pods (src/exchange/assume.rs, AgentPods), in their namespace only.
+    exchange.push(("get", "", "pods", Some(AGENT), None));
     let never: Vec<Call> = vec![
         ("get", "", "secrets", Some(SYSTEM), None),
         ("list", "", "secrets", None, None),
@@ -619,6 +621,7 @@ fn programs() -> Vec<Program> {
             exchange,
             with(vec![
                 ("list", "", "pods", None, None),
+                ("get", "", "pods", Some(OTHER), None),
                 ("patch", "podidentity.io", pia, None, None),
                 ("deletecollection", "podidentity.io", pia, None, None),
             ]),
