@@ -9,21 +9,8 @@ use crate::common::agents::*;
 use crate::common::doubles::{self, Double, Mode};
 use crate::common::standin::StandIn;
 use crate::common::{Logs, NODE};
-use serde_json::{Value, json};
 
 const AUD: &str = "service.cce.pods";
-
-async fn redeem(exchange: &RunningExchange, caller: &str, pod: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(exchange.api())
-        .header("X-Auth-Token", caller)
-        .json(&json!({ "token": pod }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 async fn setup(
     tweak: impl FnOnce(&mut pod_identity_webhook::exchange::ExchangeConfig),

@@ -382,3 +382,17 @@ pub async fn credentials_request(url: &str, token: &str) -> reqwest::Response {
         .await
         .unwrap()
 }
+
+/// POSTs `{"token": pod}` to `exchange`'s assume-agency API with `caller` as `X-Auth-Token`;
+/// the status and the body.
+pub async fn redeem(exchange: &RunningExchange, caller: &str, pod: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(exchange.api())
+        .header("X-Auth-Token", caller)
+        .json(&serde_json::json!({ "token": pod }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}

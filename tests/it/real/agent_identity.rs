@@ -2,24 +2,13 @@
 //! pod of the agent DaemonSet, on the node the token names. A node-bound token of the agents'
 //! service account, or a pod-bound one of a pod outside the DaemonSet, is refused and counted.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::agents::*;
 use crate::common::apiserver::ApiServer;
 use crate::common::{NODE, doubles};
 
 const AUD: &str = "service.cce.pods";
-
-async fn post(exchange: &RunningExchange, caller: &str, pod: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(exchange.api())
-        .header("X-Auth-Token", caller)
-        .json(&json!({ "token": pod }))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_running_agent_daemonset_pod_on_its_node_may_call() {
@@ -36,7 +25,7 @@ async fn only_a_running_agent_daemonset_pod_on_its_node_may_call() {
     };
 
     // The DaemonSet's running pod on the node.
-    let (status, body) = post(&exchange, &api.agent_token(NODE).await, &pod().await).await;
+    let (status, body) = redeem(&exchange, &api.agent_token(NODE).await, &pod().await).await;
     assert_eq!(status, 200, "{body}");
 
     // The agents' service account, bound to the node itself.
@@ -48,7 +37,7 @@ async fn only_a_running_agent_daemonset_pod_on_its_node_may_call() {
             "pod-identity-exchange",
         )
         .await;
-    let (status, body) = post(&exchange, &node_bound, &pod().await).await;
+    let (status, body) = redeem(&exchange, &node_bound, &pod().await).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error_code"], "CCE.01403005", "{body}");
     assert!(
@@ -75,7 +64,7 @@ async fn only_a_running_agent_daemonset_pod_on_its_node_may_call() {
             3600,
         )
         .await;
-    let (status, body) = post(&exchange, &token, &pod().await).await;
+    let (status, body) = redeem(&exchange, &token, &pod().await).await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error_msg"]
@@ -117,7 +106,7 @@ async fn only_a_running_agent_daemonset_pod_on_its_node_may_call() {
             AUD,
         )
         .await;
-    let (status, body) = post(&exchange, &token, &pod_there).await;
+    let (status, body) = redeem(&exchange, &token, &pod_there).await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error_msg"].as_str().unwrap().contains("not Running"),

@@ -47,11 +47,6 @@ async fn post(exchange: &RunningExchange, caller: Option<&str>, body: Value) -> 
     (status, r.json().await.unwrap_or(Value::Null), retry)
 }
 
-async fn redeem(exchange: &RunningExchange, caller: &str, pod: &str) -> (u16, Value) {
-    let (status, body, _) = post(exchange, Some(caller), json!({ "token": pod })).await;
-    (status, body)
-}
-
 /// The exchange's own `/metrics` line for `series`, as a number.
 async fn metric(exchange: &RunningExchange, series: &str) -> u64 {
     let text = reqwest::get(format!("{}/metrics", exchange.url))
