@@ -1,6 +1,7 @@
 //! The tests that need a real kube-apiserver (`KUBE_ASSETS`, see `common::apiserver`): each
 //! returns early, and the run says which were not run, without it.
 
+mod abuse;
 mod agent_identity;
 mod associations_api;
 mod crd;
