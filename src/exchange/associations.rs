@@ -93,13 +93,9 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    admitted(
-        &s,
-        (&project, &cluster),
-        (peer, &headers),
-        "create",
-        |user| s.create(user, &body),
-    )
+    admitted(&s, (&project, &cluster), (peer, &headers), "create", |user| {
+        s.create(user, &body)
+    })
     .await
 }
 
@@ -128,13 +124,9 @@ pub(super) async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    admitted(
-        &s,
-        (&project, &cluster),
-        (peer, &headers),
-        "update",
-        |user| s.update(user, &id, &body),
-    )
+    admitted(&s, (&project, &cluster), (peer, &headers), "update", |user| {
+        s.update(user, &id, &body)
+    })
     .await
 }
 
@@ -144,13 +136,9 @@ pub(super) async fn delete(
     Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(
-        &s,
-        (&project, &cluster),
-        (peer, &headers),
-        "delete",
-        |_| s.delete(&id),
-    )
+    admitted(&s, (&project, &cluster), (peer, &headers), "delete", |_| {
+        s.delete(&id)
+    })
     .await
 }
 

@@ -234,7 +234,15 @@ async fn exchange(
     associations: Reader,
     tweak: impl FnOnce(&mut ExchangeConfig),
 ) -> RunningExchange {
-    exchange_reviewed(api, iam_url, auth, associations, tweak, Arc::new(kube_reviewer(api))).await
+    exchange_reviewed(
+        api,
+        iam_url,
+        auth,
+        associations,
+        tweak,
+        Arc::new(kube_reviewer(api)),
+    )
+    .await
 }
 
 async fn exchange_reviewed(
@@ -312,7 +320,15 @@ pub async fn start_eks_exchange(
         sts,
     };
     let config = ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), "", "");
-    bind_and_run(api, config, associations, None, Some(eks), Arc::new(kube_reviewer(api))).await
+    bind_and_run(
+        api,
+        config,
+        associations,
+        None,
+        Some(eks),
+        Arc::new(kube_reviewer(api)),
+    )
+    .await
 }
 
 /// A token for `namespace/sa` in pod `pod` on the tests' node, valid for an hour, with `audience`.

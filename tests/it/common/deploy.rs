@@ -147,7 +147,8 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
     let read = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]});
     let review = serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]});
     let read_write = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch", "create", "update", "delete"]});
-    let pass = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["agencies"], "verbs": ["pass"]});
+    let pass =
+        serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["agencies"], "verbs": ["pass"]});
     let access = serde_json::json!({"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]});
     let pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
     let get_pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]});

@@ -5,5 +5,6 @@ mod agent_identity;
 mod crd;
 mod explain;
 mod issuer;
+mod pass_check;
 mod report;
 mod webhook;
