@@ -1,7 +1,11 @@
 //! The seed 001 association API served: create, list, show, update and delete pod identity
 //! associations, stored only as `PodIdentityAssociation` objects in the API server (the shared
 //! state of every replica), with the caller's `X-Auth-Token` reviewed by TokenReview and its
-//! verb authorised by SubjectAccessReview, so cluster RBAC decides as it does for `kubectl`.
+//! verb authorised by SubjectAccessReview, so cluster RBAC decides as it does for `kubectl`: a
+//! create, or an update that changes the agency, also needs the caller's `pass` of that agency in
+//! the association's namespace (a second SubjectAccessReview), the rule the `pod-identity-pass`
+//! admission policy holds every writer to. The exchange's own writes meet that policy with its
+//! ClusterRole's `pass` on agencies; its callers are held to the rule here, before it writes.
 //!
 //! Reads go to the API server rather than the watch-fed index: the index keeps only what
 //! admission needs (no tags, no timestamps), and a caller reads its own writes.
@@ -20,7 +24,7 @@ use kube::core::{ObjectMeta, ResourceExt};
 
 use super::recent::Recent;
 use super::refusal::error_response;
-use super::review::{self, Holder, TokenReviewer};
+use super::review::{self, Access, Holder, TokenReviewer};
 use crate::association::crd::{
     CrdTag, MODIFIED_AT, PodIdentityAssociation, PodIdentityAssociationSpec, to_association,
 };
@@ -62,17 +66,17 @@ fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -
 
 type Answer = Result<Response, Refused>;
 
-/// `operation`'s answer once the caller is admitted for `verb`, or the refusal in the cloud's
-/// error body.
-async fn admitted(
+/// `operation`'s answer (given the caller) once the caller is admitted for `verb`, or the
+/// refusal in the cloud's error body.
+async fn admitted<F: Future<Output = Answer>>(
     s: &ApiState,
     (project_id, cluster_id): (&str, &str),
     (peer, headers): (SocketAddr, &HeaderMap),
     verb: &str,
-    operation: impl Future<Output = Answer>,
+    operation: impl FnOnce(Holder) -> F,
 ) -> Response {
     let result = match s.admit(project_id, cluster_id, peer.ip(), headers, verb).await {
-        Ok(()) => operation.await,
+        Ok(user) => operation(user).await,
         Err(r) => Err(r),
     };
     result.unwrap_or_else(|r| error_response(r.status, r.code, &r.message))
@@ -89,13 +93,9 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    admitted(
-        &s,
-        (&project, &cluster),
-        (peer, &headers),
-        "create",
-        s.create(&body),
-    )
+    admitted(&s, (&project, &cluster), (peer, &headers), "create", |user| {
+        s.create(user, &body)
+    })
     .await
 }
 
@@ -105,7 +105,7 @@ pub(super) async fn list(
     Path((project, cluster)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(&s, (&project, &cluster), (peer, &headers), "list", s.list()).await
+    admitted(&s, (&project, &cluster), (peer, &headers), "list", |_| s.list()).await
 }
 
 pub(super) async fn show(
@@ -114,7 +114,7 @@ pub(super) async fn show(
     Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(&s, (&project, &cluster), (peer, &headers), "get", s.show(&id)).await
+    admitted(&s, (&project, &cluster), (peer, &headers), "get", |_| s.show(&id)).await
 }
 
 pub(super) async fn update(
@@ -124,13 +124,9 @@ pub(super) async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    admitted(
-        &s,
-        (&project, &cluster),
-        (peer, &headers),
-        "update",
-        s.update(&id, &body),
-    )
+    admitted(&s, (&project, &cluster), (peer, &headers), "update", |user| {
+        s.update(user, &id, &body)
+    })
     .await
 }
 
@@ -140,18 +136,15 @@ pub(super) async fn delete(
     Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(
-        &s,
-        (&project, &cluster),
-        (peer, &headers),
-        "delete",
-        s.delete(&id),
-    )
+    admitted(&s, (&project, &cluster), (peer, &headers), "delete", |_| {
+        s.delete(&id)
+    })
     .await
 }
 
 impl ApiState {
-    /// The path names this cluster, the token is the API server's and its user may `verb`.
+    /// The path names this cluster, the token is the API server's and its user may `verb`:
+    /// that user.
     async fn admit(
         &self,
         project_id: &str,
@@ -159,7 +152,7 @@ impl ApiState {
         client: IpAddr,
         headers: &HeaderMap,
         verb: &str,
-    ) -> Result<(), Refused> {
+    ) -> Result<Holder, Refused> {
         if project_id != self.project_id || cluster_id != self.cluster_id {
             return Err(refused(
                 StatusCode::NOT_FOUND,
@@ -168,7 +161,11 @@ impl ApiState {
             ));
         }
         let user = self.authenticate(client, headers).await?;
-        let allowed = self.reviewer.may(&user, verb).await.map_err(unavailable)?;
+        let allowed = self
+            .reviewer
+            .may(&user, &Access::associations(verb))
+            .await
+            .map_err(unavailable)?;
         if !allowed {
             tracing::info!(user = %user.username, verb, "association API call refused by RBAC");
             return Err(refused(
@@ -182,7 +179,33 @@ impl ApiState {
                 ),
             ));
         }
-        Ok(())
+        Ok(user)
+    }
+
+    /// `user` may pass `agency` in `namespace` (SubjectAccessReview), as granting it to a
+    /// service account there needs.
+    async fn may_pass(&self, user: &Holder, namespace: &str, agency: &str) -> Result<(), Refused> {
+        let access = Access::pass_agency(namespace, agency);
+        if self.reviewer.may(user, &access).await.map_err(unavailable)? {
+            return Ok(());
+        }
+        tracing::info!(user = %user.username, namespace, agency, "association API: the caller may not pass the agency");
+        Err(refused(
+            StatusCode::FORBIDDEN,
+            "CCE.01403006",
+            format!(
+                "{} may not pass {}.{} \"{agency}\" in namespace {namespace}, which granting it to a \
+                 service account there needs: ask for a Role in namespace {namespace} granting \
+                 apiGroups [{}], resources [{}], resourceNames [\"{agency}\"], verbs [{}] \
+                 (docs/permissions.md)",
+                user.username,
+                review::AGENCIES_RESOURCE,
+                review::ASSOCIATIONS_GROUP,
+                review::ASSOCIATIONS_GROUP,
+                review::AGENCIES_RESOURCE,
+                review::PASS,
+            ),
+        ))
     }
 
     /// The user of `X-Auth-Token`, reviewed for the API server's own audience: a token made for
@@ -227,7 +250,7 @@ impl ApiState {
         })
     }
 
-    async fn create(&self, body: &[u8]) -> Answer {
+    async fn create(&self, user: Holder, body: &[u8]) -> Answer {
         let req: CreateAssociation = serde_json::from_slice(body).map_err(bad_body)?;
         let valid = AssociationSpec {
             namespace: req.namespace,
@@ -239,6 +262,9 @@ impl ApiState {
         }
         .validate()
         .map_err(|e| refused(StatusCode::BAD_REQUEST, "CCE.01400003", e.to_string()))?;
+        if let Some(agency) = &valid.agency_name {
+            self.may_pass(&user, &valid.namespace, agency).await?;
+        }
         let name = format!("{}.{}", valid.namespace, valid.service_account);
         let obj = PodIdentityAssociation {
             metadata: ObjectMeta {
@@ -300,7 +326,7 @@ impl ApiState {
         Ok(record(StatusCode::OK, &self.to_record(&obj)?))
     }
 
-    async fn update(&self, id: &str, body: &[u8]) -> Answer {
+    async fn update(&self, user: Holder, id: &str, body: &[u8]) -> Answer {
         let req: UpdateAssociation = serde_json::from_slice(body).map_err(bad_body)?;
         let mut obj = self.find(id).await?;
         for (field, given, current) in [
@@ -317,10 +343,20 @@ impl ApiState {
         }
         // One retry on a conflict, from a fresh read: a concurrent writer's change is never
         // overwritten, and a second conflict is the caller's to resolve.
+        let mut passed = false;
         for attempt in 0..2 {
             let mut spec = obj.spec.clone();
             spec.agency_name = req.agency_name.clone();
             self.check(&obj, &spec)?;
+            // Only a new grant needs the caller's pass: an update to the agency the object
+            // has grants nothing new (as the admission policy judges an update).
+            if !passed
+                && spec.agency_name != obj.spec.agency_name
+                && let Some(agency) = &spec.agency_name
+            {
+                self.may_pass(&user, &spec.namespace, agency).await?;
+                passed = true;
+            }
             obj.spec = spec;
             obj.annotations_mut().insert(MODIFIED_AT.to_owned(), now());
             let name = obj.name_any();
@@ -439,10 +475,21 @@ fn unavailable(e: review::ReviewError) -> Refused {
 }
 
 /// What the API server said, for the caller: its refusal of an object (422) is the caller's
-/// to fix; anything else is ours.
+/// to fix; its refusal of our own write (403: the exchange's ClusterRole lacks a permission,
+/// e.g. `pass` on agencies, which the pass policy asks of every writer) the cluster admin's;
+/// anything else is ours.
 fn kube_failed(e: kube::Error) -> Refused {
     match e {
         kube::Error::Api(s) if s.is_invalid() => refused(StatusCode::BAD_REQUEST, "CCE.01400003", s.message),
+        kube::Error::Api(s) if s.is_forbidden() => {
+            tracing::warn!(error = %s.message, "association API: the API server refused the exchange's own write");
+            refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CCE.01500002",
+                "the API server refused the exchange's own write: its ClusterRole lacks a permission \
+                 the shipped one has (e.g. pass on agencies; docs/permissions.md); the server's log has the cause",
+            )
+        }
         e => {
             tracing::warn!(error = %e, "association API: the Kubernetes API failed");
             refused(

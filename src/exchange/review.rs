@@ -24,8 +24,8 @@ pub enum ReviewError {
 }
 
 /// Verifies tokens for an audience (`None`: the API server's own, as for `kubectl`), and asks
-/// whether their holder may act on `podidentityassociations.podidentity.io`. Every review the
-/// exchange makes goes through this trait.
+/// whether their holder may act on `podidentityassociations.podidentity.io` or pass an agency.
+/// Every review the exchange makes goes through this trait.
 pub trait TokenReviewer: Send + Sync {
     fn review<'a>(
         &'a self,
@@ -33,8 +33,41 @@ pub trait TokenReviewer: Send + Sync {
         audience: Option<&'a str>,
     ) -> BoxFuture<'a, Result<TokenReview, ReviewError>>;
 
-    /// Whether cluster RBAC lets `holder` perform `verb` on the associations (SubjectAccessReview).
-    fn may<'a>(&'a self, holder: &'a Holder, verb: &'a str) -> BoxFuture<'a, Result<bool, ReviewError>>;
+    /// Whether cluster RBAC lets `holder` do `access` (SubjectAccessReview).
+    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>>;
+}
+
+/// What a SubjectAccessReview asks: `verb` on `resource` of group `podidentity.io`, in
+/// `namespace` and on the object `name` when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub verb: String,
+    pub resource: &'static str,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Access {
+    /// `verb` on the (cluster-scoped) associations.
+    pub fn associations(verb: &str) -> Self {
+        Access {
+            verb: verb.to_owned(),
+            resource: ASSOCIATIONS_RESOURCE,
+            namespace: None,
+            name: None,
+        }
+    }
+
+    /// `pass` of agency `agency` in `namespace`: what granting it to a service account there
+    /// needs (the `pod-identity-pass` admission policy asks the same of every writer).
+    pub fn pass_agency(namespace: &str, agency: &str) -> Self {
+        Access {
+            verb: PASS.to_owned(),
+            resource: AGENCIES_RESOURCE,
+            namespace: Some(namespace.to_owned()),
+            name: Some(agency.to_owned()),
+        }
+    }
 }
 
 /// TokenReview through the Kubernetes API: every review ends within `deadline`, with at most
@@ -117,8 +150,8 @@ impl TokenReviewer for LocallyVerified {
         })
     }
 
-    fn may<'a>(&'a self, holder: &'a Holder, verb: &'a str) -> BoxFuture<'a, Result<bool, ReviewError>> {
-        self.inner.may(holder, verb)
+    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>> {
+        self.inner.may(holder, access)
     }
 }
 
@@ -151,7 +184,7 @@ impl TokenReviewer for KubeReviewer {
         })
     }
 
-    fn may<'a>(&'a self, holder: &'a Holder, verb: &'a str) -> BoxFuture<'a, Result<bool, ReviewError>> {
+    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>> {
         Box::pin(async move {
             let review = SubjectAccessReview {
                 spec: SubjectAccessReviewSpec {
@@ -161,8 +194,10 @@ impl TokenReviewer for KubeReviewer {
                     extra: Some(holder.extra.clone()),
                     resource_attributes: Some(ResourceAttributes {
                         group: Some(ASSOCIATIONS_GROUP.to_owned()),
-                        resource: Some(ASSOCIATIONS_RESOURCE.to_owned()),
-                        verb: Some(verb.to_owned()),
+                        resource: Some(access.resource.to_owned()),
+                        verb: Some(access.verb.clone()),
+                        namespace: access.namespace.clone(),
+                        name: access.name.clone(),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -182,6 +217,11 @@ impl TokenReviewer for KubeReviewer {
 /// The resource the association API's callers are authorised for, as RBAC names it.
 pub(crate) const ASSOCIATIONS_GROUP: &str = "podidentity.io";
 pub(crate) const ASSOCIATIONS_RESOURCE: &str = "podidentityassociations";
+/// The resource and verb of granting an agency: `pass` on `agencies.podidentity.io` named for
+/// the agency, in the namespace it is granted to (`roles` for IAM roles, which this API does
+/// not write).
+pub(crate) const AGENCIES_RESOURCE: &str = "agencies";
+pub(crate) const PASS: &str = "pass";
 
 /// The `user.extra` key naming the pod a projected token is bound to.
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
@@ -206,6 +246,11 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// The user's name, as RBAC names it.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
     /// Namespace and name, when the holder is a service account.
     pub(crate) fn service_account(&self) -> Option<(&str, &str)> {
         self.username

@@ -299,6 +299,12 @@ fn check_rendering(values: &Value, r: &Rendered) {
         enabled(values, "exchange"),
         "{ctx}"
     );
+    // The pass check on association writes goes with the CRD (crds/, always installed).
+    assert!(has("ValidatingAdmissionPolicy", "pod-identity-pass"), "{ctx}");
+    assert!(
+        has("ValidatingAdmissionPolicyBinding", "pod-identity-pass"),
+        "{ctx}"
+    );
     let policies = enabled(values, "networkPolicies");
     assert_eq!(
         has("NetworkPolicy", "pod-identity-default-deny"),

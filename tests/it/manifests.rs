@@ -168,9 +168,22 @@ fn rendered_manifests_hold_every_object_as_designed() {
         ("MutatingWebhookConfiguration", "pod-identity-webhook"),
         ("NetworkPolicy", "pod-identity-default-deny"),
         ("NetworkPolicy", "pod-identity-webhook"),
+        ("ValidatingAdmissionPolicy", "pod-identity-pass"),
+        ("ValidatingAdmissionPolicyBinding", "pod-identity-pass"),
     ] {
         find(&docs, kind, name);
     }
+    // The pass check (cluster-scoped: no namespace, which kustomize would add) binds its policy.
+    for kind in ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
+        assert_eq!(
+            find(&docs, kind, "pod-identity-pass")["metadata"].get("namespace"),
+            None
+        );
+    }
+    assert_eq!(
+        find(&docs, "ValidatingAdmissionPolicyBinding", "pod-identity-pass")["spec"],
+        serde_json::json!({"policyName": "pod-identity-pass", "validationActions": ["Deny"]})
+    );
 
     // The CRD is the one the code defines.
     let crd_doc = find(
@@ -508,8 +521,13 @@ fn agent_and_exchange_manifests_fit_the_binary() {
         role["rules"][1]["verbs"],
         serde_json::json!(["get", "list", "watch", "create", "update", "delete"])
     );
+    // Its writes meet the pass policy: it passes agencies (its callers' pass is asked first).
     assert_eq!(
         role["rules"][2],
+        serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["agencies"], "verbs": ["pass"]})
+    );
+    assert_eq!(
+        role["rules"][3],
         serde_json::json!({"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]})
     );
 

@@ -13,7 +13,7 @@ use pod_identity_webhook::agent::{Agent, AgentConfig};
 use pod_identity_webhook::exchange::eks::Eks;
 use pod_identity_webhook::exchange::iam::{Domain, Iam};
 use pod_identity_webhook::exchange::metrics::ExchangeMetrics;
-use pod_identity_webhook::exchange::review::{Holder, KubeReviewer, ReviewError, TokenReviewer};
+use pod_identity_webhook::exchange::review::{Access, Holder, KubeReviewer, ReviewError, TokenReviewer};
 use pod_identity_webhook::exchange::sts::Sts;
 use pod_identity_webhook::exchange::{Exchange, ExchangeConfig};
 use pod_identity_webhook::profile::Provider;
@@ -161,7 +161,7 @@ impl Reviews {
 
 /// The exchange's reviewer, counting each TokenReview it sends.
 struct Counted {
-    inner: KubeReviewer,
+    inner: Arc<dyn TokenReviewer>,
     reviews: Arc<Reviews>,
 }
 
@@ -181,8 +181,8 @@ impl TokenReviewer for Counted {
         self.inner.review(token, audience)
     }
 
-    fn may<'a>(&'a self, holder: &'a Holder, verb: &'a str) -> BoxFuture<'a, Result<bool, ReviewError>> {
-        self.inner.may(holder, verb)
+    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>> {
+        self.inner.may(holder, access)
     }
 }
 
@@ -257,6 +257,25 @@ pub async fn start_exchange_on(
     exchange(api, iam_url, auth, associations, |_| {}).await
 }
 
+/// The exchange of `start_exchange` with its reviews made by `reviewer` (e.g. a double
+/// answering what the stand-in cannot, around [`kube_reviewer`]).
+pub async fn start_exchange_reviewed(
+    api: &impl KubeApi,
+    iam_url: &str,
+    dir: &Path,
+    reviewer: Arc<dyn TokenReviewer>,
+) -> RunningExchange {
+    let token_file = dir.join("operator-token");
+    std::fs::write(&token_file, "operator-iam-token").unwrap();
+    let auth = CloudAuth::TokenFile(TokenFile::new(token_file));
+    exchange_reviewed(api, iam_url, auth, fixture_store(), |_| {}, reviewer).await
+}
+
+/// TokenReview and SubjectAccessReview at `api`, with a 1 s deadline.
+pub fn kube_reviewer(api: &impl KubeApi) -> KubeReviewer {
+    KubeReviewer::new(api.kube_config(), Duration::from_secs(1)).unwrap()
+}
+
 async fn exchange(
     api: &impl KubeApi,
     iam_url: &str,
@@ -264,15 +283,34 @@ async fn exchange(
     associations: Reader,
     tweak: impl FnOnce(&mut ExchangeConfig),
 ) -> RunningExchange {
+    exchange_reviewed(
+        api,
+        iam_url,
+        auth,
+        associations,
+        tweak,
+        Arc::new(kube_reviewer(api)),
+    )
+    .await
+}
+
+async fn exchange_reviewed(
+    api: &impl KubeApi,
+    iam_url: &str,
+    auth: CloudAuth,
+    associations: Reader,
+    tweak: impl FnOnce(&mut ExchangeConfig),
+    reviewer: Arc<dyn TokenReviewer>,
+) -> RunningExchange {
     crate::common::crypto();
     let client = http_client(None, Duration::from_secs(4)).unwrap();
     let iam = Iam::new(client, iam_url, auth, Domain::Id("domain-1".into()), 3600).unwrap();
     let mut config = ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), PROJECT, CLUSTER);
     tweak(&mut config);
-    bind_and_run(api, config, associations, Some(iam), None).await
+    bind_and_run(api, config, associations, Some(iam), None, reviewer).await
 }
 
-/// Binds an exchange with `config` (TokenReview at `api`, with a 1 s deadline) and runs
+/// Binds an exchange with `config` (its objects at `api`, its reviews by `reviewer`) and runs
 /// it until the returned handle is dropped.
 async fn bind_and_run(
     api: &impl KubeApi,
@@ -280,12 +318,13 @@ async fn bind_and_run(
     associations: Reader,
     iam: Option<Iam>,
     eks: Option<Eks>,
+    reviewer: Arc<dyn TokenReviewer>,
 ) -> RunningExchange {
     let tls = config.cert_dir.is_some();
     let metrics = Arc::new(ExchangeMetrics::default());
     let reviews = Arc::new(Reviews::default());
     let reviewer = Arc::new(Counted {
-        inner: KubeReviewer::new(api.kube_config(), Duration::from_secs(1)).unwrap(),
+        inner: reviewer,
         reviews: reviews.clone(),
     });
     let exchange = Exchange::bind(
@@ -336,7 +375,15 @@ pub async fn start_eks_exchange(
         sts,
     };
     let config = ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), "", "");
-    bind_and_run(api, config, associations, None, Some(eks)).await
+    bind_and_run(
+        api,
+        config,
+        associations,
+        None,
+        Some(eks),
+        Arc::new(kube_reviewer(api)),
+    )
+    .await
 }
 
 /// A token for `namespace/sa` in pod `pod` on the tests' node, valid for an hour, with `audience`.

@@ -147,6 +147,8 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
     let read = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]});
     let review = serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]});
     let read_write = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch", "create", "update", "delete"]});
+    let pass =
+        serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["agencies"], "verbs": ["pass"]});
     let access = serde_json::json!({"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]});
     let pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
     let get_pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]});
@@ -169,7 +171,7 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
                 serde_json::json!([read, pods, namespaces, events, configuration])
             }
             ("Role", "pod-identity-webhook") => serde_json::json!([lease_create, lease_use]),
-            ("ClusterRole", "pod-identity-exchange") => serde_json::json!([review, read_write, access]),
+            ("ClusterRole", "pod-identity-exchange") => serde_json::json!([review, read_write, pass, access]),
             ("Role", "pod-identity-exchange") if d["metadata"]["namespace"] == "pod-identity-agent" => {
                 serde_json::json!([get_pods])
             }

@@ -17,12 +17,19 @@ use pod_identity_webhook::testing::PodIdentityAssociation;
 
 const VERBS: [&str; 5] = ["create", "list", "get", "update", "delete"];
 
-/// RBAC rules granting `verbs` on the associations.
+/// RBAC rules granting `verbs` on the associations; a writer may also pass any agency (the
+/// pass check itself is `real::pass_check`'s).
 fn on_associations(verbs: &[&str]) -> Value {
     if verbs.is_empty() {
         return json!([]);
     }
-    json!([{"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": verbs}])
+    let mut rules = vec![
+        json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": verbs}),
+    ];
+    if verbs.iter().any(|v| *v == "create" || *v == "update") {
+        rules.push(json!({"apiGroups": ["podidentity.io"], "resources": ["agencies"], "verbs": ["pass"]}));
+    }
+    json!(rules)
 }
 
 struct Api {

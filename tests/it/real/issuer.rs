@@ -13,7 +13,7 @@ use k8s_openapi::api::authentication::v1::TokenReview;
 use pod_identity_webhook::agent::metrics::Refusal;
 use pod_identity_webhook::exchange::metrics::ExchangeMetrics;
 use pod_identity_webhook::exchange::review::{
-    Holder, KubeReviewer, LocallyVerified, ReviewError, TokenReviewer,
+    Access, Holder, KubeReviewer, LocallyVerified, ReviewError, TokenReviewer,
 };
 use pod_identity_webhook::exchange::{Exchange, ExchangeConfig};
 use pod_identity_webhook::profile::Provider;
@@ -119,8 +119,8 @@ impl TokenReviewer for Counting {
         self.inner.review(token, audience)
     }
 
-    fn may<'a>(&'a self, holder: &'a Holder, verb: &'a str) -> BoxFuture<'a, Result<bool, ReviewError>> {
-        self.inner.may(holder, verb)
+    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>> {
+        self.inner.may(holder, access)
     }
 }
 

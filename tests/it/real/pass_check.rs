@@ -1,0 +1,552 @@
+//! Who may grant which agency or role, decided on a real API server with real RBAC: the shipped
+//! `pod-identity-pass` ValidatingAdmissionPolicy (manifests/base/pass-policy.yaml) holds every
+//! writer of an association to `pass` on `agencies` (or `roles`) named for what it grants, in
+//! the namespace it grants it to; the association API holds its callers to the same rule with a
+//! SubjectAccessReview before it writes, and writes as the exchange's service account with the
+//! shipped ClusterRole. The policy acts on every association write of its cluster, so these
+//! tests share an API server of their own, not the shared one.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::KubeApi;
+use crate::common::agents::*;
+use crate::common::apiserver::ApiServer;
+use crate::common::python;
+
+/// The API server's own audience (tokens for it act as their service account).
+const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+static OWN: OnceLock<Option<ApiServer>> = OnceLock::new();
+
+/// This module's API server: the CRD, the shipped policy and its binding, enforced; bob may
+/// write associations and pass nothing (the probe that the policy is in force).
+fn own() -> Option<&'static ApiServer> {
+    OWN.get_or_init(|| {
+        let api = ApiServer::start_own("pass", &[])?;
+        api.install_crd();
+        api.apply(&rendered_policy(&api));
+        api.apply(&writer_binding("bob-writes", "User", "bob"));
+        // The API server loads policies asynchronously: wait until bob's dry run is refused.
+        let started = Instant::now();
+        let probe = association("default", "probe", "agencyName: probe");
+        loop {
+            let (ok, out, err) = api.kubectl_as(
+                "bob-token",
+                &["create", "--dry-run=server", "-f", "-"],
+                Some(&probe),
+            );
+            if !ok && err.contains("pod-identity-pass") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the policy is not enforced: {ok} {out}{err}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "pass_check: the policy was enforced {:?} after it was applied",
+            started.elapsed()
+        );
+        Some(api)
+    })
+    .as_ref()
+}
+
+/// The policy and its binding as `kubectl kustomize manifests/base` renders them (the chart
+/// renders the same objects: `helm::chart_renders_the_objects_the_overlays_render`).
+fn rendered_policy(api: &ApiServer) -> String {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base");
+    let (ok, out, err) = api.kubectl(&["kustomize", base.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    let docs: Vec<String> = serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|d: &Value| {
+            d["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))
+        })
+        .map(|d| serde_yaml::to_string(&d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "{out}");
+    docs.join("---\n")
+}
+
+/// A ClusterRoleBinding `name` of a ClusterRole writing associations (as the example's) to a
+/// subject.
+fn writer_binding(name: &str, kind: &str, subject: &str) -> String {
+    let ns = if kind == "ServiceAccount" {
+        let (ns, sa) = subject.split_once('/').unwrap();
+        format!("{{kind: ServiceAccount, namespace: {ns}, name: {sa}}}")
+    } else {
+        format!("{{kind: {kind}, name: {subject}, apiGroup: rbac.authorization.k8s.io}}")
+    };
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: association-writer}}\n\
+         rules:\n- {{apiGroups: [podidentity.io], resources: [podidentityassociations], verbs: [get, list, watch, create, update, patch]}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {name}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: association-writer}}\n\
+         subjects: [{ns}]\n"
+    )
+}
+
+/// A Role in `namespace` letting `subject` pass `resource` named `names`, and its binding.
+fn pass_role(namespace: &str, resource: &str, names: &[&str], subject: &str) -> String {
+    let names = serde_json::to_string(names).unwrap();
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: pass-{resource}, namespace: {namespace}}}\n\
+         rules:\n- {{apiGroups: [podidentity.io], resources: [{resource}], resourceNames: {names}, verbs: [pass]}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: pass-{resource}, namespace: {namespace}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pass-{resource}}}\nsubjects: [{subject}]\n"
+    )
+}
+
+/// An association `namespace.sa` with the spec fields `grant` (YAML flow).
+fn association(namespace: &str, sa: &str, grant: &str) -> String {
+    format!(
+        "apiVersion: podidentity.io/v1alpha1\nkind: PodIdentityAssociation\nmetadata: {{name: {namespace}.{sa}}}\n\
+         spec: {{namespace: {namespace}, serviceAccount: {sa}, {grant}}}\n"
+    )
+}
+
+/// `kubectl apply` of `yaml` as `token`: `Ok(stdout)` or `Err(stderr)`.
+fn apply_as(api: &ApiServer, token: &str, yaml: &str) -> Result<String, String> {
+    let (ok, out, err) = api.kubectl_as(token, &["apply", "-f", "-"], Some(yaml));
+    if ok { Ok(out) } else { Err(err) }
+}
+
+/// `apply_as`, again until it succeeds (RBAC just applied reaches the authorizer within
+/// moments), at most 10 s.
+fn apply_eventually(api: &ApiServer, token: &str, yaml: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match apply_as(api, token, yaml) {
+            Ok(out) => return out,
+            Err(err) if Instant::now() > end => panic!("{err}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The refusal names the user, the permission it lacks and the Role to ask for.
+fn assert_names_missing_pass(err: &str, user: &str, resource: &str, name: &str, namespace: &str) {
+    assert!(
+        err.contains("ValidatingAdmissionPolicy 'pod-identity-pass'"),
+        "{err}"
+    );
+    let lacks = format!("{user} may not pass {resource}.podidentity.io \"{name}\" in namespace {namespace}");
+    assert!(err.contains(&lacks), "{err:?} lacks {lacks:?}");
+    let grant = format!(
+        "ask for a Role in {namespace} granting apiGroups [podidentity.io], resources [{resource}], resourceNames [\"{name}\"], verbs [pass]"
+    );
+    assert!(err.contains(&grant), "{err:?} lacks {grant:?}");
+}
+
+/// `spec.<field>` of association `name`, as the admin reads it.
+fn spec_field(api: &ApiServer, name: &str, field: &str) -> String {
+    let (ok, out, err) = api.kubectl(
+        &["get", "pia", name, "-o", &format!("jsonpath={{.spec.{field}}}")],
+        None,
+    );
+    assert!(ok, "{err}");
+    out
+}
+
+/// The example's Roles (examples/rbac/team-a-pass.yaml), bound to alice instead of the group
+/// team-a-admins, through `kubectl apply` as alice: team-a's agencies to team-a only; an update
+/// needs the pass only when it changes the agency; a delete needs RBAC alone; the admin
+/// (`system:masters`) passes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_roles_let_team_a_grant_its_agencies_to_team_a_only() {
+    let Some(api) = own() else { return };
+    api.create_namespace("team-a", &[]).await;
+    api.create_namespace("team-b", &[]).await;
+    let example = repo_file("examples/rbac/team-a-pass.yaml").replace(
+        "- kind: Group\n  name: team-a-admins",
+        "- kind: User\n  name: alice",
+    );
+    assert_eq!(
+        example.matches("name: alice").count(),
+        2,
+        "both bindings bound to alice"
+    );
+    api.apply(&example);
+    let alice = "alice-token";
+
+    // Granted: a-reader to team-a.
+    let out = apply_eventually(api, alice, &association("team-a", "app", "agencyName: a-reader"));
+    assert!(out.contains("team-a.app created"), "{out}");
+    // Another agency: refused, naming the permission.
+    let err = apply_as(api, alice, &association("team-a", "web", "agencyName: other")).unwrap_err();
+    assert_names_missing_pass(&err, "alice", "agencies", "other", "team-a");
+    // team-a's agency to another namespace: refused.
+    let err = apply_as(api, alice, &association("team-b", "app", "agencyName: a-reader")).unwrap_err();
+    assert_names_missing_pass(&err, "alice", "agencies", "a-reader", "team-b");
+    // Re-pointed to the other agency of the Role: allowed; to one it does not name: refused,
+    // and the object keeps its agency.
+    apply_as(api, alice, &association("team-a", "app", "agencyName: a-writer")).unwrap();
+    let err = apply_as(api, alice, &association("team-a", "app", "agencyName: other")).unwrap_err();
+    assert_names_missing_pass(&err, "alice", "agencies", "other", "team-a");
+    assert_eq!(spec_field(api, "team-a.app", "agencyName"), "a-writer");
+    for name in ["team-a.web", "team-b.app"] {
+        let (ok, _, err) = api.kubectl(&["get", "pia", name], None);
+        assert!(!ok && err.contains("NotFound"), "{name}: {err}");
+    }
+
+    // An association the admin granted with an agency alice may not pass: she may change what
+    // it does not grant (the token lifetime), not re-point it.
+    api.apply(&association("team-a", "legacy", "agencyName: legacy-agency"));
+    apply_as(
+        api,
+        alice,
+        &association(
+            "team-a",
+            "legacy",
+            "agencyName: legacy-agency, tokenExpirationSeconds: 3600",
+        ),
+    )
+    .unwrap();
+    assert_eq!(spec_field(api, "team-a.legacy", "tokenExpirationSeconds"), "3600");
+    let err = apply_as(api, alice, &association("team-a", "legacy", "agencyName: other")).unwrap_err();
+    assert_names_missing_pass(&err, "alice", "agencies", "other", "team-a");
+
+    // Delete: RBAC alone. The example grants none; with a delete granted, the association of
+    // an agency alice may not pass goes.
+    let (ok, _, err) = api.kubectl_as(alice, &["delete", "pia", "team-a.legacy"], None);
+    assert!(!ok && err.contains("cannot delete resource"), "{err}");
+    api.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: delete-legacy}\n\
+         rules:\n- {apiGroups: [podidentity.io], resources: [podidentityassociations], resourceNames: [team-a.legacy], verbs: [delete]}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: alice-deletes-legacy}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: delete-legacy}\n\
+         subjects: [{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}]\n",
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while !api.kubectl_as(alice, &["delete", "pia", "team-a.legacy"], None).0 {
+        assert!(Instant::now() < end, "alice cannot delete team-a.legacy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, _, err) = api.kubectl(&["get", "pia", "team-a.legacy"], None);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+
+    // bob writes associations and passes nothing; the admin passes everything.
+    let err = apply_as(
+        api,
+        "bob-token",
+        &association("team-a", "bob", "agencyName: a-reader"),
+    )
+    .unwrap_err();
+    assert_names_missing_pass(&err, "bob", "agencies", "a-reader", "team-a");
+    api.apply(&association("team-b", "admin", "agencyName: anything"));
+}
+
+/// roleArn (and the role it chains to, targetRoleArn) needs `pass` on `roles`, granted here to
+/// a group: a Role passing agencies of the same name does not do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_the_roles_they_chain_to_need_pass_on_roles() {
+    let Some(api) = own() else { return };
+    let ns = api.namespace("eks", &[]).await;
+    let role = "arn:aws:iam::111122223333:role/app";
+    let other = "arn:aws:iam::111122223333:role/other";
+    let target = "arn:aws:iam::444455556666:role/target";
+    let group = "{kind: Group, name: team-c, apiGroup: rbac.authorization.k8s.io}";
+    api.apply(&writer_binding("team-c-writes", "Group", "team-c"));
+    api.apply(&pass_role(&ns, "roles", &[role], group));
+    api.apply(&pass_role(&ns, "agencies", &[other, target], group));
+    let carol = "carol-token";
+
+    let out = apply_eventually(
+        api,
+        carol,
+        &association(&ns, "app", &format!("roleArn: '{role}'")),
+    );
+    assert!(out.contains("created"), "{out}");
+    let err = apply_as(
+        api,
+        carol,
+        &association(&ns, "web", &format!("roleArn: '{other}'")),
+    )
+    .unwrap_err();
+    assert_names_missing_pass(&err, "carol", "roles", other, &ns);
+    // Chaining to a role carol may not pass: refused, naming the target role.
+    let chained = format!("roleArn: '{role}', targetRoleArn: '{target}'");
+    let err = apply_as(api, carol, &association(&ns, "app", &chained)).unwrap_err();
+    assert_names_missing_pass(&err, "carol", "roles", target, &ns);
+    assert_eq!(spec_field(api, &format!("{ns}.app"), "targetRoleArn"), "");
+    // Once she may pass it, the chain is hers to grant.
+    api.apply(&pass_role(&ns, "roles", &[role, target], group));
+    apply_eventually(api, carol, &association(&ns, "app", &chained));
+    assert_eq!(spec_field(api, &format!("{ns}.app"), "targetRoleArn"), target);
+}
+
+/// The API server as `token` (a service account's): what the exchange runs with.
+struct Acting<'a>(&'a ApiServer, String);
+
+impl KubeApi for Acting<'_> {
+    fn kube_config(&self) -> kube::Config {
+        self.0.config_as(&self.1)
+    }
+}
+
+/// The shipped exchange's ServiceAccount, ClusterRole and ClusterRoleBinding
+/// (manifests/agent/exchange.yaml) with the ClusterRole's rules changed by `rules`; the
+/// exchange's token for the API server.
+async fn shipped_exchange_identity(api: &ApiServer, rules: impl Fn(&mut Value)) -> String {
+    api.create_namespace("pod-identity-system", &[]).await;
+    let text = repo_file("manifests/agent/exchange.yaml");
+    let mut docs = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(&text) {
+        let mut v: Value = serde::Deserialize::deserialize(d).unwrap();
+        if v["kind"] == "ClusterRole" {
+            rules(&mut v["rules"]);
+        }
+        if ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"].contains(&v["kind"].as_str().unwrap()) {
+            docs.push(serde_yaml::to_string(&v).unwrap());
+        }
+    }
+    assert_eq!(docs.len(), 3);
+    api.apply(&docs.join("\n---\n"));
+    api.token(
+        "pod-identity-system",
+        "pod-identity-exchange",
+        None,
+        API_AUDIENCE,
+        3600,
+    )
+    .await
+}
+
+fn collection(exchange: &RunningExchange) -> String {
+    format!(
+        "{}/api/v3/projects/{PROJECT}/clusters/{CLUSTER}/pod-identity-associations",
+        exchange.url
+    )
+}
+
+async fn call(url: &str, token: &str, method: Method, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .header("X-Auth-Token", token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn assert_api_refused_pass(got: &(u16, Value), user: &str, name: &str, namespace: &str) {
+    assert_eq!(got.0, 403, "{}", got.1);
+    assert_eq!(got.1["error_code"], "CCE.01403006", "{}", got.1);
+    let msg = got.1["error_msg"].as_str().unwrap();
+    let lacks = format!("{user} may not pass agencies.podidentity.io \"{name}\" in namespace {namespace}");
+    assert!(msg.contains(&lacks), "{msg:?} lacks {lacks:?}");
+    let grant =
+        format!("resources [agencies], resourceNames [\"{name}\"], verbs [pass] (docs/permissions.md)");
+    assert!(msg.contains(&grant), "{msg:?} lacks {grant:?}");
+}
+
+const SDK_SCRIPT: &str = r#"
+import json, os
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.exceptions import exceptions
+from huaweicloudsdkcore.http.http_handler import HttpHandler
+from huaweicloudsdkcce.v3 import *
+i = json.loads(os.environ["SDK_INPUT"])
+def token(request, logger):
+    request.header_params["X-Auth-Token"] = i["token"]
+client = (CceClient.new_builder()
+    .with_credentials(BasicCredentials("AKEXAMPLE", "SKEXAMPLE", i["project"]))
+    .with_endpoints([i["endpoint"]])
+    .with_http_handler(HttpHandler().add_request_handler(token))
+    .build())
+out = {}
+for key, ns, agency in i["requests"]:
+    body = PodIdentityAssociation(namespace=ns, service_account="sdk", agency_name=agency)
+    try:
+        r = client.create_pod_identity_association(CreatePodIdentityAssociationRequest(cluster_id=i["cluster"], body=body))
+        out[key] = [type(r).__name__, r.agency_name]
+    except exceptions.ClientRequestException as e:
+        out[key] = [type(e).__name__, e.status_code, e.error_code, e.error_msg]
+print(json.dumps(out))
+"#;
+
+/// The association API (the exchange as its service account, with the shipped ClusterRole):
+/// a caller that may write associations creates one only for an agency it may pass in that
+/// namespace, re-points one only to such an agency, and is told which permission it lacks in the
+/// cloud's error body; the same through the cloud's own SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_association_api_holds_its_callers_to_the_pass_rule() {
+    let Some(api) = own() else { return };
+    let exchange_token = shipped_exchange_identity(api, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = start_exchange(&Acting(api, exchange_token), "http://127.0.0.1:9", dir.path()).await;
+    let url = collection(&exchange);
+    let (a, b) = (
+        api.namespace("api-a", &[]).await,
+        api.namespace("api-b", &[]).await,
+    );
+    // The caller: a deployer service account that may write associations and pass a-reader in a.
+    let platform = api.namespace("platform", &[]).await;
+    api.service_account(&platform, "deployer").await;
+    let deployer_name = format!("system:serviceaccount:{platform}:deployer");
+    api.apply(&writer_binding(
+        &format!("{platform}-deployer"),
+        "ServiceAccount",
+        &format!("{platform}/deployer"),
+    ));
+    api.apply(&pass_role(
+        &a,
+        "agencies",
+        &["a-reader"],
+        &format!("{{kind: ServiceAccount, namespace: {platform}, name: deployer}}"),
+    ));
+    let deployer = api.token(&platform, "deployer", None, API_AUDIENCE, 3600).await;
+    let request = |ns: &str, sa: &str, agency: &str| {
+        Some(json!({"namespace": ns, "serviceAccount": sa, "agencyName": agency, "tags": []}))
+    };
+
+    // Retried while the RBAC just applied is not yet in force (503: the exchange may not review
+    // yet; 403 CCE.01403004: the deployer may not write yet).
+    let end = Instant::now() + Duration::from_secs(10);
+    let created = loop {
+        let got = call(&url, &deployer, Method::POST, request(&a, "app", "a-reader")).await;
+        if got.0 == 201 || Instant::now() > end {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(created.0, 201, "{}", created.1);
+    assert_eq!(spec_field(api, &format!("{a}.app"), "agencyName"), "a-reader");
+    let other = call(&url, &deployer, Method::POST, request(&a, "web", "other")).await;
+    assert_api_refused_pass(&other, &deployer_name, "other", &a);
+    let elsewhere = call(&url, &deployer, Method::POST, request(&b, "app", "a-reader")).await;
+    assert_api_refused_pass(&elsewhere, &deployer_name, "a-reader", &b);
+    for name in [format!("{a}.web"), format!("{b}.app")] {
+        let (ok, _, err) = api.kubectl(&["get", "pia", &name], None);
+        assert!(!ok && err.contains("NotFound"), "{name}: {err}");
+    }
+
+    // Update: re-pointing to an agency it may not pass is refused; the object keeps its agency.
+    let uid = created.1["uid"].as_str().unwrap();
+    let repoint = call(
+        &format!("{url}/{uid}"),
+        &deployer,
+        Method::PUT,
+        Some(json!({"agencyName": "other"})),
+    )
+    .await;
+    assert_api_refused_pass(&repoint, &deployer_name, "other", &a);
+    assert_eq!(spec_field(api, &format!("{a}.app"), "agencyName"), "a-reader");
+    // One the admin granted with an agency the deployer may not pass: an update keeping it is
+    // no new grant, and goes through (the exchange's own write passes the policy).
+    api.apply(&association(&a, "legacy", "agencyName: legacy-agency"));
+    let (_, list) = call(&url, &deployer, Method::GET, None).await;
+    let legacy = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["namespace"] == a.as_str() && r["serviceAccount"] == "legacy")
+        .unwrap_or_else(|| panic!("{list}"));
+    let legacy_url = format!("{url}/{}", legacy["uid"].as_str().unwrap());
+    let kept = call(
+        &legacy_url,
+        &deployer,
+        Method::PUT,
+        Some(json!({"agencyName": "legacy-agency"})),
+    )
+    .await;
+    assert_eq!(kept.0, 200, "{}", kept.1);
+    let repoint = call(
+        &legacy_url,
+        &deployer,
+        Method::PUT,
+        Some(json!({"agencyName": "a-reader2"})),
+    )
+    .await;
+    assert_api_refused_pass(&repoint, &deployer_name, "a-reader2", &a);
+
+    // The cloud's SDK sees the refusal as its typed exception with the code and the message.
+    let input = json!({"endpoint": exchange.url, "project": PROJECT, "cluster": CLUSTER, "token": deployer,
+        "requests": [["elsewhere", b.clone(), "a-reader"], ["passable", a.clone(), "a-reader"]]})
+    .to_string();
+    let out = tokio::task::spawn_blocking(move || python::run(SDK_SCRIPT, &[("SDK_INPUT", &input)]))
+        .await
+        .unwrap();
+    let out: Value = serde_json::from_str(out.trim()).unwrap();
+    let refused = &out["elsewhere"];
+    assert_eq!(
+        (&refused[0], &refused[1], &refused[2]),
+        (
+            &json!("ClientRequestException"),
+            &json!(403),
+            &json!("CCE.01403006")
+        ),
+        "{out}"
+    );
+    assert!(
+        refused[3].as_str().unwrap().contains(&format!(
+            "may not pass agencies.podidentity.io \"a-reader\" in namespace {b}"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        out["passable"],
+        json!(["CreatePodIdentityAssociationResponse", "a-reader"]),
+        "{out}"
+    );
+}
+
+/// Without the shipped ClusterRole's `pass` on agencies the exchange's own writes are refused by
+/// the policy, for every caller, the admin too: the API answers 500 with a code saying so, and
+/// nothing is written. (On an API server of its own: the exchange's ClusterRole is cluster-wide.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_without_pass_writes_nothing_for_anyone() {
+    let Some(api) = ApiServer::start_own("pass-exchange", &[]) else {
+        return;
+    };
+    api.install_crd();
+    api.apply(&rendered_policy(&api));
+    let without_pass = |rules: &mut Value| {
+        let all = rules.as_array_mut().unwrap();
+        let before = all.len();
+        all.retain(|r| r["verbs"] != json!(["pass"]));
+        assert_eq!(all.len(), before - 1, "the shipped ClusterRole passes agencies");
+    };
+    let token = shipped_exchange_identity(&api, without_pass).await;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = start_exchange(&Acting(&api, token), "http://127.0.0.1:9", dir.path()).await;
+    let url = collection(&exchange);
+    let ns = api.namespace("nopass", &[]).await;
+    let body = json!({"namespace": ns, "serviceAccount": "app", "agencyName": "a", "tags": []});
+    // Until the policy is loaded the write goes through, and until the RBAC is in force the
+    // exchange cannot review (503): ask again, each time for a fresh service account.
+    let started = Instant::now();
+    let got = loop {
+        let sa = format!("app-{:04x}", fastrand::u16(..));
+        let mut body = body.clone();
+        body["serviceAccount"] = json!(sa);
+        let got = call(&url, "admin-token", Method::POST, Some(body)).await;
+        if ![201, 503].contains(&got.0) || started.elapsed() > Duration::from_secs(30) {
+            break (got, sa);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ((status, answer), sa) = got;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(answer["error_code"], "CCE.01500002", "{answer}");
+    assert!(
+        answer["error_msg"].as_str().unwrap().contains("pass on agencies"),
+        "{answer}"
+    );
+    let (ok, _, err) = api.kubectl(&["get", "pia", &format!("{ns}.{sa}")], None);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+}
