@@ -283,9 +283,10 @@ struct Claims {
     nbf: Option<i64>,
 }
 
+/// A JWT's `aud`: absent, one string, or a list.
 #[derive(Deserialize, Default)]
 #[serde(untagged)]
-enum Audience {
+pub(crate) enum Audience {
     #[default]
     None,
     One(String),
@@ -298,6 +299,14 @@ impl Audience {
             Audience::None => false,
             Audience::One(s) => s == a,
             Audience::Many(v) => v.iter().any(|s| s == a),
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<String> {
+        match self {
+            Audience::None => vec![],
+            Audience::One(a) => vec![a],
+            Audience::Many(a) => a,
         }
     }
 }

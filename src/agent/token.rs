@@ -7,6 +7,8 @@
 use base64::Engine;
 use serde::Deserialize;
 
+use crate::issuer::Audience;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("missing Authorization header: send the service account token from the token file")]
@@ -65,15 +67,6 @@ struct RawClaims {
     kubernetes: Option<KubeClaims>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(untagged)]
-enum Audience {
-    #[default]
-    None,
-    One(String),
-    Many(Vec<String>),
-}
-
 #[derive(Deserialize)]
 struct KubeClaims {
     namespace: Option<String>,
@@ -129,11 +122,7 @@ pub fn claims(token: &str, now: i64) -> Result<Claims, TokenError> {
         service_account,
         pod_name: pod.and_then(|p| p.name.clone()),
         pod_uid: pod.and_then(|p| p.uid.clone()),
-        audiences: match raw.aud {
-            Audience::None => vec![],
-            Audience::One(a) => vec![a],
-            Audience::Many(a) => a,
-        },
+        audiences: raw.aud.into_vec(),
     })
 }
 
