@@ -555,8 +555,10 @@ fn programs() -> Vec<Program> {
             .into_iter()
             .map(|v| (v, "podidentity.io", pia, None, None)),
     );
-    // ... and the agents' pods (src/exchange/assume.rs, AgentPods), in their namespace only.
+    // ... the agents' pods (src/exchange/assume.rs, AgentPods), in their namespace only, and
+    // `pass` on the agencies the association API writes for its callers (who must hold it too).
     exchange.push(("get", "", "pods", Some(AGENT), None));
+    exchange.push(("pass", "podidentity.io", "agencies", None, None));
     let never: Vec<Call> = vec![
         ("get", "", "secrets", Some(SYSTEM), None),
         ("list", "", "secrets", None, None),
