@@ -113,12 +113,7 @@ async fn local_backend_serves_both_shapes_and_refuses_what_it_should() {
         assert!(body[k].is_string(), "{k} missing: {body}");
     }
 
-    let metrics = reqwest::get(format!("{}/metrics", agent.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::common::metrics_of(&agent.admin).await;
     assert!(
         metrics.contains("podidentity_agent_cache_hits_total 2\n"),
         "{metrics}"

@@ -520,6 +520,16 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
     }
 }
 
+/// The `/metrics` page of the server at `base`.
+pub async fn metrics_of(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// How a token is named in logs: the first 8 bytes of its SHA-256, in hex.
 pub fn token_hash(token: &str) -> String {
     ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref()[..8]

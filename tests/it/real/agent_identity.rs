@@ -113,12 +113,7 @@ async fn only_a_running_agent_daemonset_pod_on_its_node_may_call() {
         "{body}"
     );
 
-    let metrics = reqwest::get(format!("{}/metrics", exchange.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::common::metrics_of(&exchange.url).await;
     assert!(
         metrics.contains("podidentity_exchange_refusals_total{reason=\"caller_not_agent_pod\"} 3\n"),
         "{metrics}"

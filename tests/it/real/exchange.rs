@@ -49,12 +49,7 @@ async fn post(exchange: &RunningExchange, caller: Option<&str>, body: Value) -> 
 
 /// The exchange's own `/metrics` line for `series`, as a number.
 async fn metric(exchange: &RunningExchange, series: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", exchange.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::common::metrics_of(&exchange.url).await;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))

@@ -180,12 +180,7 @@ async fn forged_tokens_cost_the_agent_no_upstream_call_and_starve_no_pod() {
             assert_eq!(r.status(), 401, "{}", r.text().await.unwrap());
         }
     }
-    let saw = reqwest::get(format!("{}/metrics", exchange.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let saw = crate::common::metrics_of(&exchange.url).await;
     assert!(
         saw.contains("podidentity_exchange_token_reviews_total{token=\"pod\"} 0\n"),
         "no upstream call for a forged token:\n{saw}"
