@@ -47,6 +47,19 @@ pub(crate) fn serve(port: u16, certs: &Path, extra: &[&str], log: &Path) -> Reap
     spawn(&args, &[], log)
 }
 
+/// Waits until the webhook started with [`serve`] has generated its certificates into `certs`
+/// and answers `readyz`; returns its CA (PEM).
+pub(crate) async fn ready(certs: &Path, readyz: &str) -> Vec<u8> {
+    let wait = Instant::now() + Duration::from_secs(30);
+    while !certs.join("ca.crt").exists() {
+        assert!(Instant::now() < wait, "no certificate generated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
+    until_ready(&client(&[&ca], Http::H2), readyz, wait).await;
+    ca
+}
+
 /// `VmHWM` (peak resident memory) of a process, in MiB.
 pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -176,13 +189,7 @@ async fn the_webhook_bounds_stalled_bodies_and_idle_connections() {
         &dir.path().join("log"),
     );
     let url = |p: &str| format!("https://localhost:{port}{p}");
-    let wait = Instant::now() + Duration::from_secs(30);
-    while !certs.join("ca.crt").exists() {
-        assert!(Instant::now() < wait, "no certificate generated");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
-    until_ready(&client(&[&ca], Http::H2), &url("/readyz"), wait).await;
+    let ca = ready(&certs, &url("/readyz")).await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     // The API server: another address than the clients that misbehave.

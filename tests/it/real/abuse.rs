@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pod_identity_webhook::profile::Provider;
 
-use crate::abuse::{closed_within, flood, idle_tls, keep_asking, peak_rss_mib, serve, stalled_body};
+use crate::abuse::{closed_within, flood, idle_tls, keep_asking, peak_rss_mib, ready, serve, stalled_body};
 use crate::common::agents::*;
 use crate::common::apiserver::{ApiServer, association_yaml};
 use crate::common::doubles;
@@ -154,13 +154,7 @@ async fn silent_connections_from_one_address_starve_no_other_client() {
         &dir.path().join("log"),
     );
     let url = |p: &str| format!("https://localhost:{port}{p}");
-    let wait = Instant::now() + Duration::from_secs(30);
-    while !certs.join("ca.crt").exists() {
-        assert!(Instant::now() < wait, "no certificate generated");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
-    until_ready(&client(&[&ca], Http::H2), &url("/readyz"), wait).await;
+    let ca = ready(&certs, &url("/readyz")).await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     flood(
         "webhook",
