@@ -25,15 +25,29 @@ pub(crate) fn watch_client(mut config: kube::Config) -> Result<kube::Client, Clu
 
 /// A client for requests that must end within `deadline`: connect, write and read timeouts
 /// inside it, and no retry layer (the caller retries at most once, within its deadline).
-pub(crate) fn request_client(
-    mut config: kube::Config,
-    deadline: Duration,
-) -> Result<kube::Client, ClusterError> {
+pub(crate) fn request_client(config: kube::Config, deadline: Duration) -> Result<kube::Client, ClusterError> {
+    Ok(kube::Client::try_from(bounded(config, deadline))?)
+}
+
+/// `config` with the deadlines and retry policy of [`request_client`].
+pub(crate) fn bounded(mut config: kube::Config, deadline: Duration) -> kube::Config {
     config.default_retry = false;
     config.connect_timeout = Some(deadline.min(Duration::from_secs(1)));
     config.write_timeout = Some(deadline);
     config.read_timeout = Some(deadline);
     // The read timeout counts from the request, not from when a pooled connection went idle.
     config.reset_reader_on_write = true;
+    config
+}
+
+/// `config` (bounded) acting as the holder of `token` instead of as this program: the API
+/// server then authorises, admits and audits the request as that user. No other credential of
+/// this program's goes along.
+pub(crate) fn as_holder_of(config: &kube::Config, token: &str) -> Result<kube::Client, ClusterError> {
+    let mut config = config.clone();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_owned().into()),
+        ..Default::default()
+    };
     Ok(kube::Client::try_from(config)?)
 }

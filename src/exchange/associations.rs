@@ -1,11 +1,11 @@
 //! The seed 001 association API served: create, list, show, update and delete pod identity
 //! associations, stored only as `PodIdentityAssociation` objects in the API server (the shared
-//! state of every replica), with the caller's `X-Auth-Token` reviewed by TokenReview and its
-//! verb authorised by SubjectAccessReview, so cluster RBAC decides as it does for `kubectl`: a
-//! create, or an update that changes the agency, also needs the caller's `pass` of that agency in
-//! the association's namespace (a second SubjectAccessReview), the rule the `pod-identity-pass`
-//! admission policy holds every writer to. The exchange's own writes meet that policy with its
-//! ClusterRole's `pass` on agencies; its callers are held to the rule here, before it writes.
+//! state of every replica). The caller's `X-Auth-Token` is reviewed by TokenReview (for the
+//! API server's own audience), and then every read and write of the call is made **with that
+//! token**: the API server authorises it (RBAC, as for `kubectl`), admits it (the
+//! `pod-identity-pass` policy: granting an agency needs its `pass`) and audits it as the
+//! caller. The exchange lends no permission of its own: it only reads, to find which object
+//! an id names. Refusals come back in the cloud's error shape, with the API server's reason.
 //!
 //! Reads go to the API server rather than the watch-fed index: the index keeps only what
 //! admission needs (no tags, no timestamps), and a caller reads its own writes.
@@ -19,25 +19,31 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::core::{ObjectMeta, ResourceExt};
 
 use super::recent::Recent;
 use super::refusal::error_response;
-use super::review::{self, Access, Holder, TokenReviewer};
+use super::review::{self, Holder, TokenReviewer};
 use crate::association::crd::{
     CrdTag, MODIFIED_AT, PodIdentityAssociation, PodIdentityAssociationSpec, to_association,
 };
 use crate::association::{Association, AssociationSpec};
 use crate::budget::{KeyedBuckets, TokenHash};
 use crate::cloud::seed001::{CreateAssociation, UpdateAssociation};
-use crate::http;
+use crate::{cluster, http};
 
 pub(super) struct ApiState {
     pub(super) project_id: String,
     pub(super) cluster_id: String,
     pub(super) reviewer: Arc<dyn TokenReviewer>,
+    /// The exchange's own reads: which object an id (a uid) names.
     pub(super) objects: Api<PodIdentityAssociation>,
+    /// The API server, bounded, without credentials: each call goes with its caller's token.
+    pub(super) as_callers: kube::Config,
     /// What TokenReview said of a token lately (its user, or why not), by the token's hash.
     pub(super) callers: Recent<Result<Holder, String>>,
     /// TokenReviews a client address may cause: a new token is a review, a known one is not.
@@ -66,17 +72,93 @@ fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -
 
 type Answer = Result<Response, Refused>;
 
-/// `operation`'s answer (given the caller) once the caller is admitted for `verb`, or the
-/// refusal in the cloud's error body.
+/// The resource the association API acts on, as RBAC and the API server name it.
+const PLURAL: &str = "podidentityassociations";
+const GROUP: &str = "podidentity.io";
+/// The admission policy that holds every writer to the pass rule (manifests/base/pass-policy.yaml).
+const PASS_POLICY: &str = "pod-identity-pass";
+
+/// A caller the API server authenticated, and the token its calls are made with.
+struct Caller {
+    holder: Holder,
+    token: String,
+}
+
+impl Caller {
+    /// Whether this caller may `verb` associations, cluster-wide (SelfSubjectAccessReview, which
+    /// any authenticated user may ask of itself).
+    async fn may(&self, s: &ApiState, verb: &str) -> Result<bool, Refused> {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(GROUP.to_owned()),
+                    resource: Some(PLURAL.to_owned()),
+                    verb: Some(verb.to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let client = self.client(s)?;
+        let answer = Api::<SelfSubjectAccessReview>::all(client)
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| self.refused(verb, e))?;
+        Ok(answer.status.is_some_and(|st| st.allowed))
+    }
+
+    fn client(&self, s: &ApiState) -> Result<kube::Client, Refused> {
+        cluster::as_holder_of(&s.as_callers, &self.token).map_err(|e| {
+            tracing::warn!(error = %e, "association API: no client for the caller");
+            refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CCE.01500003",
+                "the server cannot call the Kubernetes API as the caller; its log has the cause",
+            )
+        })
+    }
+
+    /// The associations, as this caller.
+    fn objects(&self, s: &ApiState) -> Result<Api<PodIdentityAssociation>, Refused> {
+        Ok(Api::all(self.client(s)?))
+    }
+
+    /// What the API server answered this caller's `verb`, in the cloud's shape: its RBAC's or
+    /// an admission policy's refusal is the caller's (403, with the API server's reason).
+    fn refused(&self, verb: &str, e: kube::Error) -> Refused {
+        let user = &self.holder.username;
+        match e {
+            kube::Error::Api(s) if s.is_forbidden() && s.message.contains(PASS_POLICY) => {
+                tracing::info!(%user, verb, "association API: the caller may not pass the agency");
+                // The policy's own message names the missing permission and the Role to ask for.
+                let why = s
+                    .message
+                    .split_once("denied request: ")
+                    .map_or(&*s.message, |(_, m)| m);
+                refused(StatusCode::FORBIDDEN, "CCE.01403006", why)
+            }
+            kube::Error::Api(s) if s.is_forbidden() => forbidden(user, verb, Some(&s.message)),
+            kube::Error::Api(s) if s.code == 401 => refused(
+                StatusCode::UNAUTHORIZED,
+                "CCE.01401011",
+                "X-Auth-Token is not a valid, unexpired Kubernetes token for the API server",
+            ),
+            e => kube_failed(e),
+        }
+    }
+}
+
+/// `operation`'s answer (given the caller) once the caller is authenticated, or the refusal
+/// in the cloud's error body.
 async fn admitted<F: Future<Output = Answer>>(
     s: &ApiState,
     (project_id, cluster_id): (&str, &str),
     (peer, headers): (SocketAddr, &HeaderMap),
-    verb: &str,
-    operation: impl FnOnce(Holder) -> F,
+    operation: impl FnOnce(Caller) -> F,
 ) -> Response {
-    let result = match s.admit(project_id, cluster_id, peer.ip(), headers, verb).await {
-        Ok(user) => operation(user).await,
+    let result = match s.admit(project_id, cluster_id, peer.ip(), headers).await {
+        Ok(caller) => operation(caller).await,
         Err(r) => Err(r),
     };
     result.unwrap_or_else(|r| error_response(r.status, r.code, &r.message))
@@ -93,8 +175,8 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    admitted(&s, (&project, &cluster), (peer, &headers), "create", |user| {
-        s.create(user, &body)
+    admitted(&s, (&project, &cluster), (peer, &headers), |caller| {
+        s.create(caller, &body)
     })
     .await
 }
@@ -105,7 +187,10 @@ pub(super) async fn list(
     Path((project, cluster)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(&s, (&project, &cluster), (peer, &headers), "list", |_| s.list()).await
+    admitted(&s, (&project, &cluster), (peer, &headers), |caller| {
+        s.list(caller)
+    })
+    .await
 }
 
 pub(super) async fn show(
@@ -114,7 +199,10 @@ pub(super) async fn show(
     Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(&s, (&project, &cluster), (peer, &headers), "get", |_| s.show(&id)).await
+    admitted(&s, (&project, &cluster), (peer, &headers), |caller| {
+        s.show(caller, &id)
+    })
+    .await
 }
 
 pub(super) async fn update(
@@ -124,8 +212,8 @@ pub(super) async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    admitted(&s, (&project, &cluster), (peer, &headers), "update", |user| {
-        s.update(user, &id, &body)
+    admitted(&s, (&project, &cluster), (peer, &headers), |caller| {
+        s.update(caller, &id, &body)
     })
     .await
 }
@@ -136,23 +224,21 @@ pub(super) async fn delete(
     Path((project, cluster, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    admitted(&s, (&project, &cluster), (peer, &headers), "delete", |_| {
-        s.delete(&id)
+    admitted(&s, (&project, &cluster), (peer, &headers), |caller| {
+        s.delete(caller, &id)
     })
     .await
 }
 
 impl ApiState {
-    /// The path names this cluster, the token is the API server's and its user may `verb`:
-    /// that user.
+    /// The path names this cluster and the token is the API server's: its holder.
     async fn admit(
         &self,
         project_id: &str,
         cluster_id: &str,
         client: IpAddr,
         headers: &HeaderMap,
-        verb: &str,
-    ) -> Result<Holder, Refused> {
+    ) -> Result<Caller, Refused> {
         if project_id != self.project_id || cluster_id != self.cluster_id {
             return Err(refused(
                 StatusCode::NOT_FOUND,
@@ -160,57 +246,12 @@ impl ApiState {
                 format!("cluster {cluster_id} of project {project_id} is not served here"),
             ));
         }
-        let user = self.authenticate(client, headers).await?;
-        let allowed = self
-            .reviewer
-            .may(&user, &Access::associations(verb))
-            .await
-            .map_err(unavailable)?;
-        if !allowed {
-            tracing::info!(user = %user.username, verb, "association API call refused by RBAC");
-            return Err(refused(
-                StatusCode::FORBIDDEN,
-                "CCE.01403004",
-                format!(
-                    "{} may not {verb} {}.{} (cluster RBAC decides; ask for a Role granting it)",
-                    user.username,
-                    review::ASSOCIATIONS_RESOURCE,
-                    review::ASSOCIATIONS_GROUP
-                ),
-            ));
-        }
-        Ok(user)
-    }
-
-    /// `user` may pass `agency` in `namespace` (SubjectAccessReview), as granting it to a
-    /// service account there needs.
-    async fn may_pass(&self, user: &Holder, namespace: &str, agency: &str) -> Result<(), Refused> {
-        let access = Access::pass_agency(namespace, agency);
-        if self.reviewer.may(user, &access).await.map_err(unavailable)? {
-            return Ok(());
-        }
-        tracing::info!(user = %user.username, namespace, agency, "association API: the caller may not pass the agency");
-        Err(refused(
-            StatusCode::FORBIDDEN,
-            "CCE.01403006",
-            format!(
-                "{} may not pass {}.{} \"{agency}\" in namespace {namespace}, which granting it to a \
-                 service account there needs: ask for a Role in namespace {namespace} granting \
-                 apiGroups [{}], resources [{}], resourceNames [\"{agency}\"], verbs [{}] \
-                 (docs/permissions.md)",
-                user.username,
-                review::AGENCIES_RESOURCE,
-                review::ASSOCIATIONS_GROUP,
-                review::ASSOCIATIONS_GROUP,
-                review::AGENCIES_RESOURCE,
-                review::PASS,
-            ),
-        ))
+        self.authenticate(client, headers).await
     }
 
     /// The user of `X-Auth-Token`, reviewed for the API server's own audience: a token made for
     /// another audience (a pod's `service.cce.pods` token, say) must not act as its holder here.
-    async fn authenticate(&self, client: IpAddr, headers: &HeaderMap) -> Result<Holder, Refused> {
+    async fn authenticate(&self, client: IpAddr, headers: &HeaderMap) -> Result<Caller, Refused> {
         let token = super::assume::auth_token(headers).ok_or_else(|| {
             refused(
                 StatusCode::UNAUTHORIZED,
@@ -240,17 +281,23 @@ impl ApiState {
                 reviewed
             }
         };
-        reviewed.map_err(|why| {
-            tracing::info!(why, "association API token refused");
-            refused(
-                StatusCode::UNAUTHORIZED,
-                "CCE.01401011",
-                "X-Auth-Token is not a valid, unexpired Kubernetes token for the API server",
-            )
-        })
+        match reviewed {
+            Ok(holder) => Ok(Caller {
+                holder,
+                token: token.to_owned(),
+            }),
+            Err(why) => {
+                tracing::info!(why, "association API token refused");
+                Err(refused(
+                    StatusCode::UNAUTHORIZED,
+                    "CCE.01401011",
+                    "X-Auth-Token is not a valid, unexpired Kubernetes token for the API server",
+                ))
+            }
+        }
     }
 
-    async fn create(&self, user: Holder, body: &[u8]) -> Answer {
+    async fn create(&self, caller: Caller, body: &[u8]) -> Answer {
         let req: CreateAssociation = serde_json::from_slice(body).map_err(bad_body)?;
         let valid = AssociationSpec {
             namespace: req.namespace,
@@ -262,9 +309,6 @@ impl ApiState {
         }
         .validate()
         .map_err(|e| refused(StatusCode::BAD_REQUEST, "CCE.01400003", e.to_string()))?;
-        if let Some(agency) = &valid.agency_name {
-            self.may_pass(&user, &valid.namespace, agency).await?;
-        }
         let name = format!("{}.{}", valid.namespace, valid.service_account);
         let obj = PodIdentityAssociation {
             metadata: ObjectMeta {
@@ -292,7 +336,7 @@ impl ApiState {
                 policy: None,
             },
         };
-        match self.objects.create(&PostParams::default(), &obj).await {
+        match caller.objects(self)?.create(&PostParams::default(), &obj).await {
             Ok(created) => Ok(record(StatusCode::CREATED, &self.to_record(&created)?)),
             Err(kube::Error::Api(s)) if s.is_already_exists() => {
                 let existing = self.objects.get(&name).await.map_err(kube_failed)?;
@@ -307,28 +351,34 @@ impl ApiState {
                     ),
                 ))
             }
-            Err(e) => Err(kube_failed(e)),
+            Err(e) => Err(caller.refused("create", e)),
         }
     }
 
-    async fn list(&self) -> Answer {
-        let records: Vec<Association> = self
-            .all()
-            .await?
-            .iter()
-            .filter_map(|o| self.record_of(o))
-            .collect();
+    async fn list(&self, caller: Caller) -> Answer {
+        let all = caller
+            .objects(self)?
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| caller.refused("list", e))?;
+        let records: Vec<Association> = all.items.iter().filter_map(|o| self.record_of(o)).collect();
         Ok(record(StatusCode::OK, &records))
     }
 
-    async fn show(&self, id: &str) -> Answer {
-        let obj = self.find(id).await?;
+    async fn show(&self, caller: Caller, id: &str) -> Answer {
+        let name = self.find(&caller, "get", id).await?.name_any();
+        let obj = match caller.objects(self)?.get(&name).await {
+            Ok(obj) if obj.uid().as_deref() == Some(id) => obj,
+            Ok(_) => return Err(not_found(id)),
+            Err(kube::Error::Api(s)) if s.is_not_found() => return Err(not_found(id)),
+            Err(e) => return Err(caller.refused("get", e)),
+        };
         Ok(record(StatusCode::OK, &self.to_record(&obj)?))
     }
 
-    async fn update(&self, user: Holder, id: &str, body: &[u8]) -> Answer {
+    async fn update(&self, caller: Caller, id: &str, body: &[u8]) -> Answer {
         let req: UpdateAssociation = serde_json::from_slice(body).map_err(bad_body)?;
-        let mut obj = self.find(id).await?;
+        let mut obj = self.find(&caller, "update", id).await?;
         for (field, given, current) in [
             ("namespace", &req.namespace, &obj.spec.namespace),
             ("serviceAccount", &req.service_account, &obj.spec.service_account),
@@ -342,25 +392,17 @@ impl ApiState {
             }
         }
         // One retry on a conflict, from a fresh read: a concurrent writer's change is never
-        // overwritten, and a second conflict is the caller's to resolve.
-        let mut passed = false;
+        // overwritten, and a second conflict is the caller's to resolve. The write is the
+        // caller's, so the pass policy judges it: only a new grant needs the agency's pass.
+        let objects = caller.objects(self)?;
         for attempt in 0..2 {
             let mut spec = obj.spec.clone();
             spec.agency_name = req.agency_name.clone();
             self.check(&obj, &spec)?;
-            // Only a new grant needs the caller's pass: an update to the agency the object
-            // has grants nothing new (as the admission policy judges an update).
-            if !passed
-                && spec.agency_name != obj.spec.agency_name
-                && let Some(agency) = &spec.agency_name
-            {
-                self.may_pass(&user, &spec.namespace, agency).await?;
-                passed = true;
-            }
             obj.spec = spec;
             obj.annotations_mut().insert(MODIFIED_AT.to_owned(), now());
             let name = obj.name_any();
-            match self.objects.replace(&name, &PostParams::default(), &obj).await {
+            match objects.replace(&name, &PostParams::default(), &obj).await {
                 Ok(updated) => return Ok(record(StatusCode::OK, &self.to_record(&updated)?)),
                 Err(kube::Error::Api(s)) if s.is_conflict() && attempt == 0 => {
                     obj = match self.objects.get_opt(&name).await.map_err(kube_failed)? {
@@ -370,7 +412,7 @@ impl ApiState {
                 }
                 Err(kube::Error::Api(s)) if s.is_conflict() => break,
                 Err(kube::Error::Api(s)) if s.is_not_found() => return Err(not_found(id)),
-                Err(e) => return Err(kube_failed(e)),
+                Err(e) => return Err(caller.refused("update", e)),
             }
         }
         Err(refused(
@@ -391,8 +433,8 @@ impl ApiState {
             .map_err(|e| refused(StatusCode::BAD_REQUEST, "CCE.01400003", e.to_string()))
     }
 
-    async fn delete(&self, id: &str) -> Answer {
-        let obj = self.find(id).await?;
+    async fn delete(&self, caller: Caller, id: &str) -> Answer {
+        let obj = self.find(&caller, "delete", id).await?;
         // The uid precondition: an object recreated under the same name in between is another
         // association, and stays.
         let params = DeleteParams {
@@ -402,10 +444,10 @@ impl ApiState {
             }),
             ..DeleteParams::default()
         };
-        match self.objects.delete(&obj.name_any(), &params).await {
+        match caller.objects(self)?.delete(&obj.name_any(), &params).await {
             Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
             Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Err(not_found(id)),
-            Err(e) => Err(kube_failed(e)),
+            Err(e) => Err(caller.refused("delete", e)),
         }
     }
 
@@ -418,13 +460,23 @@ impl ApiState {
             .items)
     }
 
-    /// The object whose uid is `id` (ids are uids, names are not, so this lists).
-    async fn find(&self, id: &str) -> Result<PodIdentityAssociation, Refused> {
-        self.all()
+    /// The object whose uid is `id` (ids are uids, names are not, so this lists), read by the
+    /// exchange itself: what the caller may do with it the API server decides on the call. That
+    /// an id names nothing is told only to a caller who may `verb` associations at all, as the
+    /// API server authorises before it looks (else the answer would tell what exists).
+    async fn find(&self, caller: &Caller, verb: &str, id: &str) -> Result<PodIdentityAssociation, Refused> {
+        if let Some(obj) = self
+            .all()
             .await?
             .into_iter()
             .find(|o| o.uid().as_deref() == Some(id))
-            .ok_or_else(|| not_found(id))
+        {
+            return Ok(obj);
+        }
+        match caller.may(self, verb).await? {
+            true => Err(not_found(id)),
+            false => Err(forbidden(&caller.holder.username, verb, None)),
+        }
     }
 
     fn to_record(&self, obj: &PodIdentityAssociation) -> Result<Association, Refused> {
@@ -447,6 +499,22 @@ impl ApiState {
 
 fn now() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// `user` may not `verb` the associations (what the API server `said`, when it was asked).
+fn forbidden(user: &str, verb: &str, said: Option<&str>) -> Refused {
+    tracing::info!(%user, verb, "association API call refused by the API server");
+    let said = said
+        .map(|m| format!(": the API server said \"{m}\""))
+        .unwrap_or_default();
+    refused(
+        StatusCode::FORBIDDEN,
+        "CCE.01403004",
+        format!(
+            "{user} may not {verb} {PLURAL}.{GROUP}{said} (cluster RBAC decides; ask for a Role granting it, \
+             docs/permissions.md)"
+        ),
+    )
 }
 
 fn not_found(id: &str) -> Refused {
@@ -475,19 +543,18 @@ fn unavailable(e: review::ReviewError) -> Refused {
 }
 
 /// What the API server said, for the caller: its refusal of an object (422) is the caller's
-/// to fix; its refusal of our own write (403: the exchange's ClusterRole lacks a permission,
-/// e.g. `pass` on agencies, which the pass policy asks of every writer) the cluster admin's;
-/// anything else is ours.
+/// to fix; its refusal of the exchange's own read (403: its ClusterRole lacks get/list on the
+/// associations) the cluster admin's; anything else is ours.
 fn kube_failed(e: kube::Error) -> Refused {
     match e {
         kube::Error::Api(s) if s.is_invalid() => refused(StatusCode::BAD_REQUEST, "CCE.01400003", s.message),
         kube::Error::Api(s) if s.is_forbidden() => {
-            tracing::warn!(error = %s.message, "association API: the API server refused the exchange's own write");
+            tracing::warn!(error = %s.message, "association API: the API server refused the exchange's own read");
             refused(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "CCE.01500002",
-                "the API server refused the exchange's own write: its ClusterRole lacks a permission \
-                 the shipped one has (e.g. pass on agencies; docs/permissions.md); the server's log has the cause",
+                "the API server refused the exchange's own read of the associations: its ClusterRole \
+                 lacks get and list on podidentityassociations (docs/permissions.md); the server's log has the cause",
             )
         }
         e => {

@@ -189,7 +189,7 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         )
     };
     let review_deadline = seconds("review-timeout", args.review_timeout)?;
-    let objects = cluster::request_client(kube_config.clone(), review_deadline)?;
+    let cluster = cluster::bounded(kube_config.clone(), review_deadline);
     let mut reviewer: Arc<dyn TokenReviewer> =
         Arc::new(KubeReviewer::new(kube_config.clone(), review_deadline)?);
     if args.verify_tokens {
@@ -197,7 +197,7 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         let keys = IssuerKeys::start(keys_client, KEY_READ_INTERVAL, metrics.issuer.clone());
         reviewer = Arc::new(LocallyVerified::new(keys, reviewer));
     }
-    let exchange = Exchange::bind(config, reviewer, objects, associations, iam, eks, metrics).await?;
+    let exchange = Exchange::bind(config, reviewer, cluster, associations, iam, eks, metrics).await?;
     exchange.run(http::termination()).await;
     Ok(())
 }
@@ -269,12 +269,13 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// `cluster` is the client of the API server that stores the associations the association
-    /// API serves (calls through it must end in time: `cluster::request_client`).
+    /// `cluster` is the API server that stores the associations the association API serves
+    /// (calls to it must end in time: `cluster::bounded`); the exchange reads them with its
+    /// credentials, and writes them with each caller's own.
     pub async fn bind(
         config: ExchangeConfig,
         reviewer: Arc<dyn TokenReviewer>,
-        cluster: kube::Client,
+        cluster: kube::Config,
         associations: Reader,
         iam: Option<Iam>,
         eks: Option<Eks>,
@@ -294,11 +295,13 @@ impl Exchange {
         if let Some(cert) = &cert {
             readiness = readiness.require(cert.valid_now(), "the serving certificate has expired");
         }
+        let client = kube::Client::try_from(cluster.clone()).map_err(crate::cluster::ClusterError::from)?;
         let api = Arc::new(associations::ApiState {
             project_id: config.project_id.clone(),
             cluster_id: config.cluster_id.clone(),
             reviewer: reviewer.clone(),
-            objects: kube::Api::all(cluster.clone()),
+            objects: kube::Api::all(client.clone()),
+            as_callers: cluster,
             callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
             reviews_per_client: KeyedBuckets::new(
                 associations::REVIEWS_PER_CLIENT.0,
@@ -319,7 +322,7 @@ impl Exchange {
             callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
             agent_pods: config
                 .agent_daemonset
-                .map(|(namespace, name)| assume::AgentPods::new(cluster.clone(), namespace, name)),
+                .map(|(namespace, name)| assume::AgentPods::new(client.clone(), namespace, name)),
             agent_pod_checks: Recent::new(config.cache_ttl, RECENT_CAPACITY),
             issued: Recent::new(config.cache_ttl, RECENT_CAPACITY),
             refusals: SampledLog::new(Duration::from_secs(60), REFUSALS_LOGGED_PER_MINUTE),

@@ -1,14 +1,12 @@
-//! Verifying tokens with the Kubernetes TokenReview API and asking SubjectAccessReview what
-//! their holder may do, within a deadline; and what a review says about the token's holder.
+//! Verifying tokens with the Kubernetes TokenReview API, within a deadline; and what a review
+//! says about the token's holder.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::{Api, PostParams};
 
 use crate::cluster::{self, ClusterError};
@@ -23,51 +21,14 @@ pub enum ReviewError {
     Timeout { what: &'static str, deadline: Duration },
 }
 
-/// Verifies tokens for an audience (`None`: the API server's own, as for `kubectl`), and asks
-/// whether their holder may act on `podidentityassociations.podidentity.io` or pass an agency.
-/// Every review the exchange makes goes through this trait.
+/// Verifies tokens for an audience (`None`: the API server's own, as for `kubectl`). Every
+/// review the exchange makes goes through this trait.
 pub trait TokenReviewer: Send + Sync {
     fn review<'a>(
         &'a self,
         token: &'a str,
         audience: Option<&'a str>,
     ) -> BoxFuture<'a, Result<TokenReview, ReviewError>>;
-
-    /// Whether cluster RBAC lets `holder` do `access` (SubjectAccessReview).
-    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>>;
-}
-
-/// What a SubjectAccessReview asks: `verb` on `resource` of group `podidentity.io`, in
-/// `namespace` and on the object `name` when given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Access {
-    pub verb: String,
-    pub resource: &'static str,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-}
-
-impl Access {
-    /// `verb` on the (cluster-scoped) associations.
-    pub fn associations(verb: &str) -> Self {
-        Access {
-            verb: verb.to_owned(),
-            resource: ASSOCIATIONS_RESOURCE,
-            namespace: None,
-            name: None,
-        }
-    }
-
-    /// `pass` of agency `agency` in `namespace`: what granting it to a service account there
-    /// needs (the `pod-identity-pass` admission policy asks the same of every writer).
-    pub fn pass_agency(namespace: &str, agency: &str) -> Self {
-        Access {
-            verb: PASS.to_owned(),
-            resource: AGENCIES_RESOURCE,
-            namespace: Some(namespace.to_owned()),
-            name: Some(agency.to_owned()),
-        }
-    }
 }
 
 /// TokenReview through the Kubernetes API: every review ends within `deadline`, with at most
@@ -149,10 +110,6 @@ impl TokenReviewer for LocallyVerified {
             }
         })
     }
-
-    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>> {
-        self.inner.may(holder, access)
-    }
 }
 
 /// Worth one more try: the API server said it is overloaded or unavailable, or was not reached.
@@ -183,45 +140,7 @@ impl TokenReviewer for KubeReviewer {
             self.within("TokenReview", || api.create(&params, &review)).await
         })
     }
-
-    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>> {
-        Box::pin(async move {
-            let review = SubjectAccessReview {
-                spec: SubjectAccessReviewSpec {
-                    user: Some(holder.username.clone()),
-                    uid: holder.uid.clone(),
-                    groups: Some(holder.groups.clone()),
-                    extra: Some(holder.extra.clone()),
-                    resource_attributes: Some(ResourceAttributes {
-                        group: Some(ASSOCIATIONS_GROUP.to_owned()),
-                        resource: Some(access.resource.to_owned()),
-                        verb: Some(access.verb.clone()),
-                        namespace: access.namespace.clone(),
-                        name: access.name.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let api = Api::<SubjectAccessReview>::all(self.client.clone());
-            let params = PostParams::default();
-            let answer = self
-                .within("SubjectAccessReview", || api.create(&params, &review))
-                .await?;
-            Ok(answer.status.is_some_and(|s| s.allowed))
-        })
-    }
 }
-
-/// The resource the association API's callers are authorised for, as RBAC names it.
-pub(crate) const ASSOCIATIONS_GROUP: &str = "podidentity.io";
-pub(crate) const ASSOCIATIONS_RESOURCE: &str = "podidentityassociations";
-/// The resource and verb of granting an agency: `pass` on `agencies.podidentity.io` named for
-/// the agency, in the namespace it is granted to (`roles` for IAM roles, which this API does
-/// not write).
-pub(crate) const AGENCIES_RESOURCE: &str = "agencies";
-pub(crate) const PASS: &str = "pass";
 
 /// The `user.extra` key naming the pod a projected token is bound to.
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
@@ -236,10 +155,6 @@ const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 pub struct Holder {
     /// `system:serviceaccount:<namespace>:<name>` for a service account.
     pub(crate) username: String,
-    /// What SubjectAccessReview needs besides the name: the user's uid, groups and extra.
-    pub(crate) uid: Option<String>,
-    pub(crate) groups: Vec<String>,
-    pub(crate) extra: BTreeMap<String, Vec<String>>,
     pub(crate) pod: Option<String>,
     pub(crate) pod_uid: Option<String>,
     pub(crate) node: Option<String>,
@@ -280,9 +195,6 @@ pub(crate) fn holder(review: TokenReview, audience: Option<&str>) -> Result<Hold
         pod_uid: first(POD_UID),
         node: first(NODE_NAME),
         username: user.username.unwrap_or_default(),
-        uid: user.uid,
-        groups: user.groups.unwrap_or_default(),
-        extra,
     })
 }
 

@@ -4,38 +4,12 @@
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use k8s_openapi::api::authentication::v1::TokenReview;
-use pod_identity_webhook::exchange::review::{Access, Holder, KubeReviewer, ReviewError, TokenReviewer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::agents::*;
 use crate::common::standin::StandIn;
 use crate::common::unsigned_on;
-
-const ADMIN: &str = "system:serviceaccount:platform:admin";
-/// The stand-in's reviews, but `pass` of an agency: the stand-in's RBAC table covers the
-/// associations only, so the admin may pass every agency and nobody else any (the pass check on
-/// real RBAC is `real::pass_check`'s).
-struct AdminPasses(KubeReviewer);
-
-impl TokenReviewer for AdminPasses {
-    fn review<'a>(
-        &'a self,
-        token: &'a str,
-        audience: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<TokenReview, ReviewError>> {
-        self.0.review(token, audience)
-    }
-
-    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>> {
-        if access.verb == "pass" {
-            return Box::pin(async move { Ok(holder.username() == ADMIN) });
-        }
-        self.0.may(holder, access)
-    }
-}
 
 struct Api {
     standin: StandIn,
@@ -46,10 +20,9 @@ struct Api {
 impl Api {
     async fn start() -> Self {
         let standin = StandIn::start(false).await;
-        standin.grant(ADMIN, &["create", "update"]);
         let dir = tempfile::tempdir().unwrap();
         // IAM is never called by this API.
-        let reviewer = Arc::new(AdminPasses(kube_reviewer(&standin)));
+        let reviewer = Arc::new(kube_reviewer(&standin));
         let exchange = start_exchange_reviewed(&standin, "http://127.0.0.1:9", dir.path(), reviewer).await;
         Api {
             standin,

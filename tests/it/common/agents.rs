@@ -13,7 +13,7 @@ use pod_identity_webhook::agent::{Agent, AgentConfig};
 use pod_identity_webhook::exchange::eks::Eks;
 use pod_identity_webhook::exchange::iam::{Domain, Iam};
 use pod_identity_webhook::exchange::metrics::ExchangeMetrics;
-use pod_identity_webhook::exchange::review::{Access, Holder, KubeReviewer, ReviewError, TokenReviewer};
+use pod_identity_webhook::exchange::review::{KubeReviewer, ReviewError, TokenReviewer};
 use pod_identity_webhook::exchange::sts::Sts;
 use pod_identity_webhook::exchange::{Exchange, ExchangeConfig};
 use pod_identity_webhook::profile::Provider;
@@ -180,10 +180,6 @@ impl TokenReviewer for Counted {
             .or_default() += 1;
         self.inner.review(token, audience)
     }
-
-    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>> {
-        self.inner.may(holder, access)
-    }
 }
 
 impl RunningExchange {
@@ -271,7 +267,7 @@ pub async fn start_exchange_reviewed(
     exchange_reviewed(api, iam_url, auth, fixture_store(), |_| {}, reviewer).await
 }
 
-/// TokenReview and SubjectAccessReview at `api`, with a 1 s deadline.
+/// TokenReview at `api`, with a 1 s deadline.
 pub fn kube_reviewer(api: &impl KubeApi) -> KubeReviewer {
     KubeReviewer::new(api.kube_config(), Duration::from_secs(1)).unwrap()
 }
@@ -330,7 +326,7 @@ async fn bind_and_run(
     let exchange = Exchange::bind(
         config,
         reviewer,
-        kube::Client::try_from(api.kube_config()).unwrap(),
+        api.kube_config(),
         associations,
         iam,
         eks,

@@ -139,17 +139,12 @@ pub fn check_webhook_contract(hook: &Value, system_ns: &str) {
 }
 
 /// The only rules any role may grant: the webhook reads associations; the agent reads them and
-/// lists and watches pods (its node's); the exchange reviews tokens, asks SubjectAccessReviews
-/// and reads and writes associations (the association API, for callers the API server
-/// authorised), and gets the agents' pods (in their namespace only) to accept only the agent
-/// DaemonSet's running pods as callers. Anything else (another role, a wildcard, another write) is a finding.
+/// lists and watches pods (its node's); the exchange reviews tokens and reads associations (it
+/// writes none: the association API writes with its callers' tokens), and gets the agents' pods
+/// (in their namespace only) to accept only the agent DaemonSet's running pods as callers. Anything else (another role, a wildcard, another write) is a finding.
 pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
     let read = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]});
     let review = serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]});
-    let read_write = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch", "create", "update", "delete"]});
-    let pass =
-        serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["agencies"], "verbs": ["pass"]});
-    let access = serde_json::json!({"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]});
     let pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
     let get_pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]});
     let namespaces = serde_json::json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]});
@@ -171,7 +166,7 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
                 serde_json::json!([read, pods, namespaces, events, configuration])
             }
             ("Role", "pod-identity-webhook") => serde_json::json!([lease_create, lease_use]),
-            ("ClusterRole", "pod-identity-exchange") => serde_json::json!([review, read_write, pass, access]),
+            ("ClusterRole", "pod-identity-exchange") => serde_json::json!([review, read]),
             ("Role", "pod-identity-exchange") if d["metadata"]["namespace"] == "pod-identity-agent" => {
                 serde_json::json!([get_pods])
             }

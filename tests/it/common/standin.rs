@@ -57,8 +57,6 @@ struct Inner {
     reviews_for: HashMap<String, u64>,
     /// Open connections, cut when the stand-in goes down.
     conns: Vec<tokio::task::AbortHandle>,
-    /// Verbs on podidentityassociations.podidentity.io, by username (RBAC).
-    rbac: HashMap<String, Vec<String>>,
     /// Replaces still to be preceded by another writer's change (so they conflict).
     interfere: u32,
     created: u64,
@@ -84,10 +82,6 @@ impl StandIn {
             .route(
                 &format!("{PATH}/{{name}}"),
                 get(get_one).put(replace).delete(delete_one),
-            )
-            .route(
-                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-                axum::routing::post(access_review),
             )
             .route(
                 "/apis/authentication.k8s.io/v1/tokenreviews",
@@ -164,13 +158,6 @@ impl StandIn {
             .get(audience)
             .copied()
             .unwrap_or(0)
-    }
-
-    /// Lets `user` perform `verbs` on the associations (RBAC).
-    pub fn grant(&self, user: &str, verbs: &[&str]) {
-        let mut g = self.inner.lock().unwrap();
-        let granted = g.rbac.entry(user.to_owned()).or_default();
-        granted.extend(verbs.iter().map(|v| v.to_string()));
     }
 
     /// The next `n` replaces each find the object changed by another writer just before (a
@@ -439,26 +426,6 @@ async fn delete_one(State(s): State<StandIn>, Path(name): Path<String>, body: By
     let done = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
         "details": {"name": name, "group": "podidentity.io", "kind": "podidentityassociations"}});
     object_answer(StatusCode::OK, &done)
-}
-
-/// SubjectAccessReview from the RBAC table, for the associations only (anything else is denied).
-async fn access_review(State(s): State<StandIn>, body: Bytes) -> Response {
-    let review: Value = serde_json::from_slice(&body).unwrap();
-    let spec = &review["spec"];
-    let attrs = &spec["resourceAttributes"];
-    let allowed = {
-        let g = s.inner.lock().unwrap();
-        let verb = attrs["verb"].as_str().unwrap_or("");
-        attrs["group"] == "podidentity.io"
-            && attrs["resource"] == "podidentityassociations"
-            && spec["user"]
-                .as_str()
-                .and_then(|u| g.rbac.get(u))
-                .is_some_and(|verbs| verbs.iter().any(|v| v == verb || v == "*"))
-    };
-    let out = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {},
-        "spec": spec, "status": {"allowed": allowed}});
-    object_answer(StatusCode::CREATED, &out)
 }
 
 pub fn association(ns: &str, sa: &str, agency: &str) -> Value {

@@ -12,9 +12,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::TokenReview;
 use pod_identity_webhook::agent::metrics::Refusal;
 use pod_identity_webhook::exchange::metrics::ExchangeMetrics;
-use pod_identity_webhook::exchange::review::{
-    Access, Holder, KubeReviewer, LocallyVerified, ReviewError, TokenReviewer,
-};
+use pod_identity_webhook::exchange::review::{KubeReviewer, LocallyVerified, ReviewError, TokenReviewer};
 use pod_identity_webhook::exchange::{Exchange, ExchangeConfig};
 use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::{IssuerKeys, IssuerMetrics, Unverified, Verdict};
@@ -117,10 +115,6 @@ impl TokenReviewer for Counting {
     ) -> BoxFuture<'a, Result<TokenReview, ReviewError>> {
         self.reviews.fetch_add(1, Ordering::Relaxed);
         self.inner.review(token, audience)
-    }
-
-    fn may<'a>(&'a self, holder: &'a Holder, access: &'a Access) -> BoxFuture<'a, Result<bool, ReviewError>> {
-        self.inner.may(holder, access)
     }
 }
 
@@ -237,7 +231,7 @@ async fn counted_exchange(
     let exchange = Exchange::bind(
         ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), PROJECT, CLUSTER),
         reviewer,
-        api.client(),
+        api.config(),
         fixture_store(),
         Some(iam_client),
         None,

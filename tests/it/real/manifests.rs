@@ -538,27 +538,13 @@ fn programs() -> Vec<Program> {
         ("list", "", "pods", None, None),
         ("watch", "", "pods", None, None),
     ]);
-    // The exchange (src/exchange/review.rs, associations.rs): TokenReviews, SubjectAccessReviews,
-    // the association API's reads and writes.
-    let mut exchange: Vec<Call> = vec![
-        ("create", "authentication.k8s.io", "tokenreviews", None, None),
-        (
-            "create",
-            "authorization.k8s.io",
-            "subjectaccessreviews",
-            None,
-            None,
-        ),
-    ];
-    exchange.extend(
-        ["get", "list", "watch", "create", "update", "delete"]
-            .into_iter()
-            .map(|v| (v, "podidentity.io", pia, None, None)),
-    );
-    // ... the agents' pods (src/exchange/assume.rs, AgentPods), in their namespace only, and
-    // `pass` on the agencies the association API writes for its callers (who must hold it too).
+    // The exchange (src/exchange/review.rs, associations.rs): TokenReviews, the associations'
+    // watch and the association API's reads (which object an id names; its writes are made with
+    // the caller's token) ...
+    let mut exchange: Vec<Call> = vec![("create", "authentication.k8s.io", "tokenreviews", None, None)];
+    exchange.extend(read_associations.iter().cloned());
+    // ... and the agents' pods (src/exchange/assume.rs, AgentPods), in their namespace only.
     exchange.push(("get", "", "pods", Some(AGENT), None));
-    exchange.push(("pass", "podidentity.io", "agencies", None, None));
     let never: Vec<Call> = vec![
         ("get", "", "secrets", Some(SYSTEM), None),
         ("list", "", "secrets", None, None),
@@ -624,8 +610,22 @@ fn programs() -> Vec<Program> {
             with(vec![
                 ("list", "", "pods", None, None),
                 ("get", "", "pods", Some(OTHER), None),
+                // It lends no write of its own: the association API writes as its callers.
+                ("create", "podidentity.io", pia, None, None),
+                ("update", "podidentity.io", pia, None, None),
+                ("delete", "podidentity.io", pia, None, None),
                 ("patch", "podidentity.io", pia, None, None),
                 ("deletecollection", "podidentity.io", pia, None, None),
+                ("pass", "podidentity.io", "agencies", Some(OTHER), Some("any")),
+                ("pass", "podidentity.io", "roles", Some(OTHER), Some("any")),
+                (
+                    "create",
+                    "authorization.k8s.io",
+                    "subjectaccessreviews",
+                    None,
+                    None,
+                ),
+                ("impersonate", "", "users", None, None),
             ]),
         ),
     ]

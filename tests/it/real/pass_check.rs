@@ -1,10 +1,11 @@
 //! Who may grant which agency or role, decided on a real API server with real RBAC: the shipped
 //! `pod-identity-pass` ValidatingAdmissionPolicy (manifests/base/pass-policy.yaml) holds every
 //! writer of an association to `pass` on `agencies` (or `roles`) named for what it grants, in
-//! the namespace it grants it to; the association API holds its callers to the same rule with a
-//! SubjectAccessReview before it writes, and writes as the exchange's service account with the
-//! shipped ClusterRole. The policy acts on every association write of its cluster, so these
-//! tests share an API server of their own, not the shared one.
+//! the namespace it grants it to; the association API writes with its caller's own token, so the
+//! same policy (and RBAC, and the audit log) sees the caller, while the exchange runs as its
+//! service account with the shipped, read-only ClusterRole. The policy acts on every
+//! association write of its cluster, so these tests share an API server of their own, not the
+//! shared one.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -447,7 +448,7 @@ async fn the_association_api_holds_its_callers_to_the_pass_rule() {
     assert_api_refused_pass(&repoint, &deployer_name, "other", &a);
     assert_eq!(spec_field(api, &format!("{a}.app"), "agencyName"), "a-reader");
     // One the admin granted with an agency the deployer may not pass: an update keeping it is
-    // no new grant, and goes through (the exchange's own write passes the policy).
+    // no new grant, and goes through (the deployer's own write, which the policy judges).
     api.apply(&association(&a, "legacy", "agencyName: legacy-agency"));
     let (_, list) = call(&url, &deployer, Method::GET, None).await;
     let legacy = list
@@ -505,48 +506,139 @@ async fn the_association_api_holds_its_callers_to_the_pass_rule() {
     );
 }
 
-/// Without the shipped ClusterRole's `pass` on agencies the exchange's own writes are refused by
-/// the policy, for every caller, the admin too: the API answers 500 with a code saying so, and
-/// nothing is written. (On an API server of its own: the exchange's ClusterRole is cluster-wide.)
+/// The association API's writes are the caller's: on an API server with its audit log on, the
+/// log names the caller (never the exchange) on each create the real `huaweicloudsdkcce` client
+/// asked for, the granted one and the two the pass policy refused, while the exchange runs with
+/// the shipped ClusterRole, which writes nothing. (An API server of its own: its audit flags.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exchange_without_pass_writes_nothing_for_anyone() {
-    let Some(api) = ApiServer::start_own("pass-exchange", &[]) else {
+async fn the_audit_log_names_the_caller_of_the_association_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, log) = (dir.path().join("audit-policy.yaml"), dir.path().join("audit.log"));
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: Metadata\n  resources:\n  - {group: podidentity.io, resources: [podidentityassociations]}\n\
+         - level: None\n",
+    )
+    .unwrap();
+    let flags = [
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", log.display()),
+    ];
+    let Some(api) = ApiServer::start_own("audit", &flags) else {
         return;
     };
     api.install_crd();
     api.apply(&rendered_policy(&api));
-    let without_pass = |rules: &mut Value| {
-        let all = rules.as_array_mut().unwrap();
-        let before = all.len();
-        all.retain(|r| r["verbs"] != json!(["pass"]));
-        assert_eq!(all.len(), before - 1, "the shipped ClusterRole passes agencies");
+    // The shipped ClusterRole, as it is: on the associations it reads, and it passes nothing.
+    let exchange_token = shipped_exchange_identity(&api, |rules| {
+        for rule in rules.as_array().unwrap() {
+            if rule["apiGroups"] == json!(["podidentity.io"]) {
+                assert_eq!(rule["resources"], json!(["podidentityassociations"]), "{rule}");
+                assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
+            }
+        }
+    })
+    .await;
+    let exchange = start_exchange(&Acting(&api, exchange_token), "http://127.0.0.1:9", dir.path()).await;
+    let (a, b) = (
+        api.namespace("audit-a", &[]).await,
+        api.namespace("audit-b", &[]).await,
+    );
+    let platform = api.namespace("platform", &[]).await;
+    api.service_account(&platform, "deployer").await;
+    let caller = format!("system:serviceaccount:{platform}:deployer");
+    api.apply(&writer_binding(
+        "audit-deployer",
+        "ServiceAccount",
+        &format!("{platform}/deployer"),
+    ));
+    api.apply(&pass_role(
+        &a,
+        "agencies",
+        &["a-reader"],
+        &format!("{{kind: ServiceAccount, namespace: {platform}, name: deployer}}"),
+    ));
+    let deployer = api.token(&platform, "deployer", None, API_AUDIENCE, 3600).await;
+    // Until the policy and the RBAC just applied are in force, a dry run through kubectl says so.
+    let probe = association(&b, "probe", "agencyName: a-reader");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, _, err) = api.kubectl_as(
+            &deployer,
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&probe),
+        );
+        if !ok && err.contains("pod-identity-pass") {
+            break;
+        }
+        assert!(Instant::now() < end, "the policy is not in force: {err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let input = json!({"endpoint": exchange.url, "project": PROJECT, "cluster": CLUSTER, "token": deployer,
+        "requests": [["other", a.clone(), "other"], ["elsewhere", b.clone(), "a-reader"], ["passable", a.clone(), "a-reader"]]})
+    .to_string();
+    let out = tokio::task::spawn_blocking(move || python::run(SDK_SCRIPT, &[("SDK_INPUT", &input)]))
+        .await
+        .unwrap();
+    let out: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        out["passable"],
+        json!(["CreatePodIdentityAssociationResponse", "a-reader"]),
+        "{out}"
+    );
+    for (key, ns, agency) in [("other", &a, "other"), ("elsewhere", &b, "a-reader")] {
+        let r = &out[key];
+        assert_eq!(
+            (&r[1], &r[2]),
+            (&json!(403), &json!("CCE.01403006")),
+            "{key}: {out}"
+        );
+        let lacks = format!("{caller} may not pass agencies.podidentity.io \"{agency}\" in namespace {ns}");
+        assert!(r[3].as_str().unwrap().contains(&lacks), "{key}: {out}");
+    }
+
+    // The audit log: each create, by name and answer, made by the caller.
+    let creates = |text: &str| -> Vec<(String, String, u64)> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "podidentityassociations")
+            .map(|e| {
+                (
+                    e["objectRef"]["name"].as_str().unwrap_or_default().to_owned(),
+                    e["user"]["username"].as_str().unwrap_or_default().to_owned(),
+                    e["responseStatus"]["code"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
     };
-    let token = shipped_exchange_identity(&api, without_pass).await;
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = start_exchange(&Acting(&api, token), "http://127.0.0.1:9", dir.path()).await;
-    let url = collection(&exchange);
-    let ns = api.namespace("nopass", &[]).await;
-    let body = json!({"namespace": ns, "serviceAccount": "app", "agencyName": "a", "tags": []});
-    // Until the policy is loaded the write goes through, and until the RBAC is in force the
-    // exchange cannot review (503): ask again, each time for a fresh service account.
-    let started = Instant::now();
-    let got = loop {
-        let sa = format!("app-{:04x}", fastrand::u16(..));
-        let mut body = body.clone();
-        body["serviceAccount"] = json!(sa);
-        let got = call(&url, "admin-token", Method::POST, Some(body)).await;
-        if ![201, 503].contains(&got.0) || started.elapsed() > Duration::from_secs(30) {
-            break (got, sa);
+    let wanted = [
+        (format!("{a}.sdk"), 403),
+        (format!("{b}.sdk"), 403),
+        (format!("{a}.sdk"), 201),
+    ];
+    let end = Instant::now() + Duration::from_secs(10);
+    let logged = loop {
+        let logged = creates(&std::fs::read_to_string(&log).unwrap_or_default());
+        let found = wanted
+            .iter()
+            .all(|(name, code)| logged.iter().any(|(n, _, c)| n == name && c == code));
+        if found || Instant::now() > end {
+            break logged;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let ((status, answer), sa) = got;
-    assert_eq!(status, 500, "{answer}");
-    assert_eq!(answer["error_code"], "CCE.01500002", "{answer}");
-    assert!(
-        answer["error_msg"].as_str().unwrap().contains("pass on agencies"),
-        "{answer}"
-    );
-    let (ok, _, err) = api.kubectl(&["get", "pia", &format!("{ns}.{sa}")], None);
+    for (name, code) in &wanted {
+        assert!(
+            logged
+                .iter()
+                .any(|(n, u, c)| n == name && u == &caller && c == code),
+            "no create of {name} by {caller} answered {code} in the audit log: {logged:?}"
+        );
+    }
+    let exchange_user = "system:serviceaccount:pod-identity-system:pod-identity-exchange";
+    assert!(logged.iter().all(|(_, u, _)| u != exchange_user), "{logged:?}");
+    let (ok, _, err) = api.kubectl(&["get", "pia", &format!("{b}.sdk")], None);
     assert!(!ok && err.contains("NotFound"), "{err}");
 }
