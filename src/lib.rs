@@ -19,6 +19,7 @@ pub(crate) mod cloud;
 pub(crate) mod cluster;
 pub mod error;
 pub mod exchange;
+pub(crate) mod expiring;
 pub(crate) mod http;
 pub(crate) mod issuer;
 pub(crate) mod metrics;

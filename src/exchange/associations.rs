@@ -25,7 +25,6 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::core::{ObjectMeta, ResourceExt};
 
-use super::recent::Recent;
 use super::refusal::error_response;
 use super::review::{self, Holder, TokenReviewer};
 use crate::association::crd::{
@@ -34,6 +33,7 @@ use crate::association::crd::{
 use crate::association::{Association, AssociationSpec};
 use crate::budget::{KeyedBuckets, TokenHash};
 use crate::cloud::seed001::{CreateAssociation, UpdateAssociation};
+use crate::expiring::Expiring;
 use crate::{cluster, http};
 
 pub(super) struct ApiState {
@@ -45,7 +45,7 @@ pub(super) struct ApiState {
     /// The API server, bounded, without credentials: each call goes with its caller's token.
     pub(super) as_callers: kube::Config,
     /// What TokenReview said of a token lately (its user, or why not), by the token's hash.
-    pub(super) callers: Recent<Result<Holder, String>>,
+    pub(super) callers: Expiring<Result<Holder, String>>,
     /// TokenReviews a client address may cause: a new token is a review, a known one is not.
     pub(super) reviews_per_client: KeyedBuckets<IpAddr>,
 }

@@ -15,13 +15,13 @@ use axum::response::Response;
 
 use super::iam::{self, Iam};
 use super::metrics::{ExchangeMetrics, Token};
-use super::recent::Recent;
 use super::refusal::{Reason, Refusal, SampledLog, Seen, error_response};
 use super::review::{self, Holder, TokenReviewer};
 use crate::association::{Association, Reader};
 use crate::budget::{KeyedBuckets, TokenHash};
 use crate::cloud::seed000::{AssumeAgencyRequest, AssumedAgency, Subject};
 use crate::cloud::{Credentials, UpstreamError};
+use crate::expiring::Expiring;
 use crate::http;
 use crate::profile::{CCE, Provider};
 
@@ -43,13 +43,13 @@ pub(super) struct ExchangeState {
     pub(super) budgets: KeyedBuckets<(String, String)>,
     /// Callers' tokens and what their review said (refusals too, so a replayed bad token
     /// costs one review per TTL).
-    pub(super) callers: Recent<Result<Holder, String>>,
+    pub(super) callers: Expiring<Result<Holder, String>>,
     /// The agents' DaemonSet, whose running pods alone may call.
     pub(super) agent_pods: Option<AgentPods>,
     /// What the DaemonSet check said of a caller's token lately.
-    pub(super) agent_pod_checks: Recent<Result<(), String>>,
+    pub(super) agent_pod_checks: Expiring<Result<(), String>>,
     /// Answers issued for pod tokens.
-    pub(super) issued: Recent<Issued>,
+    pub(super) issued: Expiring<Issued>,
     pub(super) refusals: SampledLog,
 }
 

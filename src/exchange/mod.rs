@@ -13,7 +13,6 @@ mod assume;
 pub mod eks;
 pub mod iam;
 pub mod metrics;
-mod recent;
 mod refusal;
 pub mod review;
 pub mod sts;
@@ -34,6 +33,7 @@ use crate::cli::{ArgError, ExchangeArgs, seconds};
 use crate::cloud::{seed000, seed001};
 use crate::cluster;
 use crate::error::StartError;
+use crate::expiring::Expiring;
 use crate::http::health::{self, Readiness};
 use crate::http::tls::ReloadingCert;
 use crate::http::{self, Limits, Listener};
@@ -41,7 +41,6 @@ use crate::issuer::{IssuerKeys, KEY_READ_INTERVAL};
 use eks::Eks;
 use iam::{Domain, Iam};
 use metrics::ExchangeMetrics;
-use recent::Recent;
 use refusal::SampledLog;
 use review::{KubeReviewer, LocallyVerified, TokenReviewer};
 use sts::Sts;
@@ -302,7 +301,7 @@ impl Exchange {
             reviewer: reviewer.clone(),
             objects: kube::Api::all(client.clone()),
             as_callers: cluster,
-            callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
+            callers: Expiring::new(config.cache_ttl, RECENT_CAPACITY),
             reviews_per_client: KeyedBuckets::new(
                 associations::REVIEWS_PER_CLIENT.0,
                 associations::REVIEWS_PER_CLIENT.1,
@@ -319,12 +318,12 @@ impl Exchange {
             eks,
             metrics,
             budgets: KeyedBuckets::new(config.rate_per_service_account, config.burst_per_service_account),
-            callers: Recent::new(config.cache_ttl, RECENT_CAPACITY),
+            callers: Expiring::new(config.cache_ttl, RECENT_CAPACITY),
             agent_pods: config
                 .agent_daemonset
                 .map(|(namespace, name)| assume::AgentPods::new(client.clone(), namespace, name)),
-            agent_pod_checks: Recent::new(config.cache_ttl, RECENT_CAPACITY),
-            issued: Recent::new(config.cache_ttl, RECENT_CAPACITY),
+            agent_pod_checks: Expiring::new(config.cache_ttl, RECENT_CAPACITY),
+            issued: Expiring::new(config.cache_ttl, RECENT_CAPACITY),
             refusals: SampledLog::new(Duration::from_secs(60), REFUSALS_LOGGED_PER_MINUTE),
         });
         Ok(Exchange {

@@ -156,7 +156,7 @@ async fn silent_connections_from_one_address_starve_no_other_client() {
     let url = |p: &str| format!("https://localhost:{port}{p}");
     let ca = ready(&certs, &url("/readyz")).await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    flood(
+    let refused = flood(
         "webhook",
         addr,
         Some(&ca),
@@ -180,7 +180,9 @@ async fn silent_connections_from_one_address_starve_no_other_client() {
             .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
     };
     assert!(counter("podidentity_http_silent_connections_closed_total") >= 3 * 32);
-    assert!(counter("podidentity_http_connections_refused_total{reason=\"per_client\"}") >= 3 * (1100 - 64));
+    // The server counts at least what the client saw cut (a handshake the server finished is
+    // never counted as cut: the client waits long for it).
+    assert!(counter("podidentity_http_connections_refused_total{reason=\"per_client\"}") >= refused as u64);
 
     // The exchange over HTTPS, in process, with the same bounds.
     let iam = doubles::iam().await;
@@ -196,7 +198,7 @@ async fn silent_connections_from_one_address_starve_no_other_client() {
     let port = exchange.url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let healthz = format!("{}/healthz", exchange.url);
-    flood(
+    let refused = flood(
         "exchange",
         addr,
         Some(&exchange_ca),
@@ -205,7 +207,7 @@ async fn silent_connections_from_one_address_starve_no_other_client() {
         64,
     )
     .await;
-    assert!(exchange.metrics.serve.refused("client_connections") >= 3 * (1100 - 64));
+    assert!(exchange.metrics.serve.refused("client_connections") >= refused as u64);
 
     // The agent's credential port (plain HTTP: pods connect to a link-local address).
     let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |c| {
@@ -225,5 +227,6 @@ async fn silent_connections_from_one_address_starve_no_other_client() {
         .local_address(Some([127, 0, 0, 2].into()))
         .build()
         .unwrap();
-    flood("agent", addr, None, &plain, &agent.url, 32).await;
+    let refused = flood("agent", addr, None, &plain, &agent.url, 32).await;
+    assert!(agent.metrics.serve.refused("client_connections") >= refused as u64);
 }
