@@ -85,12 +85,57 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Generate a CA and a serving certificate for the webhook and print the caBundle.
     Certs(CertsArgs),
-    /// Print the PodIdentityAssociation CustomResourceDefinition (YAML).
+    /// Print the PodIdentityAssociation CustomResourceDefinitions (YAML): the namespaced one,
+    /// and the cluster-scoped one still read for a release.
     Crd,
+    /// Convert the cluster-scoped associations (podidentity.io/v1alpha1) into namespaced ones
+    /// (iam.podidentity.io/v1beta1), using the kubeconfig or the in-cluster configuration.
+    /// Exit status: 0 done (or nothing to do), 1 an association was left with a problem, 2 error.
+    MigrateAssociations(MigrateArgs),
     /// Run the node-local credential agent the injected env vars point at (HTTP).
     Agent(AgentArgs),
     /// Run the cluster-side assume-agency-for-pod-identity API (TokenReview + IAM).
     Exchange(ExchangeArgs),
+}
+
+/// `migrate-associations`.
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// Say what would be done; write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Delete each old object once its namespaced twin exists and is equal.
+    #[arg(long)]
+    pub(crate) delete_old: bool,
+}
+
+impl MigrateArgs {
+    /// Runs the migration and prints one line per old object and a summary; the exit status.
+    pub fn run(&self) -> u8 {
+        let m = crate::association::migrate::Migration {
+            dry_run: self.dry_run,
+            delete_old: self.delete_old,
+        };
+        let ran = tokio::runtime::Runtime::new()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(crate::association::migrate::run(m))
+                    .map_err(|e| e.to_string())
+            });
+        match ran {
+            Ok(report) => {
+                for line in &report.lines {
+                    println!("{line}");
+                }
+                println!("{}", report.summary(self.dry_run));
+                u8::from(report.problems > 0)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        }
+    }
 }
 
 /// Where associations come from, for commands that read them.

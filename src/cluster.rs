@@ -51,3 +51,10 @@ pub(crate) fn as_holder_of(config: &kube::Config, token: &str) -> Result<kube::C
     };
     Ok(kube::Client::try_from(config)?)
 }
+
+/// Whether the API server answered 404: for a list, the resource's CRD is not installed. Its
+/// body is then plain text ("404 page not found"), which kube's `is_not_found` does not take
+/// for a NotFound `Status`.
+pub(crate) fn is_absent(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}

@@ -36,7 +36,9 @@ pub fn crd_yaml() -> String {
 /// What the integration tests, benchmarks and fuzz targets reach into. Not an API.
 #[doc(hidden)]
 pub mod testing {
-    pub use crate::association::crd::{PodIdentityAssociation, PodIdentityAssociationSpec, to_association};
+    pub use crate::association::crd::{
+        PodIdentityAssociation, PodIdentityAssociationSpec, legacy, to_association,
+    };
     pub use crate::association::file::{self, FileError};
     pub use crate::association::source::AssociationSource;
     pub use crate::association::{Association, AssociationSpec, Index, Reader, Writer, crd, store};

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Certs(args) => certs::command(args).map_err(Into::into),
+        Command::MigrateAssociations(args) => return ExitCode::from(args.run()),
         Command::Crd => {
             print!("{}", pod_identity_webhook::crd_yaml());
             Ok(())

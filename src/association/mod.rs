@@ -6,6 +6,7 @@ pub mod crd;
 pub mod file;
 mod index;
 pub(crate) mod kubernetes;
+pub(crate) mod migrate;
 pub(crate) mod source;
 
 use std::fmt;

@@ -9,6 +9,10 @@
 //!
 //! Reads go to the API server rather than the watch-fed index: the index keeps only what
 //! admission needs (no tags, no timestamps), and a caller reads its own writes.
+//!
+//! New associations are namespaced objects (`iam.podidentity.io`, in the service account's
+//! namespace, named after it); the cluster-scoped ones they replace are listed, shown, updated
+//! and deleted too, for the release that still reads them.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,7 +32,7 @@ use kube::core::{ObjectMeta, ResourceExt};
 use super::refusal::error_response;
 use super::review::{self, Holder, TokenReviewer};
 use crate::association::crd::{
-    CrdTag, MODIFIED_AT, PodIdentityAssociation, PodIdentityAssociationSpec, to_association,
+    CrdTag, MODIFIED_AT, PodIdentityAssociation, PodIdentityAssociationSpec, legacy, to_association,
 };
 use crate::association::{Association, AssociationSpec};
 use crate::budget::{KeyedBuckets, TokenHash};
@@ -41,7 +45,7 @@ pub(super) struct ApiState {
     pub(super) cluster_id: String,
     pub(super) reviewer: Arc<dyn TokenReviewer>,
     /// The exchange's own reads: which object an id (a uid) names.
-    pub(super) objects: Api<PodIdentityAssociation>,
+    pub(super) own: kube::Client,
     /// The API server, bounded, without credentials: each call goes with its caller's token.
     pub(super) as_callers: kube::Config,
     /// What TokenReview said of a token lately (its user, or why not), by the token's hash.
@@ -74,7 +78,7 @@ type Answer = Result<Response, Refused>;
 
 /// The resource the association API acts on, as RBAC and the API server name it.
 const PLURAL: &str = "podidentityassociations";
-const GROUP: &str = "podidentity.io";
+const GROUP: &str = "iam.podidentity.io";
 /// The admission policy that holds every writer to the pass rule (manifests/base/pass-policy.yaml).
 const PASS_POLICY: &str = "pod-identity-pass";
 
@@ -119,8 +123,18 @@ impl Caller {
         })
     }
 
-    /// The associations, as this caller.
+    /// The associations of every namespace, as this caller.
     fn objects(&self, s: &ApiState) -> Result<Api<PodIdentityAssociation>, Refused> {
+        Ok(Api::all(self.client(s)?))
+    }
+
+    /// The associations of `namespace`, as this caller.
+    fn objects_in(&self, s: &ApiState, namespace: &str) -> Result<Api<PodIdentityAssociation>, Refused> {
+        Ok(Api::namespaced(self.client(s)?, namespace))
+    }
+
+    /// The cluster-scoped associations, as this caller.
+    fn legacy(&self, s: &ApiState) -> Result<Api<legacy::PodIdentityAssociation>, Refused> {
         Ok(Api::all(self.client(s)?))
     }
 
@@ -309,15 +323,20 @@ impl ApiState {
         }
         .validate()
         .map_err(|e| refused(StatusCode::BAD_REQUEST, "CCE.01400003", e.to_string()))?;
-        let name = format!("{}.{}", valid.namespace, valid.service_account);
+        let (namespace, name) = (valid.namespace.clone(), valid.service_account.clone());
+        // One per service account: an old cluster-scoped association of it counts.
+        let old = Api::<legacy::PodIdentityAssociation>::all(self.own.clone());
+        if let Some(existing) = absent_is_none(old.get_opt(&format!("{namespace}.{name}")).await)? {
+            return Err(exists(&namespace, &name, &existing.uid().unwrap_or_default()));
+        }
         let obj = PodIdentityAssociation {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
                 annotations: Some(BTreeMap::from([(MODIFIED_AT.to_owned(), now())])),
                 ..ObjectMeta::default()
             },
             spec: PodIdentityAssociationSpec {
-                namespace: valid.namespace,
                 service_account: valid.service_account,
                 agency_name: valid.agency_name,
                 role_arn: None,
@@ -336,52 +355,72 @@ impl ApiState {
                 policy: None,
             },
         };
-        match caller.objects(self)?.create(&PostParams::default(), &obj).await {
+        match caller
+            .objects_in(self, &namespace)?
+            .create(&PostParams::default(), &obj)
+            .await
+        {
             Ok(created) => Ok(record(StatusCode::CREATED, &self.to_record(&created)?)),
             Err(kube::Error::Api(s)) if s.is_already_exists() => {
-                let existing = self.objects.get(&name).await.map_err(kube_failed)?;
-                Err(refused(
-                    StatusCode::CONFLICT,
-                    "CCE.01409001",
-                    format!(
-                        "{}/{} already has a pod identity association ({}); a service account has at most one",
-                        obj.spec.namespace,
-                        obj.spec.service_account,
-                        existing.uid().unwrap_or_default()
-                    ),
-                ))
+                let existing = Api::<PodIdentityAssociation>::namespaced(self.own.clone(), &namespace)
+                    .get(&name)
+                    .await
+                    .map_err(kube_failed)?;
+                Err(exists(&namespace, &name, &existing.uid().unwrap_or_default()))
             }
+            Err(kube::Error::Api(s)) if s.is_not_found() => Err(refused(
+                StatusCode::BAD_REQUEST,
+                "CCE.01400003",
+                format!("namespace {namespace} does not exist: create it and its service account first"),
+            )),
             Err(e) => Err(caller.refused("create", e)),
         }
     }
 
+    /// Every association the caller may list: the namespaced ones, and the old ones unless
+    /// their CRD is gone or the caller may not list them.
     async fn list(&self, caller: Caller) -> Answer {
         let all = caller
             .objects(self)?
             .list(&ListParams::default())
             .await
             .map_err(|e| caller.refused("list", e))?;
-        let records: Vec<Association> = all.items.iter().filter_map(|o| self.record_of(o)).collect();
+        let mut stored: Vec<Stored> = all.items.into_iter().map(Stored::Namespaced).collect();
+        match caller.legacy(self)?.list(&ListParams::default()).await {
+            Ok(old) => stored.extend(old.items.into_iter().map(Stored::Legacy)),
+            Err(e) if cluster::is_absent(&e) || matches!(&e, kube::Error::Api(s) if s.is_forbidden()) => {}
+            Err(e) => return Err(caller.refused("list", e)),
+        }
+        let records: Vec<Association> = stored.iter().filter_map(|o| self.record_of(o)).collect();
         Ok(record(StatusCode::OK, &records))
     }
 
     async fn show(&self, caller: Caller, id: &str) -> Answer {
-        let name = self.find(&caller, "get", id).await?.name_any();
-        let obj = match caller.objects(self)?.get(&name).await {
+        let found = self.find(&caller, "get", id).await?;
+        let read = match &found {
+            Stored::Namespaced(o) => caller
+                .objects_in(self, &o.namespace().unwrap_or_default())?
+                .get(&o.name_any())
+                .await
+                .map(Stored::Namespaced),
+            Stored::Legacy(o) => caller.legacy(self)?.get(&o.name_any()).await.map(Stored::Legacy),
+        };
+        let obj = match read {
             Ok(obj) if obj.uid().as_deref() == Some(id) => obj,
             Ok(_) => return Err(not_found(id)),
             Err(kube::Error::Api(s)) if s.is_not_found() => return Err(not_found(id)),
             Err(e) => return Err(caller.refused("get", e)),
         };
-        Ok(record(StatusCode::OK, &self.to_record(&obj)?))
+        Ok(record(StatusCode::OK, &self.to_record_of(&obj)?))
     }
 
     async fn update(&self, caller: Caller, id: &str, body: &[u8]) -> Answer {
         let req: UpdateAssociation = serde_json::from_slice(body).map_err(bad_body)?;
         let mut obj = self.find(&caller, "update", id).await?;
+        let current = self.to_record_of(&obj)?;
         for (field, given, current) in [
-            ("namespace", &req.namespace, &obj.spec.namespace),
-            ("serviceAccount", &req.service_account, &obj.spec.service_account),
+            ("namespace", &req.namespace, &current.namespace),
+            ("serviceAccount", &req.service_account, &current.service_account),
         ] {
             if given.as_ref().is_some_and(|g| g != current) {
                 return Err(refused(
@@ -394,18 +433,17 @@ impl ApiState {
         // One retry on a conflict, from a fresh read: a concurrent writer's change is never
         // overwritten, and a second conflict is the caller's to resolve. The write is the
         // caller's, so the pass policy judges it: only a new grant needs the agency's pass.
-        let objects = caller.objects(self)?;
+        let client = caller.client(self)?;
         for attempt in 0..2 {
-            let mut spec = obj.spec.clone();
+            let mut spec = obj.fields().clone();
             spec.agency_name = req.agency_name.clone();
             self.check(&obj, &spec)?;
-            obj.spec = spec;
+            *obj.fields_mut() = spec;
             obj.annotations_mut().insert(MODIFIED_AT.to_owned(), now());
-            let name = obj.name_any();
-            match objects.replace(&name, &PostParams::default(), &obj).await {
-                Ok(updated) => return Ok(record(StatusCode::OK, &self.to_record(&updated)?)),
+            match obj.replace(client.clone()).await {
+                Ok(updated) => return Ok(record(StatusCode::OK, &self.to_record_of(&updated)?)),
                 Err(kube::Error::Api(s)) if s.is_conflict() && attempt == 0 => {
-                    obj = match self.objects.get_opt(&name).await.map_err(kube_failed)? {
+                    obj = match obj.reread(self.own.clone()).await.map_err(kube_failed)? {
                         Some(fresh) if fresh.uid().as_deref() == Some(id) => fresh,
                         _ => return Err(not_found(id)),
                     };
@@ -422,12 +460,11 @@ impl ApiState {
         ))
     }
 
-    /// The seed 001 rules on the record `spec` would make (the one validation of every source).
-    fn check(&self, obj: &PodIdentityAssociation, spec: &PodIdentityAssociationSpec) -> Result<(), Refused> {
-        let candidate = PodIdentityAssociation {
-            metadata: obj.metadata.clone(),
-            spec: spec.clone(),
-        };
+    /// The association API's rules on the record `spec` would make (the one validation of
+    /// every source).
+    fn check(&self, obj: &Stored, spec: &PodIdentityAssociationSpec) -> Result<(), Refused> {
+        let mut candidate = obj.as_namespaced().map_err(|e| invalid_record(obj, e))?;
+        candidate.spec = spec.clone();
         to_association(&candidate, None)
             .map(drop)
             .map_err(|e| refused(StatusCode::BAD_REQUEST, "CCE.01400003", e.to_string()))
@@ -444,27 +481,36 @@ impl ApiState {
             }),
             ..DeleteParams::default()
         };
-        match caller.objects(self)?.delete(&obj.name_any(), &params).await {
-            Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        match obj.delete(caller.client(self)?, &params).await {
+            Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
             Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Err(not_found(id)),
             Err(e) => Err(caller.refused("delete", e)),
         }
     }
 
-    async fn all(&self) -> Result<Vec<PodIdentityAssociation>, Refused> {
-        Ok(self
-            .objects
+    /// Every association, of both kinds, as the exchange reads them.
+    async fn all(&self) -> Result<Vec<Stored>, Refused> {
+        let new = Api::<PodIdentityAssociation>::all(self.own.clone())
             .list(&ListParams::default())
             .await
-            .map_err(kube_failed)?
-            .items)
+            .map_err(kube_failed)?;
+        let mut all: Vec<Stored> = new.items.into_iter().map(Stored::Namespaced).collect();
+        let old = Api::<legacy::PodIdentityAssociation>::all(self.own.clone())
+            .list(&ListParams::default())
+            .await;
+        match old {
+            Ok(old) => all.extend(old.items.into_iter().map(Stored::Legacy)),
+            Err(e) if cluster::is_absent(&e) => {}
+            Err(e) => return Err(kube_failed(e)),
+        }
+        Ok(all)
     }
 
     /// The object whose uid is `id` (ids are uids, names are not, so this lists), read by the
     /// exchange itself: what the caller may do with it the API server decides on the call. That
     /// an id names nothing is told only to a caller who may `verb` associations at all, as the
     /// API server authorises before it looks (else the answer would tell what exists).
-    async fn find(&self, caller: &Caller, verb: &str, id: &str) -> Result<PodIdentityAssociation, Refused> {
+    async fn find(&self, caller: &Caller, verb: &str, id: &str) -> Result<Stored, Refused> {
         if let Some(obj) = self
             .all()
             .await?
@@ -480,20 +526,138 @@ impl ApiState {
     }
 
     fn to_record(&self, obj: &PodIdentityAssociation) -> Result<Association, Refused> {
-        to_association(obj, Some(&self.cluster_id)).map_err(|e| {
-            refused(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "CCE.01500001",
-                format!("association {} is not a valid record: {e}", obj.name_any()),
-            )
-        })
+        self.to_record_of(&Stored::Namespaced(obj.clone()))
+    }
+
+    fn to_record_of(&self, obj: &Stored) -> Result<Association, Refused> {
+        obj.as_namespaced()
+            .and_then(|o| to_association(&o, Some(&self.cluster_id)))
+            .map_err(|e| invalid_record(obj, e))
     }
 
     /// The record of a listed object; one that is not valid is logged and left out.
-    fn record_of(&self, obj: &PodIdentityAssociation) -> Option<Association> {
-        self.to_record(obj)
+    fn record_of(&self, obj: &Stored) -> Option<Association> {
+        self.to_record_of(obj)
             .inspect_err(|r| tracing::warn!(error = r.message, "association left out of the list"))
             .ok()
+    }
+}
+
+/// An association as stored: a namespaced object, or an old cluster-scoped one.
+#[derive(Clone)]
+enum Stored {
+    Namespaced(PodIdentityAssociation),
+    Legacy(legacy::PodIdentityAssociation),
+}
+
+impl Stored {
+    fn uid(&self) -> Option<String> {
+        match self {
+            Stored::Namespaced(o) => o.uid(),
+            Stored::Legacy(o) => o.uid(),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Stored::Namespaced(o) => o.name_any(),
+            Stored::Legacy(o) => o.name_any(),
+        }
+    }
+
+    fn fields(&self) -> &PodIdentityAssociationSpec {
+        match self {
+            Stored::Namespaced(o) => &o.spec,
+            Stored::Legacy(o) => &o.spec.fields,
+        }
+    }
+
+    fn fields_mut(&mut self) -> &mut PodIdentityAssociationSpec {
+        match self {
+            Stored::Namespaced(o) => &mut o.spec,
+            Stored::Legacy(o) => &mut o.spec.fields,
+        }
+    }
+
+    fn annotations_mut(&mut self) -> &mut BTreeMap<String, String> {
+        match self {
+            Stored::Namespaced(o) => o.annotations_mut(),
+            Stored::Legacy(o) => o.annotations_mut(),
+        }
+    }
+
+    /// The object as the namespaced kind (an old one as its twin, keeping its uid and times).
+    fn as_namespaced(&self) -> Result<PodIdentityAssociation, crate::association::Invalid> {
+        match self {
+            Stored::Namespaced(o) => Ok(o.clone()),
+            Stored::Legacy(o) => legacy::twin(o, true),
+        }
+    }
+
+    async fn replace(&self, client: kube::Client) -> Result<Stored, kube::Error> {
+        let (pp, name) = (PostParams::default(), self.name());
+        match self {
+            Stored::Namespaced(o) => {
+                let api = Api::namespaced(client, &o.namespace().unwrap_or_default());
+                api.replace(&name, &pp, o).await.map(Stored::Namespaced)
+            }
+            Stored::Legacy(o) => Api::all(client).replace(&name, &pp, o).await.map(Stored::Legacy),
+        }
+    }
+
+    async fn reread(&self, client: kube::Client) -> Result<Option<Stored>, kube::Error> {
+        let name = self.name();
+        match self {
+            Stored::Namespaced(o) => {
+                let api =
+                    Api::<PodIdentityAssociation>::namespaced(client, &o.namespace().unwrap_or_default());
+                Ok(api.get_opt(&name).await?.map(Stored::Namespaced))
+            }
+            Stored::Legacy(_) => Ok(Api::all(client).get_opt(&name).await?.map(Stored::Legacy)),
+        }
+    }
+
+    async fn delete(&self, client: kube::Client, params: &DeleteParams) -> Result<(), kube::Error> {
+        let name = self.name();
+        match self {
+            Stored::Namespaced(o) => {
+                let api =
+                    Api::<PodIdentityAssociation>::namespaced(client, &o.namespace().unwrap_or_default());
+                api.delete(&name, params).await.map(drop)
+            }
+            Stored::Legacy(_) => Api::<legacy::PodIdentityAssociation>::all(client)
+                .delete(&name, params)
+                .await
+                .map(drop),
+        }
+    }
+}
+
+fn invalid_record(obj: &Stored, e: crate::association::Invalid) -> Refused {
+    refused(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "CCE.01500001",
+        format!("association {} is not a valid record: {e}", obj.name()),
+    )
+}
+
+/// `namespace/name` has an association already (`uid`).
+fn exists(namespace: &str, name: &str, uid: &str) -> Refused {
+    refused(
+        StatusCode::CONFLICT,
+        "CCE.01409001",
+        format!(
+            "{namespace}/{name} already has a pod identity association ({uid}); a service account has at most one"
+        ),
+    )
+}
+
+/// A read of an old object: its CRD being gone means there is none.
+fn absent_is_none<T>(read: Result<Option<T>, kube::Error>) -> Result<Option<T>, Refused> {
+    match read {
+        Ok(found) => Ok(found),
+        Err(e) if cluster::is_absent(&e) => Ok(None),
+        Err(e) => Err(kube_failed(e)),
     }
 }
 

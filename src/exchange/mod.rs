@@ -299,7 +299,7 @@ impl Exchange {
             project_id: config.project_id.clone(),
             cluster_id: config.cluster_id.clone(),
             reviewer: reviewer.clone(),
-            objects: kube::Api::all(client.clone()),
+            own: client.clone(),
             as_callers: cluster,
             callers: Expiring::new(config.cache_ttl, RECENT_CAPACITY),
             reviews_per_client: KeyedBuckets::new(

@@ -265,12 +265,9 @@ mod live {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
     use k8s_openapi::api::core::v1::{Namespace, Pod};
     use kube::Api;
-    use kube::api::{DynamicObject, ListParams};
-    use kube::core::ApiResource;
     use serde_json::Value;
 
     use crate::association::Index;
-    use crate::association::crd::{PodIdentityAssociation, to_association};
     use crate::webhook::offline::OfflineError;
 
     fn failed(what: &str, e: impl std::fmt::Display) -> OfflineError {
@@ -309,18 +306,9 @@ mod live {
             }
             let index = match given {
                 Some(index) => index,
-                None => {
-                    let resource = ApiResource::erase::<PodIdentityAssociation>(&());
-                    let list = Api::<DynamicObject>::all_with(client, &resource)
-                        .list(&ListParams::default())
-                        .await
-                        .map_err(|e| failed("PodIdentityAssociations", e))?;
-                    let records = list.items.into_iter().filter_map(|o| {
-                        let pia = o.try_parse::<PodIdentityAssociation>().ok()?;
-                        to_association(&pia, None).ok()
-                    });
-                    Index::build(records).map_err(|e| failed("PodIdentityAssociations", e))?
-                }
+                None => crate::association::kubernetes::list_once(&client)
+                    .await
+                    .map_err(|e| failed("PodIdentityAssociations", e))?,
             };
             Ok((docs, index))
         })

@@ -76,7 +76,7 @@ async fn an_update_conflicting_once_is_retried_twice_is_409() {
     let other = json!({"key": "writer-2", "value": "other"});
     assert_eq!(body["tags"][1], other, "{body}");
     assert_eq!(
-        api.standin.object("pi-demo.app").unwrap()["spec"]["tags"][1],
+        api.standin.object("pi-demo/app").unwrap()["spec"]["tags"][1],
         other
     );
     api.standin.interfere(2);
@@ -91,7 +91,7 @@ async fn an_update_conflicting_once_is_retried_twice_is_409() {
     let msg = body["error_msg"].as_str().unwrap();
     assert!(msg.contains("changed concurrently"), "{msg}");
     assert_eq!(
-        api.standin.object("pi-demo.app").unwrap()["spec"]["agencyName"],
+        api.standin.object("pi-demo/app").unwrap()["spec"]["agencyName"],
         "agency-b"
     );
 }

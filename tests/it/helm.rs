@@ -527,7 +527,9 @@ fn differences(values: &Value, overlays: Vec<Value>) -> BTreeMap<String, String>
     let r = render(values);
     let mut chart_docs = r.docs;
     for c in &r.crds {
-        chart_docs.push(serde_yaml::from_str(c).unwrap());
+        for doc in serde_yaml::Deserializer::from_str(c) {
+            chart_docs.push(serde::Deserialize::deserialize(doc).unwrap());
+        }
     }
     let ours = by_identity(chart_docs);
     let theirs = by_identity(overlays);
@@ -1147,7 +1149,7 @@ pub(crate) fn under(root: &Path, s: &str) -> String {
 /// The association the NOTES show (an indented heredoc ending at `EOF_`), with `fill` put in
 /// for its placeholders, is one the CRD's rules and the validation accept.
 fn notes_association_is_valid(notes: &str, fill: &[(&str, &str)]) {
-    let start = notes.find("  apiVersion: podidentity.io/").unwrap();
+    let start = notes.find("  apiVersion: iam.podidentity.io/").unwrap();
     let end = notes.find("  EOF_").unwrap();
     let mut yaml = notes[start..end].to_owned();
     for (placeholder, value) in fill {

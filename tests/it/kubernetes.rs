@@ -58,8 +58,8 @@ async fn pods_follow_the_associations_in_the_cluster() {
 
     // Malformed objects are skipped; the rest keeps working.
     api.apply(
-        json!({"apiVersion": "podidentity.io/v1alpha1", "kind": "PodIdentityAssociation",
-        "metadata": {"name": "broken"}, "spec": {"namespace": 5}}),
+        json!({"apiVersion": "iam.podidentity.io/v1beta1", "kind": "PodIdentityAssociation",
+        "metadata": {"name": "broken", "namespace": "pi-other"}, "spec": {"serviceAccount": 5}}),
     );
     api.apply(
         association("pi-other", "app", "x")
@@ -84,7 +84,7 @@ async fn pods_follow_the_associations_in_the_cluster() {
     assert!(injected(&server, &c, "13-").await);
 
     // Deleted: no longer injected.
-    api.delete("pi-demo.app");
+    api.delete("pi-demo/app");
     eventually("app no longer injected", Duration::from_secs(10), async || {
         !injected(&server, &c, "01-").await
     })
@@ -116,7 +116,7 @@ async fn pods_follow_the_associations_in_the_cluster() {
     );
     // Changes made while it was unreachable arrive once it is back.
     api.set_down(false);
-    api.delete("pi-demo.worker");
+    api.delete("pi-demo/worker");
     eventually(
         "reconnected and worker removed",
         Duration::from_secs(40),

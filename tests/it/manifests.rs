@@ -154,6 +154,10 @@ fn rendered_manifests_hold_every_object_as_designed() {
         ("Namespace", "pod-identity-system"),
         (
             "CustomResourceDefinition",
+            "podidentityassociations.iam.podidentity.io",
+        ),
+        (
+            "CustomResourceDefinition",
             "podidentityassociations.podidentity.io",
         ),
         ("ServiceAccount", "pod-identity-webhook"),
@@ -185,16 +189,12 @@ fn rendered_manifests_hold_every_object_as_designed() {
         serde_json::json!({"policyName": "pod-identity-pass", "validationActions": ["Deny"]})
     );
 
-    // The CRD is the one the code defines.
-    let crd_doc = find(
-        &docs,
-        "CustomResourceDefinition",
-        "podidentityassociations.podidentity.io",
-    );
-    assert_eq!(
-        crd_doc["spec"],
-        serde_json::to_value(crd::definition()).unwrap()["spec"]
-    );
+    // The CRDs are the ones the code defines.
+    for defined in crd::definitions() {
+        let name = defined.metadata.name.clone().unwrap();
+        let crd_doc = find(&docs, "CustomResourceDefinition", &name);
+        assert_eq!(crd_doc["spec"], serde_json::to_value(defined).unwrap()["spec"]);
+    }
 
     // Read-only RBAC on associations, nothing else.
     assert_eq!(rbac_findings(&docs), Vec::<String>::new());
@@ -520,7 +520,7 @@ fn agent_and_exchange_manifests_fit_the_binary() {
     // tokens, so it needs no write, no pass and no SubjectAccessReview of its own.
     assert_eq!(
         role["rules"][1],
-        serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]})
+        serde_json::json!({"apiGroups": ["iam.podidentity.io", "podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]})
     );
     assert_eq!(role["rules"].as_array().unwrap().len(), 2, "{}", role["rules"]);
 

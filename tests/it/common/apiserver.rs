@@ -438,8 +438,8 @@ impl ApiServer {
         answer.status.expect("a token").token
     }
 
-    /// Applies the `PodIdentityAssociation` CRD (the binary's `crd` output) and waits until
-    /// it is served.
+    /// Applies both `PodIdentityAssociation` CRDs (the binary's `crd` output) and waits until
+    /// they are served.
     pub fn install_crd(&self) {
         let out = Command::new(super::BIN).arg("crd").output().unwrap();
         assert!(out.status.success());
@@ -449,6 +449,7 @@ impl ApiServer {
                 "wait",
                 "--for=condition=Established",
                 "--timeout=60s",
+                "crd/podidentityassociations.iam.podidentity.io",
                 "crd/podidentityassociations.podidentity.io",
             ],
             None,
@@ -632,6 +633,13 @@ pub fn shared() -> Option<&'static ApiServer> {
 
 /// A `PodIdentityAssociation` for `namespace/service_account` → `agency`, as a YAML document.
 pub fn association_yaml(namespace: &str, service_account: &str, agency: &str) -> String {
+    format!(
+        "apiVersion: iam.podidentity.io/v1beta1\nkind: PodIdentityAssociation\nmetadata:\n  name: {service_account}\n  namespace: {namespace}\nspec:\n  serviceAccount: {service_account}\n  agencyName: {agency}\n"
+    )
+}
+
+/// The same as an old cluster-scoped `PodIdentityAssociation` (podidentity.io/v1alpha1).
+pub fn legacy_association_yaml(namespace: &str, service_account: &str, agency: &str) -> String {
     format!(
         "apiVersion: podidentity.io/v1alpha1\nkind: PodIdentityAssociation\nmetadata:\n  name: {namespace}.{service_account}\nspec:\n  namespace: {namespace}\n  serviceAccount: {service_account}\n  agencyName: {agency}\n"
     )

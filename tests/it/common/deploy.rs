@@ -143,7 +143,7 @@ pub fn check_webhook_contract(hook: &Value, system_ns: &str) {
 /// writes none: the association API writes with its callers' tokens), and gets the agents' pods
 /// (in their namespace only) to accept only the agent DaemonSet's running pods as callers. Anything else (another role, a wildcard, another write) is a finding.
 pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
-    let read = serde_json::json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]});
+    let read = serde_json::json!({"apiGroups": ["iam.podidentity.io", "podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]});
     let review = serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]});
     let pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
     let get_pods = serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]});

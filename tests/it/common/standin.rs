@@ -4,9 +4,10 @@
 //! conflicts with another writer's change just before it, TokenReviews that hang or answer
 //! 429/503, and "down" (every connection dropped). Around those faults it serves what the
 //! programs need, the way kube-apiserver does: list and chunked watch of
-//! `podidentityassociations.podidentity.io`, create, get, replace (409 on a stale
-//! resourceVersion) and delete (with a uid precondition) of one association, TokenReview of
-//! the tests' unsigned tokens, and SubjectAccessReview from an RBAC table the test sets.
+//! `podidentityassociations.iam.podidentity.io` in all namespaces, create, get, replace (409
+//! on a stale resourceVersion) and delete (with a uid precondition) of one association in its
+//! namespace, and TokenReview of the tests' unsigned tokens. The old cluster-scoped kind is not
+//! installed here: its path answers 404, as for a CRD that is not.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -21,7 +22,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-const PATH: &str = "/apis/podidentity.io/v1alpha1/podidentityassociations";
+const GROUP: &str = "/apis/iam.podidentity.io/v1beta1";
 
 /// How the stand-in answers TokenReviews.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -78,11 +79,17 @@ impl StandIn {
         let addr = listener.local_addr().unwrap();
         let s = StandIn { addr, inner, hold };
         let app = Router::new()
-            .route(PATH, get(handle).post(create))
+            .route(&format!("{GROUP}/podidentityassociations"), get(handle))
             .route(
-                &format!("{PATH}/{{name}}"),
+                &format!("{GROUP}/namespaces/{{ns}}/podidentityassociations"),
+                axum::routing::post(create),
+            )
+            .route(
+                &format!("{GROUP}/namespaces/{{ns}}/podidentityassociations/{{name}}"),
                 get(get_one).put(replace).delete(delete_one),
             )
+            // As kube-apiserver answers a path no installed API serves.
+            .fallback(async || (StatusCode::NOT_FOUND, "404 page not found\n"))
             .route(
                 "/apis/authentication.k8s.io/v1/tokenreviews",
                 axum::routing::post(token_review),
@@ -166,7 +173,7 @@ impl StandIn {
         self.inner.lock().unwrap().interfere = n;
     }
 
-    /// The object named `name`, as stored.
+    /// The object `namespace/name`, as stored.
     pub fn object(&self, name: &str) -> Option<Value> {
         self.inner.lock().unwrap().associations.objects.get(name).cloned()
     }
@@ -180,7 +187,7 @@ impl StandIn {
         let mut g = self.inner.lock().unwrap();
         g.rv += 1;
         let rv = g.rv;
-        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+        let name = key(&obj);
         let kind = if g.associations.objects.contains_key(&name) {
             "MODIFIED"
         } else {
@@ -195,6 +202,7 @@ impl StandIn {
         g.associations.emit(rv, json!({"type": kind, "object": obj}));
     }
 
+    /// Deletes `namespace/name`.
     pub fn delete(&self, name: &str) {
         let mut g = self.inner.lock().unwrap();
         let Some(mut obj) = g.associations.objects.remove(name) else {
@@ -243,6 +251,15 @@ impl Store {
     }
 }
 
+/// `namespace/name` of an object.
+fn key(obj: &Value) -> String {
+    format!(
+        "{}/{}",
+        obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+        obj["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
 fn line(v: &Value) -> Bytes {
     let mut b = serde_json::to_vec(v).unwrap();
     b.push(b'\n');
@@ -262,7 +279,7 @@ async fn handle(State(s): State<StandIn>, Query(q): Query<HashMap<String, String
         let mut g = s.inner.lock().unwrap();
         g.lists += 1;
         let list = json!({
-            "apiVersion": "podidentity.io/v1alpha1",
+            "apiVersion": "iam.podidentity.io/v1beta1",
             "kind": "PodIdentityAssociationList",
             "metadata": {"resourceVersion": g.rv.to_string()},
             "items": g.associations.objects.values().cloned().collect::<Vec<_>>(),
@@ -319,19 +336,23 @@ fn not_found(name: &str) -> Response {
     status(
         404,
         "NotFound",
-        format!("podidentityassociations.podidentity.io \"{name}\" not found"),
+        format!("podidentityassociations.iam.podidentity.io \"{name}\" not found"),
     )
 }
 
-async fn create(State(s): State<StandIn>, body: Bytes) -> Response {
+async fn create(State(s): State<StandIn>, Path(ns): Path<String>, body: Bytes) -> Response {
     let mut obj: Value = serde_json::from_slice(&body).unwrap();
-    let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+    obj["metadata"]["namespace"] = json!(ns);
+    let name = key(&obj);
     let mut g = s.inner.lock().unwrap();
     if g.associations.objects.contains_key(&name) {
         return status(
             409,
             "AlreadyExists",
-            format!("podidentityassociations.podidentity.io \"{name}\" already exists"),
+            format!(
+                "podidentityassociations.iam.podidentity.io \"{}\" already exists",
+                obj["metadata"]["name"]
+            ),
         );
     }
     g.rv += 1;
@@ -339,7 +360,10 @@ async fn create(State(s): State<StandIn>, body: Bytes) -> Response {
     let rv = g.rv;
     let meta = obj["metadata"].as_object_mut().unwrap();
     meta.insert("resourceVersion".into(), json!(rv.to_string()));
-    meta.insert("uid".into(), json!(format!("uid-{name}-{}", g.created)));
+    meta.insert(
+        "uid".into(),
+        json!(format!("uid-{}-{}", name.replace('/', "."), g.created)),
+    );
     meta.insert(
         "creationTimestamp".into(),
         json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
@@ -349,8 +373,8 @@ async fn create(State(s): State<StandIn>, body: Bytes) -> Response {
     object_answer(StatusCode::CREATED, &obj)
 }
 
-async fn get_one(State(s): State<StandIn>, Path(name): Path<String>) -> Response {
-    match s.object(&name) {
+async fn get_one(State(s): State<StandIn>, Path((ns, name)): Path<(String, String)>) -> Response {
+    match s.object(&format!("{ns}/{name}")) {
         Some(obj) => object_answer(StatusCode::OK, &obj),
         None => not_found(&name),
     }
@@ -358,8 +382,13 @@ async fn get_one(State(s): State<StandIn>, Path(name): Path<String>) -> Response
 
 /// A replace, refused with 409 unless it names the stored resourceVersion; uid and creation
 /// time are the server's.
-async fn replace(State(s): State<StandIn>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn replace(
+    State(s): State<StandIn>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let mut obj: Value = serde_json::from_slice(&body).unwrap();
+    let name = format!("{ns}/{name}");
     let mut g = s.inner.lock().unwrap();
     let Some(current) = g.associations.objects.get(&name).cloned() else {
         return not_found(&name);
@@ -388,7 +417,7 @@ async fn replace(State(s): State<StandIn>, Path(name): Path<String>, body: Bytes
             409,
             "Conflict",
             format!(
-                "Operation cannot be fulfilled on podidentityassociations.podidentity.io \"{name}\": \
+                "Operation cannot be fulfilled on podidentityassociations.iam.podidentity.io \"{name}\": \
                  the object has been modified; please apply your changes to the latest version and try again"
             ),
         );
@@ -408,8 +437,13 @@ async fn replace(State(s): State<StandIn>, Path(name): Path<String>, body: Bytes
     object_answer(StatusCode::OK, &obj)
 }
 
-async fn delete_one(State(s): State<StandIn>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn delete_one(
+    State(s): State<StandIn>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let options: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let name = format!("{ns}/{name}");
     let Some(current) = s.object(&name) else {
         return not_found(&name);
     };
@@ -424,16 +458,16 @@ async fn delete_one(State(s): State<StandIn>, Path(name): Path<String>, body: By
     }
     s.delete(&name);
     let done = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-        "details": {"name": name, "group": "podidentity.io", "kind": "podidentityassociations"}});
+        "details": {"name": name, "group": "iam.podidentity.io", "kind": "podidentityassociations"}});
     object_answer(StatusCode::OK, &done)
 }
 
 pub fn association(ns: &str, sa: &str, agency: &str) -> Value {
     json!({
-        "apiVersion": "podidentity.io/v1alpha1",
+        "apiVersion": "iam.podidentity.io/v1beta1",
         "kind": "PodIdentityAssociation",
-        "metadata": {"name": format!("{ns}.{sa}")},
-        "spec": {"namespace": ns, "serviceAccount": sa, "agencyName": agency},
+        "metadata": {"name": sa, "namespace": ns},
+        "spec": {"serviceAccount": sa, "agencyName": agency},
     })
 }
 

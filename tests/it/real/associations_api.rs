@@ -11,7 +11,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::agents::*;
-use crate::common::apiserver::{Acting, ApiServer, association_yaml, manifest_rules};
+use crate::common::apiserver::{
+    Acting, ApiServer, association_yaml, legacy_association_yaml, manifest_rules,
+};
 use crate::common::python;
 use pod_identity_webhook::testing::PodIdentityAssociation;
 
@@ -24,7 +26,7 @@ fn on_associations(verbs: &[&str]) -> Value {
         return json!([]);
     }
     let mut rules = vec![
-        json!({"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": verbs}),
+        json!({"apiGroups": ["iam.podidentity.io", "podidentity.io"], "resources": ["podidentityassociations"], "verbs": verbs}),
     ];
     if verbs.iter().any(|v| *v == "create" || *v == "update") {
         rules.push(json!({"apiGroups": ["podidentity.io"], "resources": ["agencies"], "verbs": ["pass"]}));
@@ -152,13 +154,22 @@ impl Api {
         json!({"namespace": self.ns, "serviceAccount": sa, "agencyName": agency, "tags": [{"key": "team", "value": "payments"}]})
     }
 
-    /// Object `<ns>.<sa>` as `kubectl get pia -o yaml` shows it, if there is one.
+    /// Object `<ns>/<sa>` as `kubectl get pia -o yaml` shows it, if there is one.
     fn kubectl_get(&self, sa: &str) -> Option<Value> {
-        let name = format!("{}.{sa}", self.ns);
-        let (ok, out, err) = self
-            .api
-            .kubectl(&["get", "pia", &name, "-o", "yaml", "--ignore-not-found"], None);
-        assert!(ok, "kubectl get pia {name}: {err}");
+        let (ok, out, err) = self.api.kubectl(
+            &[
+                "get",
+                "pia",
+                "-n",
+                &self.ns,
+                sa,
+                "-o",
+                "yaml",
+                "--ignore-not-found",
+            ],
+            None,
+        );
+        assert!(ok, "kubectl get pia {sa}: {err}");
         (!out.trim().is_empty()).then(|| serde_yaml::from_str(&out).unwrap())
     }
 
@@ -179,7 +190,7 @@ fn assert_refused(got: &(u16, Value), status: u16, code: &str, needle: &str) {
 fn assert_record_is_object(record: &Value, obj: &Value) {
     let meta = &obj["metadata"];
     assert_eq!(record["uid"], meta["uid"], "{record} vs {obj}");
-    assert_eq!(record["namespace"], obj["spec"]["namespace"]);
+    assert_eq!(record["namespace"], obj["metadata"]["namespace"]);
     assert_eq!(record["serviceAccount"], obj["spec"]["serviceAccount"]);
     assert_eq!(record["agencyName"], obj["spec"]["agencyName"]);
     assert_eq!(record["tags"], obj["spec"]["tags"]);
@@ -206,7 +217,8 @@ async fn create_list_show_update_delete_through_the_objects() {
     assert!(created["createdAt"].as_str().unwrap().ends_with('Z'));
     // What the API wrote is what `kubectl get pia` shows, and its uid is the record's.
     let obj = api.kubectl_get("app").expect("the object");
-    assert_eq!(obj["metadata"]["name"], format!("{}.app", api.ns));
+    assert_eq!(obj["metadata"]["name"], "app");
+    assert_eq!(obj["apiVersion"], "iam.podidentity.io/v1beta1");
     assert_record_is_object(&created, &obj);
 
     let (status, list) = api.list_as("admin").await;
@@ -261,9 +273,9 @@ async fn every_refusal_has_its_status_and_code() {
         .create(json!({"namespace": ns, "serviceAccount": "b", "agencyName": "x", "agency": "typo"}))
         .await;
     assert_refused(&unknown, 400, "CCE.01400004", "unknown field `agency`");
-    // A service account whose association's name would be longer than an object's name may
-    // be: the API server's refusal, in the cloud's error body.
-    let long = vec!["a".repeat(60); 4].join(".");
+    // A service account name longer than any object's name may be (the association is named
+    // after it): the API server's refusal, in the cloud's error body.
+    let long = vec!["a".repeat(50); 5].join(".");
     let too_long = api
         .create(json!({"namespace": ns, "serviceAccount": long, "agencyName": "x"}))
         .await;
@@ -353,7 +365,7 @@ async fn rbac_decides_each_verb() {
                 403,
                 "CCE.01403004",
                 &format!(
-                    "{} may not {verb} podidentityassociations.podidentity.io",
+                    "{} may not {verb} podidentityassociations.iam.podidentity.io",
                     api.user(&caller)
                 ),
             );
@@ -421,13 +433,14 @@ async fn racing_updates_lose_no_write() {
     let (_, created) = api.create(api.request("app", "agency-0")).await;
     let id = format!("/{}", created["uid"].as_str().unwrap());
     // Every write the API server accepts, as a watch of the object sees it.
-    let name = format!("{}.app", api.ns);
-    let objects: KubeObjects<DynamicObject> = KubeObjects::all_with(
+    let name = "app";
+    let objects: KubeObjects<DynamicObject> = KubeObjects::namespaced_with(
         api.api.client(),
+        &api.ns,
         &ApiResource::erase::<PodIdentityAssociation>(&()),
     );
     let rv = objects
-        .get(&name)
+        .get(name)
         .await
         .unwrap()
         .metadata
@@ -510,13 +523,88 @@ async fn the_crd_and_the_api_are_one_store() {
     assert_eq!(obj["spec"]["serviceAccount"], "api");
     assert_record_is_object(&created, &obj);
     // Deleted through the CRD: gone from the API.
-    api.kubectl(&["delete", "pia", &format!("{ns}.worker")], None);
+    api.kubectl(&["delete", "pia", "-n", ns, "worker"], None);
     let (_, list) = api.list_as("admin").await;
     assert_eq!(list, json!([created]));
     let gone = api
         .call(Some("admin"), Method::GET, &format!("/{uid}"), None)
         .await;
     assert_refused(&gone, 404, "CCE.01404003", &uid);
+}
+
+/// An old cluster-scoped association is still the API's, for the release that reads it:
+/// listed, shown, updated and deleted in place; and its service account has one already.
+#[tokio::test]
+async fn old_cluster_scoped_associations_are_served_until_migrated() {
+    let Some(api) = Api::start("pia-old").await else {
+        return;
+    };
+    let ns = api.ns.clone();
+    api.api.apply(&legacy_association_yaml(&ns, "old", "agency-old"));
+    let name = format!("{ns}.old");
+    let (ok, uid, err) = api.api.kubectl(
+        &[
+            "get",
+            "podidentityassociations.podidentity.io",
+            &name,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+        None,
+    );
+    assert!(ok && !uid.is_empty(), "{err}");
+    let (status, list) = api.list_as("admin").await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(
+        (list[0]["uid"].as_str(), list[0]["serviceAccount"].as_str()),
+        (Some(uid.as_str()), Some("old"))
+    );
+    assert_eq!(list[0]["namespace"], ns.as_str());
+    let dup = api.create(api.request("old", "agency-new")).await;
+    assert_refused(&dup, 409, "CCE.01409001", &uid);
+    let (status, updated) = api
+        .call(
+            Some("admin"),
+            Method::PUT,
+            &format!("/{uid}"),
+            Some(json!({"agencyName": "agency-old-2"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["agencyName"], "agency-old-2");
+    let (ok, agency, err) = api.api.kubectl(
+        &[
+            "get",
+            "podidentityassociations.podidentity.io",
+            &name,
+            "-o",
+            "jsonpath={.spec.agencyName}",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(agency, "agency-old-2", "updated in place, not copied");
+    let (status, shown) = api
+        .call(Some("admin"), Method::GET, &format!("/{uid}"), None)
+        .await;
+    assert_eq!(
+        (status, shown["agencyName"].as_str()),
+        (200, Some("agency-old-2"))
+    );
+    let (status, _) = api
+        .call(Some("admin"), Method::DELETE, &format!("/{uid}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, list) = api.list_as("admin").await;
+    assert_eq!((status, list), (200, json!([])));
+    // Now the service account has none: the API creates the namespaced kind.
+    let (status, created) = api.create(api.request("old", "agency-new")).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        api.kubectl_get("old").unwrap()["metadata"]["namespace"],
+        ns.as_str()
+    );
 }
 
 const SDK_SCRIPT: &str = r#"

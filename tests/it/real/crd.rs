@@ -1,8 +1,9 @@
-//! The `PodIdentityAssociation` CRD on a real API server: its schema and CEL rules accept and
-//! refuse exactly what the programs' own validation does, with the documented messages.
+//! The `PodIdentityAssociation` CRDs on a real API server (the namespaced one, and the old
+//! cluster-scoped one still read): their schema and CEL rules accept and refuse exactly what the
+//! programs' own validation does, with the documented messages.
 
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
-use pod_identity_webhook::testing::{PodIdentityAssociation, file, to_association};
+use pod_identity_webhook::testing::{PodIdentityAssociation, file, legacy, to_association};
 use serde_json::{Value, json};
 
 use crate::common::apiserver::ApiServer;
@@ -25,29 +26,64 @@ async fn verdict(api: &Api<DynamicObject>, object: &Value, dry_run: bool) -> Res
 /// the association file's rules for its spec (the association API shares them). The watch
 /// itself tolerates a token lifetime the CRD took before it was bounded.
 fn ours(object: &Value) -> Result<(), String> {
-    let obj: PodIdentityAssociation = serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
-    to_association(&obj, None).map_err(|e| e.to_string())?;
-    let text = json!({"associations": [object["spec"]]}).to_string();
+    let mut spec = object["spec"].clone();
+    if object["apiVersion"] == "podidentity.io/v1alpha1" {
+        let old: legacy::PodIdentityAssociation =
+            serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
+        to_association(&legacy::twin(&old, true).map_err(|e| e.to_string())?, None)
+            .map_err(|e| e.to_string())?;
+    } else {
+        let obj: PodIdentityAssociation =
+            serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
+        to_association(&obj, None).map_err(|e| e.to_string())?;
+        spec["namespace"] = object["metadata"]["namespace"].clone();
+    }
+    let text = json!({"associations": [spec]}).to_string();
     file::parse(std::path::Path::new("associations.json"), &text)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
-fn object(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "podidentity.io/v1alpha1", "kind": "PodIdentityAssociation",
-        "metadata": {"name": name}, "spec": spec})
+/// An old cluster-scoped object; `namespaced`: the namespaced object of the same case (in
+/// the spec's namespace, named after the service account unless the case is about the name).
+fn object(name: &str, spec: Value, namespaced: bool) -> Value {
+    if !namespaced {
+        return json!({"apiVersion": "podidentity.io/v1alpha1", "kind": "PodIdentityAssociation",
+            "metadata": {"name": name}, "spec": spec});
+    }
+    let mut spec = spec;
+    let ns = spec.as_object_mut().unwrap().remove("namespace").unwrap();
+    let name = name.split_once('.').map_or(name, |(_, sa)| sa);
+    json!({"apiVersion": "iam.podidentity.io/v1beta1", "kind": "PodIdentityAssociation",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
 }
 
-fn associations(api: &ApiServer) -> Api<DynamicObject> {
-    let ar = ApiResource::erase::<PodIdentityAssociation>(&());
-    Api::all_with(api.client(), &ar)
+fn associations(api: &ApiServer, namespaced: Option<&str>) -> Api<DynamicObject> {
+    match namespaced {
+        Some(ns) => Api::namespaced_with(
+            api.client(),
+            ns,
+            &ApiResource::erase::<PodIdentityAssociation>(&()),
+        ),
+        None => Api::all_with(
+            api.client(),
+            &ApiResource::erase::<legacy::PodIdentityAssociation>(&()),
+        ),
+    }
 }
 
 #[tokio::test]
 async fn the_crds_rules_accept_and_refuse_what_the_validation_does() {
     let Some(api) = ApiServer::shared() else { return };
     api.install_crd();
-    let pias = associations(api);
+    api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: crd-rules}\n");
+    rules_of(api, false).await;
+    rules_of(api, true).await;
+}
+
+/// Every case against one of the two kinds.
+async fn rules_of(api: &ApiServer, namespaced: bool) {
+    let pias = associations(api, namespaced.then_some("crd-rules"));
     let base = || json!({"namespace": "crd-rules", "serviceAccount": "app", "agencyName": "reader"});
     let with = |f: &dyn Fn(&mut Value)| {
         let mut s = base();
@@ -187,7 +223,7 @@ async fn the_crds_rules_accept_and_refuse_what_the_validation_does() {
         ),
         (
             "a name that is not namespace.serviceAccount",
-            "other.app",
+            "crd-rules.other",
             base(),
             Some("metadata.name must be <spec.namespace>.<spec.serviceAccount>"),
         ),
@@ -212,7 +248,18 @@ async fn the_crds_rules_accept_and_refuse_what_the_validation_does() {
     ];
     let mut wrong = Vec::new();
     for (case, name, spec, message) in &cases {
-        let obj = object(name, spec.clone());
+        // A namespace's name is the API server's to check, not the CRD's.
+        if namespaced && case.contains("namespace") && *case != "a name that is not namespace.serviceAccount"
+        {
+            continue;
+        }
+        let message = match (namespaced, *case) {
+            (true, "a name that is not namespace.serviceAccount") => {
+                &Some("metadata.name must be spec.serviceAccount")
+            }
+            _ => message,
+        };
+        let obj = object(name, spec.clone(), namespaced);
         let real = verdict(&pias, &obj, true).await;
         let mine = ours(&obj);
         if real.is_ok() != mine.is_ok() {
@@ -229,7 +276,7 @@ async fn the_crds_rules_accept_and_refuse_what_the_validation_does() {
     }
     assert!(
         wrong.is_empty(),
-        "PodIdentityAssociation rules:\n{}",
+        "PodIdentityAssociation rules (namespaced: {namespaced}):\n{}",
         wrong.join("\n")
     );
 }
@@ -238,11 +285,26 @@ async fn the_crds_rules_accept_and_refuse_what_the_validation_does() {
 async fn namespace_and_service_account_are_immutable_the_agency_is_not() {
     let Some(api) = ApiServer::shared() else { return };
     api.install_crd();
-    let pias = associations(api);
-    let name = format!("crd-imm-{:08x}.app", fastrand::u32(..));
-    let ns = name.split('.').next().unwrap().to_owned();
+    for namespaced in [false, true] {
+        immutable(api, namespaced).await;
+    }
+}
+
+async fn immutable(api: &ApiServer, namespaced: bool) {
+    let ns = format!("crd-imm-{:08x}", fastrand::u32(..));
+    api.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+    ));
+    let pias = associations(api, namespaced.then_some(&ns));
+    let name = if namespaced {
+        "app".to_owned()
+    } else {
+        format!("{ns}.app")
+    };
     let spec = json!({"namespace": ns, "serviceAccount": "app", "agencyName": "reader"});
-    verdict(&pias, &object(&name, spec.clone()), false).await.unwrap();
+    verdict(&pias, &object(&name, spec.clone(), namespaced), false)
+        .await
+        .unwrap();
     let replace = async |f: &dyn Fn(&mut Value)| {
         let mut current = serde_json::to_value(pias.get(&name).await.unwrap()).unwrap();
         f(&mut current["spec"]);
@@ -259,8 +321,10 @@ async fn namespace_and_service_account_are_immutable_the_agency_is_not() {
         .await
         .unwrap_err();
     assert!(e.contains("serviceAccount is immutable"), "{e}");
-    let e = replace(&|s| s["namespace"] = json!("other")).await.unwrap_err();
-    assert!(e.contains("namespace is immutable"), "{e}");
+    if !namespaced {
+        let e = replace(&|s| s["namespace"] = json!("other")).await.unwrap_err();
+        assert!(e.contains("namespace is immutable"), "{e}");
+    }
     let stored = pias.get(&name).await.unwrap();
     assert_eq!(stored.data["spec"]["agencyName"], "writer");
 }

@@ -41,11 +41,11 @@ async fn live_pods_are_explained_from_the_cluster() {
     let plain = api.namespace("plain", &[]).await;
     let ar = ApiResource::erase::<PodIdentityAssociation>(&());
     let association: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "podidentity.io/v1alpha1", "kind": "PodIdentityAssociation",
-        "metadata": {"name": format!("{demo}.app")},
-        "spec": {"namespace": demo, "serviceAccount": "app", "agencyName": "live-agency"}}))
+        "apiVersion": "iam.podidentity.io/v1beta1", "kind": "PodIdentityAssociation",
+        "metadata": {"name": "app", "namespace": demo},
+        "spec": {"serviceAccount": "app", "agencyName": "live-agency"}}))
     .unwrap();
-    let association = Api::<DynamicObject>::all_with(api.client(), &ar)
+    let association = Api::<DynamicObject>::namespaced_with(api.client(), &demo, &ar)
         .create(&PostParams::default(), &association)
         .await
         .unwrap();

@@ -112,20 +112,17 @@ async fn a_deleted_or_repointed_association_changes_the_next_answer_within_two_s
     assert_eq!(ask(&c, &agent.url, &app).await.0, 200);
     assert_eq!(iam.calls().len(), before, "answered from the cache");
 
-    let pias: Api<DynamicObject> =
-        Api::all_with(api.client(), &ApiResource::erase::<PodIdentityAssociation>(&()));
+    let pias: Api<DynamicObject> = Api::namespaced_with(
+        api.client(),
+        &ns,
+        &ApiResource::erase::<PodIdentityAssociation>(&()),
+    );
     let start = Instant::now();
-    pias.delete(&format!("{ns}.app"), &DeleteParams::default())
+    pias.delete("app", &DeleteParams::default()).await.unwrap();
+    let repoint = json!({"spec": {"agencyName": "other-agency"}});
+    pias.patch("worker", &PatchParams::default(), &Patch::Merge(&repoint))
         .await
         .unwrap();
-    let repoint = json!({"spec": {"agencyName": "other-agency"}});
-    pias.patch(
-        &format!("{ns}.worker"),
-        &PatchParams::default(),
-        &Patch::Merge(&repoint),
-    )
-    .await
-    .unwrap();
     // SDK-like clients keep asking, each change timed from the API server's first write.
     let (mut revoked, mut repointed) = (None, None);
     while revoked.is_none() || repointed.is_none() {

@@ -498,7 +498,12 @@ fn programs() -> Vec<Program> {
     let pia = "podidentityassociations";
     let read_associations: Vec<Call> = ["get", "list", "watch"]
         .into_iter()
-        .map(|v| (v, "podidentity.io", pia, None, None))
+        .flat_map(|v| {
+            [
+                (v, "iam.podidentity.io", pia, None, None),
+                (v, "podidentity.io", pia, None, None),
+            ]
+        })
         .collect();
     let mut webhook = read_associations.clone();
     // The missed-injection report (src/webhook/report): the pods' watch, their namespaces,
@@ -573,6 +578,7 @@ fn programs() -> Vec<Program> {
             webhook,
             with(vec![
                 ("create", "podidentity.io", pia, None, None),
+                ("create", "iam.podidentity.io", pia, Some(OTHER), None),
                 (
                     "get",
                     "admissionregistration.k8s.io",
@@ -598,6 +604,7 @@ fn programs() -> Vec<Program> {
             agent,
             with(vec![
                 ("create", "podidentity.io", pia, None, None),
+                ("create", "iam.podidentity.io", pia, Some(OTHER), None),
                 ("create", "authentication.k8s.io", "tokenreviews", None, None),
                 ("get", "", "nodes", None, None),
             ]),
@@ -612,6 +619,7 @@ fn programs() -> Vec<Program> {
                 ("get", "", "pods", Some(OTHER), None),
                 // It lends no write of its own: the association API writes as its callers.
                 ("create", "podidentity.io", pia, None, None),
+                ("create", "iam.podidentity.io", pia, Some(OTHER), None),
                 ("update", "podidentity.io", pia, None, None),
                 ("delete", "podidentity.io", pia, None, None),
                 ("patch", "podidentity.io", pia, None, None),
@@ -812,13 +820,14 @@ async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod_with_their_
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "crd/podidentityassociations.podidentity.io",
+            "crd/podidentityassociations.iam.podidentity.io",
         ],
         None,
     );
     assert!(ok, "{out}{err}");
     api.apply(
-        "apiVersion: podidentity.io/v1alpha1\nkind: PodIdentityAssociation\nmetadata:\n  name: pi-demo.app\nspec:\n  namespace: pi-demo\n  serviceAccount: app\n  roleArn: arn:aws:iam::111122223333:role/app-role\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: pi-demo}\n---\n\
+         apiVersion: iam.podidentity.io/v1beta1\nkind: PodIdentityAssociation\nmetadata:\n  name: app\n  namespace: pi-demo\nspec:\n  serviceAccount: app\n  roleArn: arn:aws:iam::111122223333:role/app-role\n",
     );
     let (_, exchange) = container(&docs, "Deployment", "pod-identity-exchange");
     let (agent_pod, agent) = container(&docs, "DaemonSet", "pod-identity-agent");

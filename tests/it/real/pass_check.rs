@@ -92,7 +92,7 @@ fn writer_binding(name: &str, kind: &str, subject: &str) -> String {
     };
     format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: association-writer}}\n\
-         rules:\n- {{apiGroups: [podidentity.io], resources: [podidentityassociations], verbs: [get, list, watch, create, update, patch]}}\n---\n\
+         rules:\n- {{apiGroups: [iam.podidentity.io, podidentity.io], resources: [podidentityassociations], verbs: [get, list, watch, create, update, patch]}}\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {name}}}\n\
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: association-writer}}\n\
          subjects: [{ns}]\n"
@@ -110,12 +110,27 @@ fn pass_role(namespace: &str, resource: &str, names: &[&str], subject: &str) -> 
     )
 }
 
-/// An association `namespace.sa` with the spec fields `grant` (YAML flow).
+/// An association of `namespace/sa` with the spec fields `grant` (YAML flow).
 fn association(namespace: &str, sa: &str, grant: &str) -> String {
+    format!(
+        "apiVersion: iam.podidentity.io/v1beta1\nkind: PodIdentityAssociation\nmetadata: {{name: {sa}, namespace: {namespace}}}\n\
+         spec: {{serviceAccount: {sa}, {grant}}}\n"
+    )
+}
+
+/// The same as an old cluster-scoped object (`<namespace>.<sa>`), which the policy still checks.
+fn legacy_association(namespace: &str, sa: &str, grant: &str) -> String {
     format!(
         "apiVersion: podidentity.io/v1alpha1\nkind: PodIdentityAssociation\nmetadata: {{name: {namespace}.{sa}}}\n\
          spec: {{namespace: {namespace}, serviceAccount: {sa}, {grant}}}\n"
     )
+}
+
+/// `kubectl get pia` of `<namespace>.<sa>` (the namespaced object `sa` in `namespace`).
+fn get_pia(api: &ApiServer, name: &str) -> (bool, String) {
+    let (ns, sa) = name.split_once('.').unwrap();
+    let (ok, _, err) = api.kubectl(&["get", "pia", "-n", ns, sa], None);
+    (ok, err)
 }
 
 /// `kubectl apply` of `yaml` as `token`: `Ok(stdout)` or `Err(stderr)`.
@@ -152,9 +167,19 @@ fn assert_names_missing_pass(err: &str, user: &str, resource: &str, name: &str, 
 }
 
 /// `spec.<field>` of association `name`, as the admin reads it.
+/// A spec field of the namespaced object `<namespace>.<sa>`.
 fn spec_field(api: &ApiServer, name: &str, field: &str) -> String {
+    let (ns, sa) = name.split_once('.').unwrap();
     let (ok, out, err) = api.kubectl(
-        &["get", "pia", name, "-o", &format!("jsonpath={{.spec.{field}}}")],
+        &[
+            "get",
+            "pia",
+            "-n",
+            ns,
+            sa,
+            "-o",
+            &format!("jsonpath={{.spec.{field}}}"),
+        ],
         None,
     );
     assert!(ok, "{err}");
@@ -176,21 +201,24 @@ async fn the_example_roles_let_team_a_grant_its_agencies_to_team_a_only() {
     );
     assert_eq!(
         example.matches("name: alice").count(),
-        2,
-        "both bindings bound to alice"
+        1,
+        "the binding bound to alice"
     );
     api.apply(&example);
     let alice = "alice-token";
 
     // Granted: a-reader to team-a.
     let out = apply_eventually(api, alice, &association("team-a", "app", "agencyName: a-reader"));
-    assert!(out.contains("team-a.app created"), "{out}");
+    assert!(
+        out.contains("podidentityassociation.iam.podidentity.io/app created"),
+        "{out}"
+    );
     // Another agency: refused, naming the permission.
     let err = apply_as(api, alice, &association("team-a", "web", "agencyName: other")).unwrap_err();
     assert_names_missing_pass(&err, "alice", "agencies", "other", "team-a");
-    // team-a's agency to another namespace: refused.
+    // team-a's agency to another namespace: refused, by RBAC already (the Role is team-a's).
     let err = apply_as(api, alice, &association("team-b", "app", "agencyName: a-reader")).unwrap_err();
-    assert_names_missing_pass(&err, "alice", "agencies", "a-reader", "team-b");
+    assert!(err.contains("forbidden") && err.contains("\"team-b\""), "{err}");
     // Re-pointed to the other agency of the Role: allowed; to one it does not name: refused,
     // and the object keeps its agency.
     apply_as(api, alice, &association("team-a", "app", "agencyName: a-writer")).unwrap();
@@ -198,7 +226,7 @@ async fn the_example_roles_let_team_a_grant_its_agencies_to_team_a_only() {
     assert_names_missing_pass(&err, "alice", "agencies", "other", "team-a");
     assert_eq!(spec_field(api, "team-a.app", "agencyName"), "a-writer");
     for name in ["team-a.web", "team-b.app"] {
-        let (ok, _, err) = api.kubectl(&["get", "pia", name], None);
+        let (ok, err) = get_pia(api, name);
         assert!(!ok && err.contains("NotFound"), "{name}: {err}");
     }
 
@@ -219,24 +247,32 @@ async fn the_example_roles_let_team_a_grant_its_agencies_to_team_a_only() {
     let err = apply_as(api, alice, &association("team-a", "legacy", "agencyName: other")).unwrap_err();
     assert_names_missing_pass(&err, "alice", "agencies", "other", "team-a");
 
-    // Delete: RBAC alone. The example grants none; with a delete granted, the association of
-    // an agency alice may not pass goes.
-    let (ok, _, err) = api.kubectl_as(alice, &["delete", "pia", "team-a.legacy"], None);
-    assert!(!ok && err.contains("cannot delete resource"), "{err}");
-    api.apply(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: delete-legacy}\n\
-         rules:\n- {apiGroups: [podidentity.io], resources: [podidentityassociations], resourceNames: [team-a.legacy], verbs: [delete]}\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: alice-deletes-legacy}\n\
-         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: delete-legacy}\n\
-         subjects: [{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}]\n",
-    );
-    let end = Instant::now() + Duration::from_secs(10);
-    while !api.kubectl_as(alice, &["delete", "pia", "team-a.legacy"], None).0 {
-        assert!(Instant::now() < end, "alice cannot delete team-a.legacy");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (ok, _, err) = api.kubectl(&["get", "pia", "team-a.legacy"], None);
+    // Delete: RBAC alone. The example's Role grants it in team-a, for any association there
+    // (the namespace is the team's), and nowhere else.
+    api.apply(&association("team-b", "other", "agencyName: b-agency"));
+    let (ok, _, err) = api.kubectl_as(alice, &["delete", "pia", "-n", "team-b", "other"], None);
+    assert!(!ok && err.contains("forbidden"), "{err}");
+    let (ok, out, err) = api.kubectl_as(alice, &["delete", "pia", "-n", "team-a", "legacy"], None);
+    assert!(ok, "{out}{err}");
+    let (ok, err) = get_pia(api, "team-a.legacy");
     assert!(!ok && err.contains("NotFound"), "{err}");
+
+    // The old cluster-scoped kind is held to the same rule: alice has no RBAC on it (it is
+    // cluster-scoped); bob may write it cluster-wide but passes nothing.
+    let err = apply_as(
+        api,
+        alice,
+        &legacy_association("team-a", "old", "agencyName: a-reader"),
+    )
+    .unwrap_err();
+    assert!(err.contains("forbidden"), "{err}");
+    let err = apply_as(
+        api,
+        "bob-token",
+        &legacy_association("team-a", "old", "agencyName: a-reader"),
+    )
+    .unwrap_err();
+    assert_names_missing_pass(&err, "bob", "agencies", "a-reader", "team-a");
 
     // bob writes associations and passes nothing; the admin passes everything.
     let err = apply_as(
@@ -432,7 +468,7 @@ async fn the_association_api_holds_its_callers_to_the_pass_rule() {
     let elsewhere = call(&url, &deployer, Method::POST, request(&b, "app", "a-reader")).await;
     assert_api_refused_pass(&elsewhere, &deployer_name, "a-reader", &b);
     for name in [format!("{a}.web"), format!("{b}.app")] {
-        let (ok, _, err) = api.kubectl(&["get", "pia", &name], None);
+        let (ok, err) = get_pia(api, &name);
         assert!(!ok && err.contains("NotFound"), "{name}: {err}");
     }
 
@@ -517,7 +553,7 @@ async fn the_audit_log_names_the_caller_of_the_association_api() {
     std::fs::write(
         &policy,
         "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
-         - level: Metadata\n  resources:\n  - {group: podidentity.io, resources: [podidentityassociations]}\n\
+         - level: Metadata\n  resources:\n  - {group: iam.podidentity.io, resources: [podidentityassociations]}\n\
          - level: None\n",
     )
     .unwrap();
@@ -533,7 +569,12 @@ async fn the_audit_log_names_the_caller_of_the_association_api() {
     // The shipped ClusterRole, as it is: on the associations it reads, and it passes nothing.
     let exchange_token = shipped_exchange_identity(&api, |rules| {
         for rule in rules.as_array().unwrap() {
-            if rule["apiGroups"] == json!(["podidentity.io"]) {
+            if rule["resources"] == json!(["podidentityassociations"]) {
+                assert_eq!(
+                    rule["apiGroups"],
+                    json!(["iam.podidentity.io", "podidentity.io"]),
+                    "{rule}"
+                );
                 assert_eq!(rule["resources"], json!(["podidentityassociations"]), "{rule}");
                 assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
             }
@@ -606,7 +647,11 @@ async fn the_audit_log_names_the_caller_of_the_association_api() {
             .filter(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "podidentityassociations")
             .map(|e| {
                 (
-                    e["objectRef"]["name"].as_str().unwrap_or_default().to_owned(),
+                    format!(
+                        "{}.{}",
+                        e["objectRef"]["namespace"].as_str().unwrap_or_default(),
+                        e["objectRef"]["name"].as_str().unwrap_or_default()
+                    ),
                     e["user"]["username"].as_str().unwrap_or_default().to_owned(),
                     e["responseStatus"]["code"].as_u64().unwrap_or_default(),
                 )
@@ -639,6 +684,6 @@ async fn the_audit_log_names_the_caller_of_the_association_api() {
     }
     let exchange_user = "system:serviceaccount:pod-identity-system:pod-identity-exchange";
     assert!(logged.iter().all(|(_, u, _)| u != exchange_user), "{logged:?}");
-    let (ok, _, err) = api.kubectl(&["get", "pia", &format!("{b}.sdk")], None);
+    let (ok, err) = get_pia(&api, &format!("{b}.sdk"));
     assert!(!ok && err.contains("NotFound"), "{err}");
 }

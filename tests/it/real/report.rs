@@ -182,15 +182,15 @@ async fn pod_of(api: &ApiServer, ns: &str, name: &str, sa: &str, extra: Value) -
     api.pod_with(ns, p).await
 }
 
-/// The association `namespace.sa` → `agency`, created as the admin.
+/// The association `namespace/sa` → `agency`, created as the admin.
 async fn associate(api: &ApiServer, ns: &str, sa: &str, agency: &str) {
     let ar = ApiResource::erase::<PodIdentityAssociation>(&());
     let obj: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "podidentity.io/v1alpha1", "kind": "PodIdentityAssociation",
-        "metadata": {"name": format!("{ns}.{sa}")},
-        "spec": {"namespace": ns, "serviceAccount": sa, "agencyName": agency}}))
+        "apiVersion": "iam.podidentity.io/v1beta1", "kind": "PodIdentityAssociation",
+        "metadata": {"name": sa, "namespace": ns},
+        "spec": {"serviceAccount": sa, "agencyName": agency}}))
     .unwrap();
-    Api::<DynamicObject>::all_with(api.client(), &ar)
+    Api::<DynamicObject>::namespaced_with(api.client(), ns, &ar)
         .create(&PostParams::default(), &obj)
         .await
         .unwrap();
@@ -453,7 +453,7 @@ async fn without_permission_on_pods_the_webhook_says_so_and_keeps_admitting() {
 kind: ClusterRole
 metadata: {{name: {role}}}
 rules:
-- {{apiGroups: [podidentity.io], resources: [podidentityassociations], verbs: [get, list, watch]}}
+- {{apiGroups: [iam.podidentity.io, podidentity.io], resources: [podidentityassociations], verbs: [get, list, watch]}}
 - {{apiGroups: [""], resources: [namespaces], verbs: [get]}}
 - {{apiGroups: [events.k8s.io], resources: [events], verbs: [create]}}
 - {{apiGroups: [admissionregistration.k8s.io], resources: [mutatingwebhookconfigurations], verbs: [get]}}

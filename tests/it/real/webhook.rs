@@ -55,7 +55,9 @@ async fn the_webhook_follows_the_associations_stored_in_the_api_server() {
         &[
             "get",
             "pia",
-            &format!("{ns}.worker"),
+            "-n",
+            &ns,
+            "worker",
             "-o",
             "jsonpath={.metadata.uid}",
         ],
@@ -68,7 +70,7 @@ async fn the_webhook_follows_the_associations_stored_in_the_api_server() {
         patched["metadata"]["annotations"]["podidentity.io/association"],
         uid.as_str()
     );
-    let (ok, out, err) = api.kubectl(&["delete", "pia", &format!("{ns}.app")], None);
+    let (ok, out, err) = api.kubectl(&["delete", "pia", "-n", &ns, "app"], None);
     assert!(ok, "{out}{err}");
     eventually("app no longer injected", Duration::from_secs(10), async || {
         !injects(&server, &c, &ns, "app").await

@@ -1,14 +1,18 @@
-//! The `PodIdentityAssociation` custom resource (group `podidentity.io`, cluster-scoped).
+//! The `PodIdentityAssociation` custom resources: the namespaced one (group
+//! `iam.podidentity.io`, version `v1beta1`) and, read for one more release, the cluster-scoped
+//! one it replaces ([`legacy`], group `podidentity.io`).
 //!
-//! Cluster-scoped so that only cluster admins bind a service account to an agency: a namespace
-//! admin who could create one in their namespace could claim any agency. The API server
-//! enforces the seed 001 rules through the OpenAPI schema and CEL, including "one association
-//! per service account": the object's name must be `<namespace>.<serviceAccount>`, and names
-//! are unique. Namespace names cannot contain `.`, so the name is unambiguous.
+//! An association lives in its service account's namespace and is named after it, so names
+//! being unique enforces "one association per service account", RBAC Roles delegate writing
+//! them per namespace (the pass policy decides which agencies), and deleting the namespace
+//! deletes them. The API server enforces the association API's rules through the OpenAPI
+//! schema and CEL. A CRD's scope cannot change: hence the new group.
 
 // kube's `KubeSchema` derive re-declares the spec structs, and the lint does not see the
 // re-export of what it declares; the spec and the generated kind are reachable through `testing`.
 #![allow(unreachable_pub)]
+
+pub mod legacy;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::{CustomResourceExt, ResourceExt};
@@ -17,23 +21,23 @@ use serde::{Deserialize, Serialize};
 
 use super::{Association, AssociationSpec, Invalid, TOKEN_LIFETIME, Tag};
 
-/// What a cluster admin declares: which service account may assume which agency.
+/// Which service account of this namespace may assume which agency (or role).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[kube(
-    group = "podidentity.io",
-    version = "v1alpha1",
+    group = "iam.podidentity.io",
+    version = "v1beta1",
     kind = "PodIdentityAssociation",
     plural = "podidentityassociations",
     shortname = "pia",
     category = "podidentity",
-    doc = "Associates a Kubernetes service account with a cloud IAM agency (or role) for pod identity. The name must be <namespace>.<serviceAccount>.",
-    printcolumn(name = "Namespace", type_ = "string", json_path = ".spec.namespace"),
+    namespaced,
+    doc = "Associates a service account of this namespace with a cloud IAM agency (or role) for pod identity. The name must be the service account's.",
     printcolumn(name = "ServiceAccount", type_ = "string", json_path = ".spec.serviceAccount"),
     printcolumn(name = "Agency", type_ = "string", json_path = ".spec.agencyName"),
     printcolumn(name = "Role", type_ = "string", json_path = ".spec.roleArn", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name == self.spec.__namespace__ + '.' + self.spec.serviceAccount")
-        .message("metadata.name must be <spec.namespace>.<spec.serviceAccount>: a service account has at most one association")
+    validation = Rule::new("self.metadata.name == self.spec.serviceAccount")
+        .message("metadata.name must be spec.serviceAccount: a service account has at most one association, named after it")
 )]
 #[x_kube(validation = Rule::new("has(self.agencyName) != has(self.roleArn)").message("set exactly one of agencyName and roleArn"))]
 #[x_kube(validation = Rule::new("!has(self.policy) || (has(self.disableSessionTags) && self.disableSessionTags)").message("policy is allowed only with disableSessionTags: true"))]
@@ -41,13 +45,6 @@ use super::{Association, AssociationSpec, Invalid, TOKEN_LIFETIME, Tag};
 #[x_kube(validation = Rule::new("!has(self.policy) || has(self.roleArn)").message("policy needs roleArn"))]
 #[serde(rename_all = "camelCase")]
 pub struct PodIdentityAssociationSpec {
-    /// Namespace of the service account. Immutable.
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable"))]
-    pub namespace: String,
     /// Name of the service account. Immutable.
     #[schemars(
         length(min = 1, max = 253),
@@ -85,7 +82,7 @@ pub struct PodIdentityAssociationSpec {
     pub token_expiration_seconds: Option<i64>,
 }
 
-/// A resource tag with the seed 001 rules.
+/// A resource tag with the association API's rules.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct CrdTag {
     /// 1–128 letters, digits, spaces and `_.:=+-@`; no leading or trailing space; not `_sys_`-prefixed.
@@ -103,9 +100,18 @@ pub struct CrdTag {
 
 /// The CRD as the API server should hold it.
 pub fn definition() -> CustomResourceDefinition {
-    let mut value = serde_json::to_value(PodIdentityAssociation::crd()).unwrap_or_default();
+    held(PodIdentityAssociation::crd())
+}
+
+/// Both CRDs, the namespaced one first: what `crd` prints and the manifests hold.
+pub fn definitions() -> [CustomResourceDefinition; 2] {
+    [definition(), legacy::definition()]
+}
+
+fn held(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut value = serde_json::to_value(&crd).unwrap_or_default();
     strip_nullable(&mut value);
-    serde_json::from_value(value).unwrap_or_else(|_| PodIdentityAssociation::crd())
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// Optional fields are left out, never null: without `nullable` the API server prunes a null
@@ -121,27 +127,41 @@ fn strip_nullable(v: &mut serde_json::Value) {
     }
 }
 
-/// The CRD as YAML (what `pod-identity-webhook crd` prints and `manifests/` holds).
+/// Both CRDs as YAML (what `pod-identity-webhook crd` prints and `manifests/` holds).
 pub fn yaml() -> String {
-    let body = serde_yaml::to_string(&definition()).unwrap_or_default();
-    format!("# Generated by `pod-identity-webhook crd`; a test fails when this file drifts.\n{body}")
+    let body: Vec<String> = definitions()
+        .iter()
+        .map(|d| serde_yaml::to_string(d).unwrap_or_default())
+        .collect();
+    format!(
+        "# Generated by `pod-identity-webhook crd`; a test fails when this file drifts.\n\
+         # {} is read for one more release: `pod-identity-webhook migrate-associations` converts its objects.\n{}",
+        legacy::NAME,
+        body.join("---\n")
+    )
 }
 
 /// The annotation holding the time of the last spec change made through the association API
 /// (the record's `modifiedAt`).
 pub const MODIFIED_AT: &str = "podidentity.io/modified-at";
 
-/// Reads the seed 001 record out of an object: identity fields come from metadata (uid,
-/// creation and last-write times), not from a status that would repeat them.
+/// Reads the association record out of an object: identity fields come from metadata (uid,
+/// namespace, creation and last-write times), not from a status that would repeat them.
 pub fn to_association(
     obj: &PodIdentityAssociation,
     cluster_id: Option<&str>,
 ) -> Result<Association, Invalid> {
-    let expected = format!("{}.{}", obj.spec.namespace, obj.spec.service_account);
-    if obj.name_any() != expected {
-        return Err(Invalid(vec![format!("name must be {expected:?}")]));
+    if obj.name_any() != obj.spec.service_account {
+        return Err(Invalid(vec![format!(
+            "name must be the service account's, {:?}",
+            obj.spec.service_account
+        )]));
     }
     let meta = &obj.metadata;
+    let namespace = meta
+        .namespace
+        .clone()
+        .ok_or_else(|| Invalid(vec!["the object has no namespace".to_owned()]))?;
     let created = meta.creation_timestamp.as_ref().map(|t| t.0);
     // The association API records its spec changes in an annotation; objects written by other
     // means fall back on their last write.
@@ -161,7 +181,7 @@ pub fn to_association(
     AssociationSpec {
         uid: meta.uid.clone(),
         cluster_id: cluster_id.map(str::to_owned),
-        namespace: obj.spec.namespace.clone(),
+        namespace,
         service_account: obj.spec.service_account.clone(),
         agency_name: obj.spec.agency_name.clone(),
         role_arn: obj.spec.role_arn.clone(),
@@ -205,19 +225,20 @@ mod tests {
     use super::*;
     use crate::association::{check_tag_key, check_tag_value};
 
+    /// An object named `name` in namespace `pi-demo`.
     fn object(name: &str, spec: PodIdentityAssociationSpec) -> PodIdentityAssociation {
         PodIdentityAssociation {
             metadata: ObjectMeta {
                 name: Some(name.into()),
+                namespace: Some("pi-demo".into()),
                 ..Default::default()
             },
             spec,
         }
     }
 
-    fn spec(ns: &str, sa: &str) -> PodIdentityAssociationSpec {
+    fn spec(sa: &str) -> PodIdentityAssociationSpec {
         PodIdentityAssociationSpec {
-            namespace: ns.into(),
             service_account: sa.into(),
             agency_name: Some("agency".into()),
             ..Default::default()
@@ -229,14 +250,14 @@ mod tests {
     }
 
     #[test]
-    fn schema_is_cluster_scoped_v1alpha1_with_the_seed_rules() {
+    fn schema_is_namespaced_v1beta1_with_the_api_rules() {
         let crd = definition();
         assert_eq!(
             crd.metadata.name.as_deref(),
-            Some("podidentityassociations.podidentity.io")
+            Some("podidentityassociations.iam.podidentity.io")
         );
-        assert_eq!(crd.spec.scope, "Cluster");
-        assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.versions[0].name, "v1beta1");
         let text = serde_json::to_string(&crd).unwrap();
         for needle in [
             r#""maxItems":20"#,
@@ -256,51 +277,49 @@ mod tests {
 
     #[test]
     fn cel_accepts_a_well_formed_object() {
-        let mut s = spec("pi-demo", "app");
+        let mut s = spec("app");
         s.tags = vec![CrdTag {
             key: "team".into(),
             value: "payments".into(),
         }];
-        assert_eq!(errors(&object("pi-demo.app", s)), "");
+        assert_eq!(errors(&object("app", s)), "");
     }
 
     #[test]
     fn cel_allows_a_policy_only_without_session_tags() {
-        let mut s = spec("pi-demo", "app");
+        let mut s = spec("app");
         s.agency_name = None;
         s.role_arn = Some("arn:aws:iam::1:role/r".into());
         s.policy = Some("{}".into());
-        let e = errors(&object("pi-demo.app", s.clone()));
+        let e = errors(&object("app", s.clone()));
         assert!(
             e.contains("policy is allowed only with disableSessionTags: true"),
             "{e}"
         );
         s.disable_session_tags = true;
-        assert_eq!(errors(&object("pi-demo.app", s.clone())), "");
+        assert_eq!(errors(&object("app", s.clone())), "");
         s.role_arn = None;
         s.agency_name = Some("a".into());
         s.target_role_arn = Some("arn:aws:iam::2:role/t".into());
-        assert!(errors(&object("pi-demo.app", s)).contains("targetRoleArn needs roleArn"));
+        assert!(errors(&object("app", s)).contains("targetRoleArn needs roleArn"));
     }
 
     #[test]
-    fn cel_requires_the_name_to_encode_the_service_account() {
-        let e = errors(&object("my-association", spec("pi-demo", "app")));
-        assert!(
-            e.contains("metadata.name must be <spec.namespace>.<spec.serviceAccount>"),
-            "{e}"
-        );
+    fn cel_requires_the_name_to_be_the_service_account() {
+        let e = errors(&object("my-association", spec("app")));
+        assert!(e.contains("metadata.name must be spec.serviceAccount"), "{e}");
+        assert_eq!(errors(&object("app", spec("app"))), "");
     }
 
     #[test]
     fn cel_requires_exactly_one_target() {
-        let mut s = spec("a", "b");
+        let mut s = spec("b");
         s.role_arn = Some("arn:aws:iam::1:role/r".into());
-        assert!(errors(&object("a.b", s.clone())).contains("exactly one of agencyName and roleArn"));
+        assert!(errors(&object("b", s.clone())).contains("exactly one of agencyName and roleArn"));
         s.agency_name = None;
-        assert_eq!(errors(&object("a.b", s.clone())), "");
+        assert_eq!(errors(&object("b", s.clone())), "");
         s.role_arn = None;
-        assert!(errors(&object("a.b", s)).contains("exactly one of agencyName and roleArn"));
+        assert!(errors(&object("b", s)).contains("exactly one of agencyName and roleArn"));
     }
 
     #[test]
@@ -315,9 +334,9 @@ mod tests {
             (Some(-5), false),
             (Some(172_801), false),
         ] {
-            let mut s = spec("a", "b");
+            let mut s = spec("b");
             s.token_expiration_seconds = seconds;
-            let e = errors(&object("a.b", s));
+            let e = errors(&object("b", s));
             assert_eq!(e.is_empty(), ok, "{seconds:?}: {e}");
             if !ok {
                 assert!(
@@ -337,28 +356,24 @@ mod tests {
             (" x", "start or end with a space"),
             ("x ", "start or end with a space"),
         ] {
-            let mut s = spec("a", "b");
+            let mut s = spec("b");
             s.tags = vec![CrdTag {
                 key: key.into(),
                 value: String::new(),
             }];
-            assert!(errors(&object("a.b", s)).contains(needle), "{key:?}");
+            assert!(errors(&object("b", s)).contains(needle), "{key:?}");
         }
     }
 
     #[test]
-    fn cel_keeps_namespace_and_service_account_immutable() {
-        let old = object("a.b", spec("a", "b"));
+    fn cel_keeps_the_service_account_immutable() {
+        let old = object("b", spec("b"));
         let mut new = old.clone();
         new.spec.agency_name = Some("other".into());
         assert!(validate_cel_update(&new, &old).is_ok(), "the agency may change");
         new.spec.service_account = "c".into();
         let e = validate_cel_update(&new, &old).unwrap_err().to_string();
         assert!(e.contains("serviceAccount is immutable"), "{e}");
-        let mut new = old.clone();
-        new.spec.namespace = "z".into();
-        let e = validate_cel_update(&new, &old).unwrap_err().to_string();
-        assert!(e.contains("namespace is immutable"), "{e}");
     }
 
     /// The schema patterns plus the CEL rules accept exactly what the file source accepts.
@@ -372,12 +387,12 @@ mod tests {
         for k in [
             "team", "a b", "k_.:=+-@", "数据", "_sys_x", " x", "x ", "a/b", "a#b", "", "é1",
         ] {
-            let mut s = spec("a", "b");
+            let mut s = spec("b");
             s.tags = vec![CrdTag {
                 key: k.into(),
                 value: String::new(),
             }];
-            let api_server = key_re.is_match(k) && !k.is_empty() && errors(&object("a.b", s)).is_empty();
+            let api_server = key_re.is_match(k) && !k.is_empty() && errors(&object("b", s)).is_empty();
             assert_eq!(api_server, check_tag_key(k).is_ok(), "key {k:?}");
         }
         for v in ["", "a/b", "x y", "a#b", "v=1+2@h:3", "ünï"] {
@@ -388,9 +403,9 @@ mod tests {
     #[test]
     fn an_object_written_before_the_bounds_keeps_its_association_within_them() {
         for (stored, used) in [(300, 600), (1 << 40, 172_800), (3600, 3600)] {
-            let mut s = spec("a", "b");
+            let mut s = spec("b");
             s.token_expiration_seconds = Some(stored);
-            let a = to_association(&object("a.b", s), None).unwrap();
+            let a = to_association(&object("b", s), None).unwrap();
             assert_eq!(a.token_expiration_seconds, Some(used), "{stored}");
         }
     }
@@ -398,9 +413,9 @@ mod tests {
     #[test]
     fn record_is_read_from_metadata() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
-        let mut s = spec("pi-demo", "app");
+        let mut s = spec("app");
         s.token_expiration_seconds = Some(3600);
-        let mut obj = object("pi-demo.app", s);
+        let mut obj = object("app", s);
         obj.metadata.uid = Some("u-1".into());
         obj.metadata.creation_timestamp = Some(Time("2026-11-20T08:15:30Z".parse().unwrap()));
         obj.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
@@ -409,6 +424,10 @@ mod tests {
         }]);
         let a = to_association(&obj, Some("c-1")).unwrap();
         assert_eq!(a.uid, "u-1");
+        assert_eq!(
+            (a.namespace.as_str(), a.service_account.as_str()),
+            ("pi-demo", "app")
+        );
         assert_eq!(a.cluster_id.as_deref(), Some("c-1"));
         assert_eq!(a.created_at.as_deref(), Some("2026-11-20T08:15:30Z"));
         assert_eq!(a.modified_at.as_deref(), Some("2026-11-21T10:44:05Z"));
@@ -416,7 +435,10 @@ mod tests {
         // The API record carries it under its camelCase name.
         let record = serde_json::to_value(&a).unwrap();
         assert_eq!(record["tokenExpirationSeconds"], 3600);
-        assert!(to_association(&object("wrong", spec("pi-demo", "app")), None).is_err());
+        assert!(to_association(&object("wrong", spec("app")), None).is_err());
+        let mut nowhere = object("app", spec("app"));
+        nowhere.metadata.namespace = None;
+        assert!(to_association(&nowhere, None).is_err());
         // The association API's record of its last spec change wins over the last write.
         obj.metadata.annotations = Some([(MODIFIED_AT.to_owned(), "2026-11-20T09:00:00Z".to_owned())].into());
         let a = to_association(&obj, None).unwrap();
