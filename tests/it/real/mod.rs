@@ -11,6 +11,7 @@ mod explain;
 mod issuer;
 mod lifecycle;
 mod manifests;
+mod migrate;
 mod pass_check;
 mod report;
 mod sdk;
