@@ -150,6 +150,7 @@ pub(crate) fn matrix() -> Vec<Value> {
     m.push(json!({"exchange": {"enabled": false, "caCert": cloud["caCert"]}, "agent": {"cceEndpoint": cloud["cceEndpoint"]}}));
     m.push(json!({"agent": {"enabled": false}, "exchange": {"enabled": false}}));
     m.push(json!({"networkPolicies": {"enabled": false}}));
+    m.push(json!({"migration": {"enabled": true}}));
     m.push(json!({"networkPolicies": {"enabled": true, "apiServerCIDR": "10.0.0.0/24", "nodeCIDR": "10.0.0.0/16",
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}}));
     m.push(json!({"image": {"repository": "registry.example/pod-identity-webhook", "digest": format!("sha256:{}", "0".repeat(64))}}));

@@ -27,16 +27,21 @@ pub fn help(command: &str) -> String {
     .unwrap()
 }
 
-/// `COMMAND ARGS...`: every `--flag=value` is one the subcommand has.
+/// `COMMAND ARGS...`: every `--flag=value` is one the subcommand has with a value, every bare
+/// `--flag` one it has without.
 pub fn assert_flags(command: &str, args: &[&str]) {
     assert_eq!(args[0], command);
     let help = help(command);
     for a in &args[1..] {
-        let flag = a.split('=').next().unwrap();
-        assert!(
-            help.contains(&format!("{flag} <")),
-            "{flag} is not an {command} flag"
-        );
+        let known = match a.split_once('=') {
+            Some((flag, _)) => help.contains(&format!("{flag} <")),
+            None => help.lines().any(|l| {
+                l.trim_start()
+                    .strip_prefix(a)
+                    .is_some_and(|rest| rest.starts_with(' '))
+            }),
+        };
+        assert!(known, "{a} is not an {command} flag");
     }
 }
 
@@ -138,10 +143,21 @@ pub fn check_webhook_contract(hook: &Value, system_ns: &str) {
     );
 }
 
+/// The chart's migration hook may convert the old associations: create the new kind, delete
+/// the old, and pass whatever the old ones granted.
+pub fn migrate_rules() -> Value {
+    serde_json::json!([
+        {"apiGroups": ["iam.podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "create"]},
+        {"apiGroups": ["podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "delete"]},
+        {"apiGroups": ["podidentity.io"], "resources": ["agencies", "roles"], "verbs": ["pass"]},
+    ])
+}
+
 /// The only rules any role may grant: the webhook reads associations; the agent reads them and
 /// lists and watches pods (its node's); the exchange reviews tokens and reads associations (it
 /// writes none: the association API writes with its callers' tokens), and gets the agents' pods
-/// (in their namespace only) to accept only the agent DaemonSet's running pods as callers. Anything else (another role, a wildcard, another write) is a finding.
+/// (in their namespace only) to accept only the agent DaemonSet's running pods as callers; the
+/// chart's migration hook [`migrate_rules`]. Anything else (another role, a wildcard, another write) is a finding.
 pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
     let read = serde_json::json!({"apiGroups": ["iam.podidentity.io", "podidentity.io"], "resources": ["podidentityassociations"], "verbs": ["get", "list", "watch"]});
     let review = serde_json::json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]});
@@ -171,6 +187,8 @@ pub fn rbac_findings(docs: &[Value]) -> Vec<String> {
                 serde_json::json!([get_pods])
             }
             ("ClusterRole", "pod-identity-agent") => serde_json::json!([read, pods]),
+            // The upgrade hook (docs/migration.md), deleted once it succeeded.
+            ("ClusterRole", "pod-identity-migrate") => migrate_rules(),
             ("ClusterRole" | "Role", _) => {
                 findings.push(format!("{kind}/{name}: a role nothing needs"));
                 continue;

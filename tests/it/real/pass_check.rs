@@ -166,7 +166,6 @@ fn assert_names_missing_pass(err: &str, user: &str, resource: &str, name: &str, 
     assert!(err.contains(&grant), "{err:?} lacks {grant:?}");
 }
 
-/// `spec.<field>` of association `name`, as the admin reads it.
 /// A spec field of the namespaced object `<namespace>.<sa>`.
 fn spec_field(api: &ApiServer, name: &str, field: &str) -> String {
     let (ns, sa) = name.split_once('.').unwrap();
@@ -686,4 +685,82 @@ async fn the_audit_log_names_the_caller_of_the_association_api() {
     assert!(logged.iter().all(|(_, u, _)| u != exchange_user), "{logged:?}");
     let (ok, err) = get_pia(&api, &format!("{b}.sdk"));
     assert!(!ok && err.contains("NotFound"), "{err}");
+}
+
+/// `migrate-associations` as `token`: exit status and output.
+fn migrate_as(api: &ApiServer, token: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["migrate-associations", "--delete-old"])
+        .env("KUBECONFIG", api.kubeconfig(dir.path(), token))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap(), text)
+}
+
+/// The chart's upgrade hook (migration.enabled) runs `migrate-associations --delete-old` as a
+/// service account whose rendered RBAC suffices under the pass policy; a writer who passes
+/// nothing has its conversion refused, naming the permission, and the old object kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_upgrade_hook_may_migrate_under_the_pass_policy() {
+    let Some(api) = own() else { return };
+    let ns = api.namespace("hook", &[]).await;
+    api.apply(&legacy_association(&ns, "app", "agencyName: hook-agency"));
+    let old = format!("{ns}.app");
+
+    let (code, out) = migrate_as(api, "bob-token");
+    assert_eq!(code, 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{old}:")))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains(&format!("the API server refused {ns}/app")),
+        "{line}"
+    );
+    assert_names_missing_pass(line, "bob", "agencies", "hook-agency", &ns);
+    assert!(get_old(api, &old).is_ok(), "the old object is kept");
+
+    let docs = crate::helm::render(&json!({"migration": {"enabled": true}})).docs;
+    let hook: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["metadata"]["name"] == "pod-identity-migrate")
+        .collect();
+    let job = hook.iter().find(|d| d["kind"] == "Job").expect("the hook Job");
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "pod-identity-migrate");
+    assert_eq!(
+        pod["containers"][0]["args"],
+        json!(["migrate-associations", "--delete-old"])
+    );
+    assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"], "post-upgrade");
+    let system = job["metadata"]["namespace"].as_str().unwrap();
+    api.create_namespace(system, &[]).await;
+    for d in hook.iter().filter(|d| d["kind"] != "Job") {
+        api.apply(&serde_json::to_string(d).unwrap());
+    }
+    let token = api
+        .token(system, "pod-identity-migrate", None, API_AUDIENCE, 3600)
+        .await;
+    // RBAC takes effect shortly after the binding: until then the run is refused and writes nothing.
+    let started = Instant::now();
+    let out = loop {
+        let (code, out) = migrate_as(api, &token);
+        if out.contains(&format!("{old}: created {ns}/app")) {
+            break out;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{code}: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(out.contains(&format!("{old}: deleted the old object")), "{out}");
+    assert_eq!(spec_field(api, &old, "agencyName"), "hook-agency");
+    let err = get_old(api, &old).unwrap_err();
+    assert!(err.contains("NotFound"), "{err}");
+}
+
+/// The old cluster-scoped object `name`, as the admin reads it.
+fn get_old(api: &ApiServer, name: &str) -> Result<String, String> {
+    let (ok, out, err) = api.kubectl(&["get", "podidentityassociations.podidentity.io", name], None);
+    if ok { Ok(out) } else { Err(err) }
 }
