@@ -353,11 +353,11 @@ pub struct ExchangeArgs {
     pub(crate) cert_dir: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
-    /// The project id in the seed 000 API path this exchange answers for (seed 000 is served
-    /// when it, --cluster-id, --iam-endpoint and --domain-id or --domain-name are given).
+    /// The project id in the CCE assume-agency-for-pod-identity API path this exchange answers
+    /// for (that API is served when it, --cluster-id, --iam-endpoint and --domain-id or --domain-name are given).
     #[arg(long, env = "POD_IDENTITY_PROJECT_ID")]
     pub(crate) project_id: Option<String>,
-    /// The cluster id in the seed 000 API path (and in IAM session names).
+    /// The cluster id in the CCE assume-agency-for-pod-identity API path (and in IAM session names).
     #[arg(long, env = "POD_IDENTITY_CLUSTER_ID")]
     pub(crate) cluster_id: Option<String>,
     /// IAM endpoint, e.g. https://iam.myhuaweicloud.com
@@ -369,7 +369,7 @@ pub struct ExchangeArgs {
     /// ... or name.
     #[arg(long, env = "POD_IDENTITY_DOMAIN_NAME")]
     pub(crate) domain_name: Option<String>,
-    /// The EKS cluster name: serves EKS Auth's assume-role-for-pod-identity (seed 002) for it,
+    /// The EKS cluster name: serves EKS Auth's assume-role-for-pod-identity for it,
     /// assuming roles through STS with the AWS credentials of the standard chain (environment,
     /// shared config and credentials files, web identity, container endpoint, IMDSv2).
     #[arg(long, env = "POD_IDENTITY_CLUSTER_NAME")]
@@ -377,7 +377,7 @@ pub struct ExchangeArgs {
     /// The `eks-cluster-arn` session tag (default: arn:aws:eks:REGION:ROLE-ACCOUNT:cluster/NAME).
     #[arg(long, env = "POD_IDENTITY_CLUSTER_ARN", requires = "cluster_name")]
     pub(crate) cluster_arn: Option<String>,
-    /// The AWS region of STS and of the ARNs (seed 002).
+    /// The AWS region of STS and of the ARNs.
     #[arg(long, env = "AWS_REGION", requires = "cluster_name")]
     pub(crate) region: Option<String>,
     /// STS endpoint (default: the regional one, https://sts.REGION.amazonaws.com).

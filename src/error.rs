@@ -5,9 +5,9 @@ use crate::association::source::SourceError;
 use crate::certs::CertError;
 use crate::cli::ArgError;
 use crate::cloud::client::ClientError;
-use crate::cluster::ClusterError;
 use crate::http::BindError;
 use crate::http::tls::TlsError;
+use crate::kube_client::ClusterError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -6,7 +6,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::budget::TokenHash;
+use crate::rate_limit::TokenHash;
 
 /// Entries expire `ttl` after they were put; a zero TTL remembers nothing.
 pub(crate) struct Expiring<V> {

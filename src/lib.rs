@@ -12,20 +12,20 @@
 
 pub mod agent;
 pub(crate) mod association;
-pub(crate) mod budget;
 pub mod certs;
 pub mod cli;
 pub(crate) mod cloud;
-pub(crate) mod cluster;
 pub mod error;
 pub mod exchange;
 pub(crate) mod expiring;
+pub(crate) mod file_watch;
 pub(crate) mod http;
 pub(crate) mod issuer;
+pub(crate) mod kube_client;
+pub(crate) mod log_throttle;
 pub(crate) mod metrics;
 pub mod profile;
-pub(crate) mod sampled;
-pub(crate) mod watch;
+pub(crate) mod rate_limit;
 pub mod webhook;
 
 /// The `PodIdentityAssociation` CustomResourceDefinition as YAML (`crd`).

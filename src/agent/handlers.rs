@@ -16,8 +16,8 @@ use super::metrics::{AgentMetrics, Refusal};
 use super::token::{self, TokenError};
 use crate::http;
 use crate::issuer::{IssuerKeys, Verdict};
+use crate::log_throttle::Sampled;
 use crate::profile::Provider;
-use crate::sampled::Sampled;
 
 /// What every request of the credential endpoint shares.
 pub(super) struct AgentState {

@@ -19,13 +19,13 @@ use crate::association::source::{self, AssociationSource};
 use crate::association::{Reader, store};
 use crate::cli::{AgentArgs, ArgError, BackendKind, seconds};
 use crate::cloud::auth::{CloudAuth, TokenFile};
-use crate::cluster;
 use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::{self, BindError, Limits, Listener, Shutdown};
 use crate::issuer::{IssuerKeys, KEY_READ_INTERVAL};
+use crate::kube_client;
+use crate::log_throttle::Sampled;
 use crate::profile::Provider;
-use crate::sampled::Sampled;
 use backend::{Backend, CceBackend, EksBackend, LocalBackend};
 use cache::{Cache, CacheConfig};
 use metrics::AgentMetrics;
@@ -130,12 +130,12 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
     // the local backend also reads its answers from them.
     let source = args.source.source(args.cluster_id.clone())?;
     let kube_config = match source.needs_cluster() || args.node_name.is_some() {
-        true => Some(cluster::config().await?),
+        true => Some(kube_client::config().await?),
         false => None,
     };
-    let cluster = kube_config.clone().map(cluster::watch_client).transpose()?;
+    let cluster = kube_config.clone().map(kube_client::watch_client).transpose()?;
     if let Some(kube) = kube_config.filter(|_| args.verify_tokens) {
-        let client = cluster::request_client(kube, Duration::from_secs(2))?;
+        let client = kube_client::request_client(kube, Duration::from_secs(2))?;
         config.issuer = Some(IssuerKeys::start(
             client,
             KEY_READ_INTERVAL,

@@ -9,8 +9,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 
 use super::index::{Duplicate, Index, Writer};
 use super::{Association, AssociationSpec};
+use crate::file_watch::{Fingerprint, Watcher};
 use crate::metrics::{InputMetrics, Source};
-use crate::watch::{Fingerprint, Watcher};
 
 /// Why an association file was refused.
 #[derive(Debug, thiserror::Error)]

@@ -235,7 +235,7 @@ pub(crate) async fn list_once(client: &kube::Client) -> Result<Index, kube::Erro
                 }
                 watch.apply(Event::InitDone);
             }
-            Err(e) if crate::cluster::is_absent(&e) => {
+            Err(e) if crate::kube_client::is_absent(&e) => {
                 state.of(kind).absent();
             }
             Err(e) => return Err(e),
@@ -248,7 +248,7 @@ pub(crate) async fn list_once(client: &kube::Client) -> Result<Index, kube::Erro
 fn crd_absent(e: &watcher::Error) -> bool {
     match e {
         watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) => {
-            crate::cluster::is_absent(e)
+            crate::kube_client::is_absent(e)
         }
         _ => false,
     }

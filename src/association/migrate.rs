@@ -8,7 +8,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::core::ResourceExt;
 
 use super::crd::{PodIdentityAssociation, legacy};
-use crate::cluster::{self, ClusterError};
+use crate::kube_client::{self, ClusterError};
 
 /// What to do.
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,7 +81,7 @@ fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> MigrateError {
 
 /// Runs the migration against the cluster of the kubeconfig (or in-cluster config).
 pub(crate) async fn run(m: Migration) -> Result<Report, MigrateError> {
-    let client = kube::Client::try_from(cluster::config().await?).map_err(ClusterError::from)?;
+    let client = kube::Client::try_from(kube_client::config().await?).map_err(ClusterError::from)?;
     migrate(client, m).await
 }
 
@@ -89,13 +89,13 @@ pub(crate) async fn migrate(client: kube::Client, m: Migration) -> Result<Report
     let mut report = Report::default();
     let new_all = Api::<PodIdentityAssociation>::all(client.clone());
     match new_all.list(&ListParams::default().limit(1)).await {
-        Err(e) if cluster::is_absent(&e) => return Err(MigrateError::NoNewCrd),
+        Err(e) if kube_client::is_absent(&e) => return Err(MigrateError::NoNewCrd),
         other => drop(other.map_err(api("list the namespaced associations"))?),
     }
     let old_api = Api::<legacy::PodIdentityAssociation>::all(client.clone());
     let mut old = match old_api.list(&ListParams::default()).await {
         Ok(list) => list.items,
-        Err(e) if cluster::is_absent(&e) => {
+        Err(e) if kube_client::is_absent(&e) => {
             report.lines.push(format!(
                 "the old CRD {} is not installed: nothing to migrate",
                 legacy::NAME

@@ -13,8 +13,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::cloud::seed001::Association;
-pub(crate) use crate::cloud::seed001::Tag;
+pub use crate::cloud::cce_association::Association;
+pub(crate) use crate::cloud::cce_association::Tag;
 pub use index::{Index, Reader, Writer, store};
 
 /// At most this many tags per association (the cloud API's usual cap).

@@ -10,7 +10,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 
 use super::UpstreamError;
 use super::signer::{self, AccessKey};
-use crate::watch::Fingerprint;
+use crate::file_watch::Fingerprint;
 
 /// How requests to a cloud API are authenticated.
 pub enum CloudAuth {

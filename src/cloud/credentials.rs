@@ -4,8 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::seed000::{self, AgencyCredentials, AssumeAgencyResponse, AssumedAgency, Subject};
-use super::seed003;
+use super::cce_assume_agency::{self, AgencyCredentials, AssumeAgencyResponse, AssumedAgency, Subject};
+use super::iam_assume_role;
 use crate::profile::{CCE, Provider};
 
 /// Temporary credentials for one pod's agency (or role).
@@ -95,7 +95,10 @@ impl Credentials {
                 access_key_id: self.access_key_id.clone(),
                 secret_access_key: self.secret_access_key.clone(),
                 security_token: self.security_token.clone(),
-                expiration: self.expiration.strftime(seed000::EXPIRATION_FORMAT).to_string(),
+                expiration: self
+                    .expiration
+                    .strftime(cce_assume_agency::EXPIRATION_FORMAT)
+                    .to_string(),
             },
             pod_identity_association_id: self.association_id.clone(),
             subject: self.subject.clone(),
@@ -104,8 +107,9 @@ impl Credentials {
 
     /// Reads a seed 000 response body.
     pub(crate) fn from_seed_000(body: &[u8]) -> Result<Self, UpstreamError> {
-        let r: AssumeAgencyResponse = serde_json::from_slice(body)
-            .map_err(|e| UpstreamError::Invalid(format!("not a seed 000 response: {e}")))?;
+        let r: AssumeAgencyResponse = serde_json::from_slice(body).map_err(|e| {
+            UpstreamError::Invalid(format!("not an assume-agency-for-pod-identity response: {e}"))
+        })?;
         let c = r.credentials;
         Ok(Credentials {
             assumed_agency: r.assumed_agency,
@@ -122,8 +126,11 @@ impl Credentials {
 
     /// Reads a seed 003 (IAM) response body.
     pub(crate) fn from_seed_003(body: &[u8]) -> Result<Self, UpstreamError> {
-        let r: seed003::AssumeRoleResponse = serde_json::from_slice(body)
-            .map_err(|e| UpstreamError::Invalid(format!("not a seed 003 (IAM) response: {e}")))?;
+        let r: iam_assume_role::AssumeRoleResponse = serde_json::from_slice(body).map_err(|e| {
+            UpstreamError::Invalid(format!(
+                "not an IAM assume-role (agency credentials) response: {e}"
+            ))
+        })?;
         let c = r.credential;
         Ok(Credentials::new(
             non_empty("credential.access", c.access)?,

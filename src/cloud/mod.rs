@@ -5,20 +5,20 @@
 //!
 //! | module | API page |
 //! |---|---|
-//! | [`seed000`] | CCE `assume-agency-for-pod-identity` (request, response) |
-//! | [`seed001`] | CCE pod identity association record |
-//! | [`seed002`] | EKS Auth `AssumeRoleForPodIdentity` (request, response) |
-//! | [`seed003`] | IAM `assume_role` temporary credentials through an agency |
+//! | [`cce_assume_agency`] | CCE `assume-agency-for-pod-identity` (request, response) |
+//! | [`cce_association`] | CCE pod identity association record |
+//! | [`eks_auth`] | EKS Auth `AssumeRoleForPodIdentity` (request, response) |
+//! | [`iam_assume_role`] | IAM `assume_role` temporary credentials through an agency |
 
 pub(crate) mod auth;
 pub(crate) mod aws;
+pub(crate) mod cce_association;
+pub(crate) mod cce_assume_agency;
 pub(crate) mod client;
 pub(crate) mod credentials;
+pub(crate) mod eks_auth;
 pub(crate) mod error;
-pub(crate) mod seed000;
-pub(crate) mod seed001;
-pub(crate) mod seed002;
-pub(crate) mod seed003;
+pub(crate) mod iam_assume_role;
 pub mod signer;
 
 pub use credentials::{Credentials, UpstreamError};

@@ -35,10 +35,10 @@ use crate::association::crd::{
     CrdTag, MODIFIED_AT, PodIdentityAssociation, PodIdentityAssociationSpec, legacy, to_association,
 };
 use crate::association::{Association, AssociationSpec};
-use crate::budget::{KeyedBuckets, TokenHash};
-use crate::cloud::seed001::{CreateAssociation, UpdateAssociation};
+use crate::cloud::cce_association::{CreateAssociation, UpdateAssociation};
 use crate::expiring::Expiring;
-use crate::{cluster, http};
+use crate::rate_limit::{KeyedBuckets, TokenHash};
+use crate::{http, kube_client};
 
 pub(super) struct ApiState {
     pub(super) project_id: String,
@@ -113,7 +113,7 @@ impl Caller {
     }
 
     fn client(&self, s: &ApiState) -> Result<kube::Client, Refused> {
-        cluster::as_holder_of(&s.as_callers, &self.token).map_err(|e| {
+        kube_client::as_holder_of(&s.as_callers, &self.token).map_err(|e| {
             tracing::warn!(error = %e, "association API: no client for the caller");
             refused(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -388,7 +388,8 @@ impl ApiState {
         let mut stored: Vec<Stored> = all.items.into_iter().map(Stored::Namespaced).collect();
         match caller.legacy(self)?.list(&ListParams::default()).await {
             Ok(old) => stored.extend(old.items.into_iter().map(Stored::Legacy)),
-            Err(e) if cluster::is_absent(&e) || matches!(&e, kube::Error::Api(s) if s.is_forbidden()) => {}
+            Err(e) if kube_client::is_absent(&e) || matches!(&e, kube::Error::Api(s) if s.is_forbidden()) => {
+            }
             Err(e) => return Err(caller.refused("list", e)),
         }
         let records: Vec<Association> = stored.iter().filter_map(|o| self.record_of(o)).collect();
@@ -500,7 +501,7 @@ impl ApiState {
             .await;
         match old {
             Ok(old) => all.extend(old.items.into_iter().map(Stored::Legacy)),
-            Err(e) if cluster::is_absent(&e) => {}
+            Err(e) if kube_client::is_absent(&e) => {}
             Err(e) => return Err(kube_failed(e)),
         }
         Ok(all)
@@ -656,7 +657,7 @@ fn exists(namespace: &str, name: &str, uid: &str) -> Refused {
 fn absent_is_none<T>(read: Result<Option<T>, kube::Error>) -> Result<Option<T>, Refused> {
     match read {
         Ok(found) => Ok(found),
-        Err(e) if cluster::is_absent(&e) => Ok(None),
+        Err(e) if kube_client::is_absent(&e) => Ok(None),
         Err(e) => Err(kube_failed(e)),
     }
 }

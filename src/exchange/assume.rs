@@ -18,12 +18,12 @@ use super::metrics::{ExchangeMetrics, Token};
 use super::refusal::{Reason, Refusal, SampledLog, Seen, error_response};
 use super::review::{self, Holder, TokenReviewer};
 use crate::association::{Association, Reader};
-use crate::budget::{KeyedBuckets, TokenHash};
-use crate::cloud::seed000::{AssumeAgencyRequest, AssumedAgency, Subject};
+use crate::cloud::cce_assume_agency::{AssumeAgencyRequest, AssumedAgency, Subject};
 use crate::cloud::{Credentials, UpstreamError};
 use crate::expiring::Expiring;
 use crate::http;
 use crate::profile::{CCE, Provider};
+use crate::rate_limit::{KeyedBuckets, TokenHash};
 
 pub(super) struct ExchangeState {
     pub(super) project_id: String,

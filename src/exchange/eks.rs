@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::assume::{ExchangeState, authenticate, rate_limited, redeem, respond};
 use super::refusal::{Reason, Refusal, Seen};
 use super::sts::{self, AssumeRole, Sts};
-use crate::cloud::seed002::{
+use crate::cloud::eks_auth::{
     AssumeRoleForPodIdentityRequest, AssumeRoleForPodIdentityResponse, AssumedRoleUser, Credentials,
     PodIdentityAssociation, Subject,
 };
@@ -143,7 +143,7 @@ async fn answer(
             ));
         }
     };
-    seen.pod_token = Some(crate::budget::TokenHash::of(&token));
+    seen.pod_token = Some(crate::rate_limit::TokenHash::of(&token));
     // The shared checks answer with the CCE codes; `refuse` gives EKS Auth's by reason.
     let pod = redeem(s, seen, &token, EKS.audience, &caller).await?;
     let (namespace, service_account) = (pod.namespace.as_str(), pod.service_account.as_str());

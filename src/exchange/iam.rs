@@ -4,7 +4,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use crate::cloud::auth::CloudAuth;
 use crate::cloud::client::{ClientError, Upstream, endpoint_url};
-use crate::cloud::seed003::{self, AssumeRole, AssumeRoleRequest, SessionUser};
+use crate::cloud::iam_assume_role::{self, AssumeRole, AssumeRoleRequest, SessionUser};
 use crate::cloud::{Credentials, UpstreamError};
 
 /// The delegating account, by id (preferred) or name.
@@ -31,7 +31,7 @@ impl Iam {
         domain: Domain,
         duration_seconds: u32,
     ) -> Result<Self, ClientError> {
-        let url = endpoint_url(endpoint, seed003::PATH, "--iam-endpoint")?;
+        let url = endpoint_url(endpoint, iam_assume_role::PATH, "--iam-endpoint")?;
         Ok(Iam {
             client,
             url,
@@ -63,11 +63,14 @@ impl Iam {
         let body = serde_json::to_vec(&request).unwrap_or_default();
         // Every header is in place before the signature is computed over them.
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(seed003::CONTENT_TYPE));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(iam_assume_role::CONTENT_TYPE),
+        );
         self.auth.apply("POST", &self.url, &mut headers, &body)?;
         let answer = self
             .client
-            .post(&self.url, headers, body, seed003::CREATED)
+            .post(&self.url, headers, body, iam_assume_role::CREATED)
             .await?;
         Credentials::from_seed_003(&answer)
     }

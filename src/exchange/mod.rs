@@ -28,16 +28,16 @@ use axum::routing::{get, post};
 
 use crate::association::source;
 use crate::association::{Reader, store};
-use crate::budget::KeyedBuckets;
 use crate::cli::{ArgError, ExchangeArgs, seconds};
-use crate::cloud::{seed000, seed001};
-use crate::cluster;
+use crate::cloud::{cce_association, cce_assume_agency};
 use crate::error::StartError;
 use crate::expiring::Expiring;
 use crate::http::health::{self, Readiness};
 use crate::http::tls::ReloadingCert;
 use crate::http::{self, Limits, Listener};
 use crate::issuer::{IssuerKeys, KEY_READ_INTERVAL};
+use crate::kube_client;
+use crate::rate_limit::KeyedBuckets;
 use eks::Eks;
 use iam::{Domain, Iam};
 use metrics::ExchangeMetrics;
@@ -150,19 +150,19 @@ const REFUSALS_LOGGED_PER_MINUTE: u32 = 20;
 /// source, IAM with the operator's credentials; serves until SIGTERM or SIGINT.
 pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
     let cache_ttl = cache_ttl(args.cache_ttl)?;
-    let iam = seed_000(&args)?;
-    let eks = seed_002(&args)?;
+    let iam = cce_backend(&args)?;
+    let eks = eks_backend(&args)?;
     if iam.is_none() && eks.is_none() {
         return Err(ArgError(
-            "set --cluster-name (EKS Auth, seed 002), or --project-id, --cluster-id, \
-             --iam-endpoint and --domain-id (CCE, seed 000), or both"
+            "set --cluster-name (EKS Auth AssumeRoleForPodIdentity), or --project-id, --cluster-id, \
+             --iam-endpoint and --domain-id (CCE assume-agency-for-pod-identity), or both"
                 .into(),
         )
         .into());
     }
     let source = args.source.source(args.cluster_id.clone())?;
-    let kube_config = cluster::config().await?;
-    let cluster = cluster::watch_client(kube_config.clone())?;
+    let kube_config = kube_client::config().await?;
+    let cluster = kube_client::watch_client(kube_config.clone())?;
     let metrics = Arc::new(ExchangeMetrics::default());
     let (associations, writer) = store();
     let _source = source::start(
@@ -188,11 +188,11 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
         )
     };
     let review_deadline = seconds("review-timeout", args.review_timeout)?;
-    let cluster = cluster::bounded(kube_config.clone(), review_deadline);
+    let cluster = kube_client::bounded(kube_config.clone(), review_deadline);
     let mut reviewer: Arc<dyn TokenReviewer> =
         Arc::new(KubeReviewer::new(kube_config.clone(), review_deadline)?);
     if args.verify_tokens {
-        let keys_client = cluster::request_client(kube_config, review_deadline)?;
+        let keys_client = kube_client::request_client(kube_config, review_deadline)?;
         let keys = IssuerKeys::start(keys_client, KEY_READ_INTERVAL, metrics.issuer.clone());
         reviewer = Arc::new(LocallyVerified::new(keys, reviewer));
     }
@@ -202,7 +202,7 @@ pub async fn run(args: ExchangeArgs) -> Result<(), StartError> {
 }
 
 /// Seed 000's IAM upstream when any of its flags is given (then all are needed).
-fn seed_000(args: &ExchangeArgs) -> Result<Option<Iam>, StartError> {
+fn cce_backend(args: &ExchangeArgs) -> Result<Option<Iam>, StartError> {
     let (project, cluster, endpoint) = (&args.project_id, &args.cluster_id, &args.iam_endpoint);
     let domain = match (&args.domain_id, &args.domain_name) {
         (Some(id), _) => Some(Domain::Id(id.clone())),
@@ -217,7 +217,7 @@ fn seed_000(args: &ExchangeArgs) -> Result<Option<Iam>, StartError> {
             || args.domain_name.is_some()
         {
             return Err(ArgError(
-                "the CCE path (seed 000) needs all of --project-id, --cluster-id, --iam-endpoint \
+                "the CCE assume-agency-for-pod-identity API needs all of --project-id, --cluster-id, --iam-endpoint \
                  and --domain-id or --domain-name"
                     .into(),
             )
@@ -236,7 +236,7 @@ fn seed_000(args: &ExchangeArgs) -> Result<Option<Iam>, StartError> {
 }
 
 /// Seed 002's settings when `--cluster-name` is given.
-fn seed_002(args: &ExchangeArgs) -> Result<Option<Eks>, StartError> {
+fn eks_backend(args: &ExchangeArgs) -> Result<Option<Eks>, StartError> {
     let Some(cluster_name) = &args.cluster_name else {
         return Ok(None);
     };
@@ -269,7 +269,7 @@ pub struct Exchange {
 
 impl Exchange {
     /// `cluster` is the API server that stores the associations the association API serves
-    /// (calls to it must end in time: `cluster::bounded`); the exchange reads them with its
+    /// (calls to it must end in time: `kube_client::bounded`); the exchange reads them with its
     /// credentials, and writes them with each caller's own.
     pub async fn bind(
         config: ExchangeConfig,
@@ -294,7 +294,8 @@ impl Exchange {
         if let Some(cert) = &cert {
             readiness = readiness.require(cert.valid_now(), "the serving certificate has expired");
         }
-        let client = kube::Client::try_from(cluster.clone()).map_err(crate::cluster::ClusterError::from)?;
+        let client =
+            kube::Client::try_from(cluster.clone()).map_err(crate::kube_client::ClusterError::from)?;
         let api = Arc::new(associations::ApiState {
             project_id: config.project_id.clone(),
             cluster_id: config.cluster_id.clone(),
@@ -346,7 +347,7 @@ impl Exchange {
         let serve_metrics = metrics.serve.clone();
         let mut app = Router::new();
         if self.state.iam.is_some() {
-            app = app.route(seed000::ROUTE, post(assume::assume));
+            app = app.route(cce_assume_agency::ROUTE, post(assume::assume));
         }
         if self.state.eks.is_some() {
             app = app.route(eks::ROUTE, post(eks::assume_role));
@@ -356,11 +357,11 @@ impl Exchange {
             .merge(
                 Router::new()
                     .route(
-                        seed001::COLLECTION,
+                        cce_association::COLLECTION,
                         post(associations::create).get(associations::list),
                     )
                     .route(
-                        seed001::ITEM,
+                        cce_association::ITEM,
                         get(associations::show)
                             .put(associations::update)
                             .delete(associations::delete),

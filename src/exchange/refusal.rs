@@ -7,10 +7,10 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use crate::budget::TokenHash;
 use crate::cloud::error::CloudError;
 use crate::http;
-use crate::sampled::Sampled;
+use crate::log_throttle::Sampled;
+use crate::rate_limit::TokenHash;
 
 /// An answer in the cloud API's error body `{"error_code","error_msg"}`.
 pub(super) fn error_response(status: StatusCode, code: &str, message: &str) -> Response {

@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::{Api, PostParams};
 
-use crate::cluster::{self, ClusterError};
 use crate::issuer::{IssuerKeys, Verdict};
+use crate::kube_client::{self, ClusterError};
 
 /// The API server could not be asked, or did not answer in time.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub struct KubeReviewer {
 impl KubeReviewer {
     pub fn new(config: kube::Config, deadline: Duration) -> Result<Self, ClusterError> {
         Ok(KubeReviewer {
-            client: cluster::request_client(config, deadline)?,
+            client: kube_client::request_client(config, deadline)?,
             deadline,
         })
     }

@@ -13,8 +13,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::certs;
+use crate::file_watch::{Fingerprint, Watcher};
 use crate::metrics::{InputMetrics, Source};
-use crate::watch::{Fingerprint, Watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -286,7 +286,7 @@ mod live {
             .build()
             .map_err(|e| failed("runtime", e))?;
         runtime.block_on(async {
-            let config = crate::cluster::config()
+            let config = crate::kube_client::config()
                 .await
                 .map_err(|e| failed("kubeconfig", e))?;
             let client = kube::Client::try_from(config).map_err(|e| failed("kubeconfig", e))?;

@@ -29,11 +29,11 @@ use crate::association::source::{self, AssociationSource};
 use crate::association::store;
 use crate::certs;
 use crate::cli::{ArgError, ReportArgs, ServeArgs, seconds};
-use crate::cluster;
 use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::tls::ReloadingCert;
 use crate::http::{self, Limits, Listener};
+use crate::kube_client;
 use metrics::{Outcome, WebhookMetrics};
 use mutation::Injection;
 use wire::Admission;
@@ -138,7 +138,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         "starting pod identity webhook"
     );
     let cluster = match config.source.needs_cluster() {
-        true => Some(cluster::watch_client(cluster::config().await?)?),
+        true => Some(kube_client::watch_client(kube_client::config().await?)?),
         false => None,
     };
     Webhook::bind(config, cluster)

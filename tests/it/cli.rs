@@ -462,11 +462,11 @@ fn exchange_and_agent_demand_only_the_flags_of_the_path_they_serve() {
     for (args, needle) in [
         (
             &["exchange"][..],
-            "set --cluster-name (EKS Auth, seed 002), or --project-id",
+            "set --cluster-name (EKS Auth AssumeRoleForPodIdentity), or --project-id",
         ),
         (
             &["exchange", "--project-id", "p"][..],
-            "the CCE path (seed 000) needs all of --project-id, --cluster-id, --iam-endpoint",
+            "the CCE assume-agency-for-pod-identity API needs all of --project-id, --cluster-id, --iam-endpoint",
         ),
         (
             &["agent", "--backend", "eks", "--region", "us-west-2"][..],
@@ -476,5 +476,25 @@ fn exchange_and_agent_demand_only_the_flags_of_the_path_they_serve() {
         let (ok, _, err) = run(args, None);
         assert!(!ok, "{args:?}");
         assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+/// `--help` speaks of the APIs by their names: no internal label (such as a page number) of
+/// the project's notes reaches a user.
+#[test]
+fn help_names_every_api_by_its_name() {
+    let (ok, top, _) = run(&["--help"], None);
+    assert!(ok);
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 8, "{top}");
+    for text in std::iter::once(top.clone()).chain(commands.iter().map(|c| run(&[c, "--help"], None).1)) {
+        assert!(!text.to_lowercase().contains("seed"), "{text}");
     }
 }

@@ -6,8 +6,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::Backend;
 use crate::cloud::auth::CloudAuth;
+use crate::cloud::cce_assume_agency::{self, AssumeAgencyRequest};
 use crate::cloud::client::{ClientError, Upstream, endpoint_url};
-use crate::cloud::seed000::{self, AssumeAgencyRequest};
 use crate::cloud::{Credentials, UpstreamError};
 
 pub struct CceBackend {
@@ -25,7 +25,11 @@ impl CceBackend {
         cluster_id: &str,
         auth: CloudAuth,
     ) -> Result<Self, ClientError> {
-        let url = endpoint_url(endpoint, &seed000::path(project_id, cluster_id), "--cce-endpoint")?;
+        let url = endpoint_url(
+            endpoint,
+            &cce_assume_agency::path(project_id, cluster_id),
+            "--cce-endpoint",
+        )?;
         Ok(CceBackend {
             client,
             url,

@@ -11,7 +11,7 @@ use super::Backend;
 use crate::cloud::auth::CloudAuth;
 use crate::cloud::aws::{self, AwsKey};
 use crate::cloud::client::{ClientError, Upstream, endpoint_url};
-use crate::cloud::seed002::{AssumeRoleForPodIdentityRequest, AssumeRoleForPodIdentityResponse};
+use crate::cloud::eks_auth::{AssumeRoleForPodIdentityRequest, AssumeRoleForPodIdentityResponse};
 use crate::cloud::{Credentials, UpstreamError};
 
 /// How the agent authenticates to the endpoint.
@@ -116,8 +116,9 @@ fn for_the_cache(e: UpstreamError) -> UpstreamError {
 
 /// Reads a seed 002 response body.
 fn from_seed_002(body: &[u8]) -> Result<Credentials, UpstreamError> {
-    let r: AssumeRoleForPodIdentityResponse = serde_json::from_slice(body)
-        .map_err(|e| UpstreamError::Invalid(format!("not a seed 002 response: {e}")))?;
+    let r: AssumeRoleForPodIdentityResponse = serde_json::from_slice(body).map_err(|e| {
+        UpstreamError::Invalid(format!("not an EKS Auth AssumeRoleForPodIdentity response: {e}"))
+    })?;
     let c = r.credentials;
     if c.access_key_id.is_empty() || c.secret_access_key.is_empty() || c.session_token.is_empty() {
         return Err(UpstreamError::Invalid("response has empty credentials".into()));

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use super::Backend;
 use crate::agent::token;
 use crate::association::Reader;
-use crate::cloud::seed000::{AssumedAgency, Subject};
+use crate::cloud::cce_assume_agency::{AssumedAgency, Subject};
 use crate::cloud::{Credentials, UpstreamError};
 
 /// Mints fake credentials for the association of the token's service account. The token's

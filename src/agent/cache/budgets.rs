@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::{CacheConfig, CacheError};
-use crate::budget::{KeyedBuckets, TokenBucket};
+use crate::rate_limit::{KeyedBuckets, TokenBucket};
 
 pub(super) struct Budgets {
     /// Misses, all clients.

@@ -30,9 +30,9 @@ use futures::future::{BoxFuture, Shared};
 use super::backend::Backend;
 use super::metrics::AgentMetrics;
 use crate::association::{Index, Reader};
-use crate::budget::TokenHash;
 use crate::cloud::{Credentials, UpstreamError};
 use crate::expiring::Expiring;
+use crate::rate_limit::TokenHash;
 use budgets::Budgets;
 use follow::{Grant, Owner};
 

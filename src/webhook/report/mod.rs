@@ -32,7 +32,7 @@ use super::metrics::ReportMetrics;
 use super::mutation::Injection;
 use super::selection::{Selection, WEBHOOK_CONFIGURATION};
 use crate::association::Reader;
-use crate::budget::TokenBucket;
+use crate::rate_limit::TokenBucket;
 use tracker::{Judge, Tracker, by_namespace};
 
 /// The Lease the replicas share.
