@@ -386,3 +386,41 @@ fn the_readme_stands_on_its_own() {
         assert!(repo().join(doc).exists());
     }
 }
+
+/// Every relative link of every page under `docs/` resolves, from the page's own folder: a
+/// moved or renamed page breaks this test, not a reader's click.
+#[test]
+fn every_docs_link_resolves() {
+    fn pages(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pages(&path, out);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                out.push(path);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    pages(&repo().join("docs"), &mut all);
+    assert!(all.len() >= 5, "{all:?}");
+    let mut broken = Vec::new();
+    for page in &all {
+        let text = std::fs::read_to_string(page).unwrap();
+        for link in text.split("](").skip(1) {
+            let Some(end) = link.find(')') else { continue };
+            let target = &link[..end];
+            if target.starts_with("http") || target.starts_with('#') || target.contains(' ') {
+                continue;
+            }
+            let path = target.split('#').next().unwrap();
+            if !page.parent().unwrap().join(path).exists() {
+                broken.push(format!(
+                    "{}: {target}",
+                    page.strip_prefix(repo()).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
+}
