@@ -212,6 +212,19 @@ impl ApiServer {
         self.kubeconfig(&self.dir, "admin-token")
     }
 
+    /// `pod-identity-webhook ARGS` with a kubeconfig acting with `token` (and no associations
+    /// file from the environment): the exit status and stdout followed by stderr.
+    pub fn run_as(&self, token: &str, args: &[&str]) -> (i32, String) {
+        let out = Command::new(super::BIN)
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig(&self.dir, token))
+            .env_remove("POD_IDENTITY_ASSOCIATIONS")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap(), text)
+    }
+
     /// kubectl with the admin's kubeconfig: `(exit status ok, stdout, stderr)`.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         self.kubectl_as("admin-token", args, stdin)

@@ -2,33 +2,16 @@
 //! Namespace and the PodIdentityAssociations with `KUBECONFIG`, and says why, with the next
 //! step and the exit status.
 
-use std::process::Command;
-
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use pod_identity_webhook::testing::PodIdentityAssociation;
 use serde_json::json;
 
-use crate::common::BIN;
 use crate::common::apiserver::ApiServer;
 
 /// `explain NAMESPACE/NAME` with a kubeconfig for `api` acting with `token`: the exit status
 /// and the output.
 async fn explain_live(api: &ApiServer, token: &str, target: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.kubeconfig(dir.path(), token);
-    let target = target.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(BIN)
-            .args(["explain", &target])
-            .env("KUBECONFIG", &kubeconfig)
-            .env_remove("POD_IDENTITY_ASSOCIATIONS")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code().unwrap(), text)
-    })
-    .await
-    .unwrap()
+    tokio::task::block_in_place(|| api.run_as(token, &["explain", target]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

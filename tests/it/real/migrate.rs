@@ -3,23 +3,13 @@
 //! convert safely, and changes no pod's answer; a namespace's deletion takes its namespaced
 //! associations with it, the old kind's survive it.
 
-use std::process::Command;
-
 use serde_json::Value;
 
-use crate::common::BIN;
 use crate::common::apiserver::{ApiServer, association_yaml, legacy_association_yaml};
 
-/// `pod-identity-webhook <args>` with the admin's kubeconfig: exit status and output.
+/// `pod-identity-webhook <args>` as the admin: exit status and output.
 fn run(api: &ApiServer, args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("KUBECONFIG", api.admin_kubeconfig())
-        .env_remove("POD_IDENTITY_ASSOCIATIONS")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap(), text)
+    api.run_as("admin-token", args)
 }
 
 /// Every association of both kinds as `kind namespace/serviceAccount agency`, sorted.

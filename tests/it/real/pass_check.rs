@@ -687,16 +687,9 @@ async fn the_audit_log_names_the_caller_of_the_association_api() {
     assert!(!ok && err.contains("NotFound"), "{err}");
 }
 
-/// `migrate-associations` as `token`: exit status and output.
+/// `migrate-associations --delete-old` as `token`: exit status and output.
 fn migrate_as(api: &ApiServer, token: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(crate::common::BIN)
-        .args(["migrate-associations", "--delete-old"])
-        .env("KUBECONFIG", api.kubeconfig(dir.path(), token))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap(), text)
+    api.run_as(token, &["migrate-associations", "--delete-old"])
 }
 
 /// The chart's upgrade hook (migration.enabled) runs `migrate-associations --delete-old` as a
