@@ -195,8 +195,25 @@ pub fn ensure_local(dir: &Path) -> Result<bool, CertError> {
     Ok(true)
 }
 
+/// `certs`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Directory to write ca.crt, tls.crt and tls.key into.
+    #[arg(long, default_value = "certs")]
+    pub(crate) out: PathBuf,
+    /// DNS names of the serving certificate (default: the in-cluster Service names).
+    #[arg(long = "dns")]
+    pub(crate) dns: Vec<String>,
+    /// IP addresses of the serving certificate.
+    #[arg(long = "ip")]
+    pub(crate) ip: Vec<IpAddr>,
+    /// Validity in days (at least 1).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) days: u32,
+}
+
 /// `certs`: writes the material, the caBundle patch, and prints the caBundle.
-pub fn command(args: crate::cli::CertsArgs) -> Result<(), CertError> {
+pub fn command(args: Args) -> Result<(), CertError> {
     let dns = if args.dns.is_empty() && args.ip.is_empty() {
         SERVICE_DNS_NAMES.iter().map(|s| s.to_string()).collect()
     } else {

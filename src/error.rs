@@ -1,9 +1,9 @@
 //! Why a program could not start: one error for the three composition roots, each variant
 //! carrying its context (which flag, address, file or cluster configuration).
 
+use crate::args::ArgError;
 use crate::association::source::SourceError;
 use crate::certs::CertError;
-use crate::cli::ArgError;
 use crate::cloud::client::ClientError;
 use crate::http::BindError;
 use crate::http::tls::TlsError;

@@ -11,6 +11,7 @@
 #![warn(unreachable_pub)]
 
 pub mod agent;
+pub(crate) mod args;
 pub(crate) mod association;
 pub mod certs;
 pub mod cli;
@@ -27,6 +28,9 @@ pub(crate) mod metrics;
 pub mod profile;
 pub(crate) mod rate_limit;
 pub mod webhook;
+
+/// The arguments of `migrate-associations`, a tool over the associations.
+pub use association::migrate::Args as MigrateArgs;
 
 /// The `PodIdentityAssociation` CustomResourceDefinition as YAML (`crd`).
 pub fn crd_yaml() -> String {

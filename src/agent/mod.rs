@@ -3,8 +3,10 @@
 //! the result and answers in the shape the provider's SDKs parse. This module is its
 //! composition root; the request handling is in [`handlers`].
 
+pub mod args;
 pub mod backend;
 pub mod cache;
+mod config;
 mod handlers;
 pub mod metrics;
 mod pods;
@@ -17,124 +19,36 @@ use std::time::Duration;
 
 use crate::association::source::{self, AssociationSource};
 use crate::association::{Reader, store};
-use crate::cli::{AgentArgs, ArgError, BackendKind, seconds};
-use crate::cloud::auth::{CloudAuth, TokenFile};
 use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::{self, BindError, Limits, Listener, Shutdown};
 use crate::issuer::{IssuerKeys, KEY_READ_INTERVAL};
 use crate::kube_client;
 use crate::log_throttle::Sampled;
-use crate::profile::Provider;
-use backend::{Backend, CceBackend, EksBackend, LocalBackend};
-use cache::{Cache, CacheConfig};
+use args::{AgentArgs, BackendChoice, Config};
+use backend::{Backend, LocalBackend};
+use cache::Cache;
+pub use config::{AgentConfig, LINK_LOCAL_HOSTS};
 use metrics::AgentMetrics;
 pub use pods::NodePods;
-
-/// The link-local address the injected endpoint uses, in both address families.
-pub const LINK_LOCAL_HOSTS: [&str; 2] = ["169.254.170.23", "fd00:ec2::23"];
-
-/// The agent's listener bounds: requests carry no body worth the name (`{}` at most).
-fn default_limits() -> Limits {
-    Limits {
-        max_body: 16 * 1024,
-        body_budget: 4 * 1024 * 1024,
-        max_connections_per_client: 64,
-        ..Limits::default()
-    }
-}
-
-/// How the agent is set up.
-pub struct AgentConfig {
-    /// The credential endpoint's addresses (e.g. 169.254.170.23:80 and [fd00:ec2::23]:80).
-    pub listen: Vec<SocketAddr>,
-    /// Addresses answered on when the host has them, skipped with a warning when not.
-    pub listen_if_present: Vec<SocketAddr>,
-    pub admin_listen: SocketAddr,
-    pub provider: Provider,
-    /// Host header values (without port) the credential endpoint answers to besides its own
-    /// addresses ([`AgentConfig::hosts`]).
-    pub allowed_hosts: Vec<String>,
-    pub cache: CacheConfig,
-    /// How often the background refresher looks for credentials due for refresh.
-    pub refresh_interval: Duration,
-    pub limits: Limits,
-    /// The node whose pods are followed, so credentials of pods that are gone are dropped.
-    pub pods: Option<NodePods>,
-    /// The cluster's signing keys: tokens that do not verify against them are refused before
-    /// they can spend an upstream budget.
-    pub issuer: Option<Arc<IssuerKeys>>,
-}
-
-impl AgentConfig {
-    pub fn new(listen: Vec<SocketAddr>, admin_listen: SocketAddr, provider: Provider) -> Self {
-        AgentConfig {
-            listen,
-            listen_if_present: Vec::new(),
-            admin_listen,
-            provider,
-            allowed_hosts: Vec::new(),
-            cache: CacheConfig::default(),
-            refresh_interval: Duration::from_secs(1),
-            limits: default_limits(),
-            pods: None,
-            issuer: None,
-        }
-    }
-}
-
-impl AgentConfig {
-    /// Every Host the credential endpoint answers to: the link-local addresses, localhost,
-    /// each listen address and the extra `allowed_hosts`.
-    pub fn hosts(&self) -> Vec<String> {
-        let mut hosts: Vec<String> = LINK_LOCAL_HOSTS.iter().map(|h| h.to_string()).collect();
-        let own = self
-            .listen
-            .iter()
-            .chain(&self.listen_if_present)
-            .map(|a| a.ip().to_string());
-        for host in ["localhost".to_owned(), "127.0.0.1".to_owned()]
-            .into_iter()
-            .chain(own)
-            .chain(self.allowed_hosts.iter().cloned())
-        {
-            if !hosts.contains(&host) {
-                hosts.push(host);
-            }
-        }
-        hosts
-    }
-}
 
 /// `agent`: builds the backend the flags name (and, for `local`, its association source),
 /// then serves until SIGTERM or SIGINT.
 pub async fn run(args: AgentArgs) -> Result<(), StartError> {
-    let mut config = AgentConfig::new(args.listen, args.admin_listen, args.provider);
-    config.listen_if_present = args.listen_if_present;
-    config.allowed_hosts.extend(args.allowed_hosts);
-    config.limits = args.limits.limits(config.limits)?;
-    config.cache = CacheConfig {
-        capacity: args.cache_size,
-        upstream_rate: args.upstream_rate,
-        upstream_burst: args.upstream_burst,
-        client_rate: args.client_rate,
-        client_burst: args.client_burst,
-        refresh_rate: args.refresh_rate,
-        refresh_burst: args.refresh_burst,
-        negative_ttl: seconds("negative-ttl", args.negative_ttl)?,
-        refresh_before: seconds("refresh-before", args.refresh_before)?,
-        ..CacheConfig::default()
-    };
+    let Config {
+        agent: mut config,
+        backend,
+        source,
+        node_name,
+        verify_tokens,
+    } = Config::try_from(args)?;
     let metrics = Arc::new(AgentMetrics::default());
-    // Every backend's cached credentials follow the associations when a source is named;
-    // the local backend also reads its answers from them.
-    let source = args.source.source(args.cluster_id.clone())?;
-    let kube_config = match source.needs_cluster() || args.node_name.is_some() {
+    let kube_config = match source.needs_cluster() || node_name.is_some() {
         true => Some(kube_client::config().await?),
         false => None,
     };
     let cluster = kube_config.clone().map(kube_client::watch_client).transpose()?;
-    if let Some(kube) = kube_config.filter(|_| args.verify_tokens) {
+    if let Some(kube) = kube_config.filter(|_| verify_tokens) {
         let client = kube_client::request_client(kube, Duration::from_secs(2))?;
         config.issuer = Some(IssuerKeys::start(
             client,
@@ -151,59 +65,24 @@ pub async fn run(args: AgentArgs) -> Result<(), StartError> {
         Duration::from_secs(2),
     )?;
     let follows = source != AssociationSource::None;
-    if let (Some(client), Some(node)) = (cluster, args.node_name) {
+    if let (Some(client), Some(node)) = (cluster, node_name) {
         config.pods = Some(NodePods { client, node });
     }
-    let backend: Arc<dyn Backend> = match args.backend {
-        BackendKind::Local => {
+    let (backend, local): (Arc<dyn Backend>, bool) = match backend {
+        BackendChoice::Local { lifetime } => {
             tracing::warn!(
                 "DEVELOPMENT ONLY: --backend local trusts token claims without verifying signatures and hands out FAKE credentials"
             );
-            Arc::new(LocalBackend {
+            let local = LocalBackend {
                 associations: associations.clone(),
-                audience: args.provider.profile().audience,
-                lifetime: seconds("local-lifetime", args.local_lifetime)?,
-            })
-        }
-        BackendKind::Cce => {
-            let need = |v: Option<String>, flag: &str| {
-                v.ok_or_else(|| ArgError(format!("--backend cce needs {flag}")))
+                audience: config.provider.profile().audience,
+                lifetime,
             };
-            let endpoint = need(args.cce_endpoint, "--cce-endpoint")?;
-            let project = need(args.project_id, "--project-id")?;
-            let cluster = need(args.cluster_id, "--cluster-id")?;
-            Arc::new(CceBackend::new(
-                args.auth.client(4.0)?,
-                &endpoint,
-                &project,
-                &cluster,
-                args.auth.auth()?,
-            )?)
+            (Arc::new(local), true)
         }
-        BackendKind::Eks => {
-            let need = |v: Option<String>, flag: &str| {
-                v.ok_or_else(|| ArgError(format!("--backend eks needs {flag}")))
-            };
-            let cluster = need(args.cluster_name, "--cluster-name")?;
-            let region = need(args.region, "--region (or AWS_REGION)")?;
-            let endpoint = args
-                .eks_endpoint
-                .unwrap_or_else(|| backend::regional_endpoint(&region));
-            let token = args
-                .auth
-                .auth_token_file
-                .clone()
-                .map(|path| CloudAuth::TokenFile(TokenFile::new(path)));
-            Arc::new(EksBackend::new(
-                args.auth.client(4.0)?,
-                &endpoint,
-                &cluster,
-                &region,
-                token,
-            )?)
-        }
+        BackendChoice::Upstream(backend) => (backend, false),
     };
-    let associations = (follows || args.backend == BackendKind::Local).then_some(associations);
+    let associations = (follows || local).then_some(associations);
     let agent = Agent::bind(config, backend, associations, metrics).await?;
     agent.run(http::termination()).await;
     Ok(())
@@ -328,32 +207,5 @@ impl Agent {
             ),
         );
         refresher.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_agent_answers_to_each_of_its_addresses() {
-        let listen = vec![
-            "169.254.170.23:80".parse().unwrap(),
-            "[fd00:ec2::23]:80".parse().unwrap(),
-            "[::1]:0".parse().unwrap(),
-        ];
-        let mut config = AgentConfig::new(listen, "127.0.0.1:0".parse().unwrap(), Provider::Cce);
-        config.allowed_hosts.push("agent.local".into());
-        let hosts = config.hosts();
-        for h in [
-            "169.254.170.23",
-            "fd00:ec2::23",
-            "::1",
-            "localhost",
-            "127.0.0.1",
-            "agent.local",
-        ] {
-            assert_eq!(hosts.iter().filter(|x| *x == h).count(), 1, "{h} in {hosts:?}");
-        }
     }
 }

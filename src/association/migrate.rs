@@ -10,6 +10,43 @@ use kube::core::ResourceExt;
 use super::crd::{PodIdentityAssociation, legacy};
 use crate::kube_client::{self, ClusterError};
 
+/// `migrate-associations`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Say what would be done; write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Delete each old object once its namespaced twin exists and is equal.
+    #[arg(long)]
+    pub(crate) delete_old: bool,
+}
+
+impl Args {
+    /// Runs the migration and prints one line per old object and a summary; the exit status.
+    pub fn run(&self) -> u8 {
+        let m = Migration {
+            dry_run: self.dry_run,
+            delete_old: self.delete_old,
+        };
+        let ran = tokio::runtime::Runtime::new()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(run(m)).map_err(|e| e.to_string()));
+        match ran {
+            Ok(report) => {
+                for line in &report.lines {
+                    println!("{line}");
+                }
+                println!("{}", report.summary(self.dry_run));
+                u8::from(report.problems > 0)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        }
+    }
+}
+
 /// What to do.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Migration {

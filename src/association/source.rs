@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::ValueEnum;
+
 use super::file::{FileError, FileSource};
 use super::index::Writer;
 use super::kubernetes::KubeSource;
+use crate::args::ArgError;
 use crate::metrics::InputMetrics;
 
 /// Where the association index is fed from.
@@ -25,6 +28,41 @@ impl AssociationSource {
     /// Whether this source needs a Kubernetes client.
     pub(crate) fn needs_cluster(&self) -> bool {
         matches!(self, AssociationSource::Kubernetes { .. })
+    }
+}
+
+/// The kinds of source a flag may name.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub(crate) enum SourceKind {
+    File,
+    Kubernetes,
+}
+
+/// Where associations come from, for commands that read them.
+#[derive(clap::Args)]
+#[group(id = "SourceArgs")]
+pub(crate) struct Args {
+    /// `file` (with --associations) or `kubernetes` (PodIdentityAssociation objects).
+    #[arg(long, env = "POD_IDENTITY_SOURCE", value_enum, default_value_t = SourceKind::File)]
+    pub(crate) source: SourceKind,
+    /// Association file (YAML or JSON), reloaded on change.
+    #[arg(long, env = "POD_IDENTITY_ASSOCIATIONS")]
+    pub(crate) associations: Option<PathBuf>,
+}
+
+impl Args {
+    /// The association source these flags name; records read from a cluster carry `cluster_id`.
+    pub(crate) fn source(&self, cluster_id: Option<String>) -> Result<AssociationSource, ArgError> {
+        Ok(match (self.source, &self.associations) {
+            (SourceKind::File, Some(path)) => AssociationSource::File(path.clone()),
+            (SourceKind::File, None) => AssociationSource::None,
+            (SourceKind::Kubernetes, None) => AssociationSource::Kubernetes { cluster_id },
+            (SourceKind::Kubernetes, Some(_)) => {
+                return Err(ArgError(
+                    "--associations is for --source file; drop it or use --source file".into(),
+                ));
+            }
+        })
     }
 }
 

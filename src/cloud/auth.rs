@@ -9,7 +9,9 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use super::UpstreamError;
+use super::client::{Upstream, http_client};
 use super::signer::{self, AccessKey};
+use crate::args::{ArgError, seconds};
 use crate::file_watch::Fingerprint;
 
 /// How requests to a cloud API are authenticated.
@@ -110,6 +112,67 @@ impl TokenFile {
         }
         *cached = Some((fp, token.clone()));
         Ok(token)
+    }
+}
+
+/// Authentication to the cloud APIs: a token file, an access key from files, or (for
+/// development) from the environment.
+#[derive(clap::Args)]
+#[group(id = "CloudAuthArgs")]
+pub(crate) struct Args {
+    /// File holding a token sent as X-Auth-Token (re-read when it changes). Without it,
+    /// requests are signed with the access key from --access-key-file/--secret-key-file, else
+    /// from HUAWEICLOUD_SDK_AK / HUAWEICLOUD_SDK_SK (and HUAWEICLOUD_SDK_SECURITY_TOKEN for
+    /// temporary keys) in the environment.
+    #[arg(
+        long,
+        env = "POD_IDENTITY_AUTH_TOKEN_FILE",
+        conflicts_with = "access_key_file"
+    )]
+    pub(crate) auth_token_file: Option<PathBuf>,
+    /// File holding the access key id (AK), e.g. a mounted Secret; re-read when it changes.
+    #[arg(long, env = "POD_IDENTITY_ACCESS_KEY_FILE", requires = "secret_key_file")]
+    pub(crate) access_key_file: Option<PathBuf>,
+    /// File holding the secret access key (SK); re-read when it changes.
+    #[arg(long, env = "POD_IDENTITY_SECRET_KEY_FILE", requires = "access_key_file")]
+    pub(crate) secret_key_file: Option<PathBuf>,
+    /// Extra CA bundle (PEM) to trust for upstream HTTPS, besides the public roots.
+    #[arg(long, env = "POD_IDENTITY_CA_FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Seconds an upstream call may take, its one retry included (default: the agent 4, the
+    /// exchange 2.5, so that the exchange answers within the agent's deadline).
+    #[arg(long)]
+    pub(crate) upstream_timeout: Option<f64>,
+}
+
+impl Args {
+    /// The token file, else the key files, else the access key from the environment.
+    pub(crate) fn auth(&self) -> Result<CloudAuth, ArgError> {
+        if let Some(path) = &self.auth_token_file {
+            return Ok(CloudAuth::TokenFile(TokenFile::new(path.clone())));
+        }
+        if let (Some(ak), Some(sk)) = (&self.access_key_file, &self.secret_key_file) {
+            return Ok(CloudAuth::AkSkFiles {
+                ak: TokenFile::holding(ak.clone(), "access key file"),
+                sk: TokenFile::holding(sk.clone(), "secret key file"),
+            });
+        }
+        AccessKey::from_env().map(CloudAuth::AkSk).ok_or_else(|| {
+            ArgError(
+                "set --auth-token-file, or --access-key-file and --secret-key-file, or (for \
+                 development) HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK"
+                    .into(),
+            )
+        })
+    }
+
+    /// The upstream client; `default_timeout` seconds per call unless the flag says otherwise.
+    pub(crate) fn client(&self, default_timeout: f64) -> Result<Upstream, ArgError> {
+        let timeout = seconds(
+            "upstream-timeout",
+            self.upstream_timeout.unwrap_or(default_timeout),
+        )?;
+        http_client(self.ca_file.as_deref(), timeout).map_err(|e| ArgError(e.to_string()))
     }
 }
 

@@ -266,7 +266,7 @@ impl ApiState {
     /// The user of `X-Auth-Token`, reviewed for the API server's own audience: a token made for
     /// another audience (a pod's `service.cce.pods` token, say) must not act as its holder here.
     async fn authenticate(&self, client: IpAddr, headers: &HeaderMap) -> Result<Caller, Refused> {
-        let token = super::assume::auth_token(headers).ok_or_else(|| {
+        let token = super::redeem::auth_token(headers).ok_or_else(|| {
             refused(
                 StatusCode::UNAUTHORIZED,
                 "CCE.01401010",

@@ -1,7 +1,7 @@
-//! Seed 002 served: EKS Auth `POST /clusters/{clusterName}/assume-role-for-pod-identity` in
-//! the REST-JSON protocol of botocore's `eks-auth` model, for clusters outside EKS.
+//! EKS Auth served: `POST /clusters/{clusterName}/assume-role-for-pod-identity` in the
+//! REST-JSON protocol of botocore's `eks-auth` model, for clusters outside EKS.
 //!
-//! Callers authenticate as on the seed 000 path: the node agent's own service-account token in
+//! Callers authenticate as on the CCE front: the node agent's own service-account token in
 //! `X-Auth-Token` (there is no AWS principal to check a SigV4 signature against; a request's
 //! `Authorization` header is ignored). The pod's token is reviewed for `pods.eks.amazonaws.com`,
 //! must be bound to a pod on the caller's node, and the association's `roleArn` is assumed
@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
 
-use super::assume::{ExchangeState, authenticate, rate_limited, redeem, respond};
-use super::refusal::{Reason, Refusal, Seen};
+use super::redeem::{Redeemer, authenticate, redeem, respond, session_chars};
+use super::refusal::{Reason, Refusal, Refused, Seen};
 use super::sts::{self, AssumeRole, Sts};
 use crate::cloud::eks_auth::{
     AssumeRoleForPodIdentityRequest, AssumeRoleForPodIdentityResponse, AssumedRoleUser, Credentials,
@@ -29,7 +29,7 @@ use crate::profile::EKS;
 /// The route, in axum's syntax.
 pub(crate) const ROUTE: &str = "/clusters/{cluster_name}/assume-role-for-pod-identity";
 
-/// What the seed 002 path needs besides the shared state.
+/// What the EKS front needs besides the core.
 pub struct Eks {
     pub cluster_name: String,
     /// `eks-cluster-arn`; by default `arn:aws:eks:<region>:<role's account>:cluster/<name>`.
@@ -49,45 +49,72 @@ impl Eks {
     }
 }
 
+/// The EKS front's state.
+pub(super) struct EksState {
+    pub(super) core: Arc<Redeemer>,
+    pub(super) eks: Eks,
+}
+
 pub(super) async fn assume_role(
-    State(s): State<Arc<ExchangeState>>,
+    State(s): State<Arc<EksState>>,
     Path(cluster_name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let mut seen = Seen::default();
     let result = answer(&s, &mut seen, &cluster_name, &headers, &body).await;
-    respond(&s, &seen, result, refuse)
+    respond(&s.core, &seen, result)
 }
 
-/// EKS Auth's error shape (REST-JSON): `x-amzn-ErrorType` and `{"__type", "message"}`, with the
-/// status the model gives the type.
-fn refuse(r: &Refusal) -> Response {
-    let (status, kind) = eks_error(r);
-    #[derive(Serialize)]
-    struct Body<'a> {
-        #[serde(rename = "__type")]
-        kind: &'a str,
-        message: &'a str,
+/// A refusal as EKS Auth answers it: an exception type, with the status the model gives it.
+pub(super) struct EksRefusal {
+    kind: &'static str,
+    refusal: Refusal,
+}
+
+impl EksRefusal {
+    fn new(kind: &'static str, refusal: Refusal) -> Self {
+        EksRefusal { kind, refusal }
     }
-    let body = serde_json::to_vec(&Body {
-        kind,
-        message: &r.message,
-    })
-    .unwrap_or_default();
-    let mut resp = http::json(status, body);
-    resp.headers_mut()
-        .insert("x-amzn-errortype", HeaderValue::from_static(kind));
-    resp
 }
 
-/// The EKS Auth exception for a refusal, and its status in botocore's `eks-auth` model.
-fn eks_error(r: &Refusal) -> (StatusCode, &'static str) {
-    let kind = match r.reason {
-        _ if r.code.ends_with("Exception") => r.code,
+impl From<Refusal> for EksRefusal {
+    fn from(refusal: Refusal) -> Self {
+        EksRefusal::new(eks_error(refusal.reason), refusal)
+    }
+}
+
+impl Refused for EksRefusal {
+    fn refusal(&self) -> &Refusal {
+        &self.refusal
+    }
+
+    /// REST-JSON: `x-amzn-ErrorType` and `{"__type", "message"}`.
+    fn response(&self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "__type")]
+            kind: &'a str,
+            message: &'a str,
+        }
+        let body = serde_json::to_vec(&Body {
+            kind: self.kind,
+            message: &self.refusal.message,
+        })
+        .unwrap_or_default();
+        let mut resp = http::json(status_of(self.kind), body);
+        resp.headers_mut()
+            .insert("x-amzn-errortype", HeaderValue::from_static(self.kind));
+        resp
+    }
+}
+
+/// The EKS Auth exception for a reason.
+fn eks_error(reason: Reason) -> &'static str {
+    match reason {
         Reason::UnknownCluster | Reason::NoAssociation | Reason::NoAgency => "ResourceNotFoundException",
         Reason::BadRequest => "InvalidRequestException",
-        Reason::PodTokenInvalid | Reason::NotPodBound => "InvalidTokenException",
+        Reason::PodTokenInvalid | Reason::NotServiceAccount | Reason::NotPodBound => "InvalidTokenException",
         Reason::NoCallerToken
         | Reason::CallerInvalid
         | Reason::CallerNotAgent
@@ -97,68 +124,57 @@ fn eks_error(r: &Refusal) -> (StatusCode, &'static str) {
         Reason::RateLimited => "ThrottlingException",
         Reason::ReviewUnavailable => "ServiceUnavailableException",
         Reason::Iam => "InternalServerException",
-    };
-    let status = match kind {
+    }
+}
+
+/// The status botocore's `eks-auth` model gives an exception.
+fn status_of(kind: &str) -> StatusCode {
+    match kind {
         "ResourceNotFoundException" => StatusCode::NOT_FOUND,
         "ThrottlingException" => StatusCode::TOO_MANY_REQUESTS,
         "ServiceUnavailableException" => StatusCode::SERVICE_UNAVAILABLE,
         "InternalServerException" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
-    };
-    (status, kind)
+    }
 }
 
 async fn answer(
-    s: &ExchangeState,
+    s: &EksState,
     seen: &mut Seen,
     cluster_name: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Vec<u8>, Refusal> {
-    let Some(eks) = &s.eks else {
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            Reason::UnknownCluster,
-            "this exchange serves no EKS cluster",
-        ));
-    };
+) -> Result<Vec<u8>, EksRefusal> {
+    let (core, eks) = (&s.core, &s.eks);
     if cluster_name != eks.cluster_name {
         return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
             Reason::UnknownCluster,
             format!("cluster {cluster_name} is not served here"),
-        ));
+        )
+        .into());
     }
-    let caller = authenticate(s, seen, headers).await?;
+    let caller = authenticate(core, seen, headers).await?;
     let token = match serde_json::from_slice::<AssumeRoleForPodIdentityRequest>(body) {
         Ok(r) if !r.token.trim().is_empty() => r.token.trim().to_owned(),
         _ => {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
+            return Err(EksRefusal::new(
                 "InvalidParameterException",
-                Reason::BadRequest,
-                "the request body needs a non-empty \"token\"",
+                Refusal::new(Reason::BadRequest, "the request body needs a non-empty \"token\""),
             ));
         }
     };
     seen.pod_token = Some(crate::rate_limit::TokenHash::of(&token));
-    // The shared checks answer with the CCE codes; `refuse` gives EKS Auth's by reason.
-    let pod = redeem(s, seen, &token, EKS.audience, &caller).await?;
+    let pod = redeem(core, seen, &token, EKS.audience, &caller).await?;
     let (namespace, service_account) = (pod.namespace.as_str(), pod.service_account.as_str());
     let (pod_name, node, association) = (pod.pod.as_str(), pod.node.as_str(), &pod.association);
     let Some(role_arn) = association.role_arn.as_deref() else {
         return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
             Reason::NoAgency,
             format!("the association for {namespace}/{service_account} names no roleArn"),
-        ));
+        )
+        .into());
     };
-    s.budgets
-        .take((namespace.to_owned(), service_account.to_owned()))
-        .map_err(|wait| rate_limited(namespace, service_account, wait))?;
+    core.spend(namespace, service_account)?;
     let account = role_arn.split(':').nth(4).unwrap_or_default();
     let cluster_arn = eks.cluster_arn(account);
     let session = session_name(&eks.cluster_name, pod_name, &random_suffix());
@@ -184,7 +200,7 @@ async fn answer(
         external_id: None,
     };
     let result = eks.sts.assume(&first, None).await;
-    s.metrics.iam(result.is_ok());
+    core.metrics.iam(result.is_ok());
     let mut assumed = result.map_err(|e| sts_failed(role_arn, e))?;
     if let Some(target) = target {
         // Role chaining: the tags are transitive, so they carry over without being sent again.
@@ -196,7 +212,7 @@ async fn answer(
             external_id: association.external_id.as_deref(),
         };
         let result = eks.sts.assume(&chained, Some(&assumed.credentials)).await;
-        s.metrics.iam(result.is_ok());
+        core.metrics.iam(result.is_ok());
         assumed = result.map_err(|e| sts_failed(target, e))?;
     }
     tracing::info!(
@@ -237,7 +253,7 @@ async fn answer(
 
 /// What STS's refusal means for the caller: STS's own refusals (`AccessDenied`, a malformed
 /// policy, ...) are the association's fault; anything else is transient.
-fn sts_failed(role_arn: &str, e: UpstreamError) -> Refusal {
+fn sts_failed(role_arn: &str, e: UpstreamError) -> EksRefusal {
     let (code, message) = match (&e, sts::error_code(&e)) {
         (UpstreamError::Refused { status, .. }, Some(code)) if *status < 500 && code != "Throttling" => (
             "AccessDeniedException",
@@ -263,7 +279,7 @@ fn sts_failed(role_arn: &str, e: UpstreamError) -> Refusal {
             "STS could not be reached or failed; retry shortly".to_owned(),
         ),
     };
-    Refusal::new(StatusCode::BAD_GATEWAY, code, Reason::Iam, message).detail(e)
+    EksRefusal::new(code, Refusal::new(Reason::Iam, message).detail(e))
 }
 
 /// Eight random hex digits: sessions of one pod differ.
@@ -277,7 +293,7 @@ pub(crate) fn session_name(cluster: &str, pod: &str, random: &str) -> String {
     const MAX: usize = 64;
     let room = MAX.saturating_sub("eks---".len() + random.len());
     // The characters STS allows in a role session name.
-    let clean = |s: &str| super::session_chars(s, "+=,.@_-");
+    let clean = |s: &str| session_chars(s, "+=,.@_-");
     let (cluster, pod) = (clean(cluster), clean(pod));
     let cluster_len = cluster.len().min(room.saturating_sub(pod.len()).max(16));
     let pod_len = pod.len().min(room - cluster_len);
@@ -304,23 +320,21 @@ mod tests {
 
     #[test]
     fn refusals_take_the_status_botocore_expects() {
-        let r = |reason| Refusal::new(StatusCode::IM_A_TEAPOT, "CCE.x", reason, "m");
+        let answer = |r: EksRefusal| (r.response().status(), r.kind);
+        let r = |reason| EksRefusal::from(Refusal::new(reason, "m"));
         assert_eq!(
-            eks_error(&r(Reason::NoAssociation)),
+            answer(r(Reason::NoAssociation)),
             (StatusCode::NOT_FOUND, "ResourceNotFoundException")
         );
         assert_eq!(
-            eks_error(&r(Reason::PodTokenInvalid)),
+            answer(r(Reason::PodTokenInvalid)),
             (StatusCode::BAD_REQUEST, "InvalidTokenException")
         );
         assert_eq!(
-            eks_error(&r(Reason::RateLimited)),
+            answer(r(Reason::RateLimited)),
             (StatusCode::TOO_MANY_REQUESTS, "ThrottlingException")
         );
-        let sts = Refusal::new(StatusCode::BAD_GATEWAY, "AccessDeniedException", Reason::Iam, "m");
-        assert_eq!(
-            eks_error(&sts),
-            (StatusCode::BAD_REQUEST, "AccessDeniedException")
-        );
+        let sts = EksRefusal::new("AccessDeniedException", Refusal::new(Reason::Iam, "m"));
+        assert_eq!(answer(sts), (StatusCode::BAD_REQUEST, "AccessDeniedException"));
     }
 }

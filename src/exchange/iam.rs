@@ -89,7 +89,7 @@ const SESSION_NAME_MAX: usize = 64;
 /// readable, and two pods never share a name because the hash and the suffix differ.
 pub(crate) fn session_name(cluster_id: &str, pod: &str) -> String {
     // The characters seed 003 allows in a session name.
-    let clean = |s: &str| super::session_chars(s, "-_.");
+    let clean = |s: &str| super::redeem::session_chars(s, "-_.");
     let (cluster, pod_part) = (clean(cluster_id), clean(pod));
     let full = format!("cce-{cluster}-{pod_part}");
     if full.len() <= SESSION_NAME_MAX {

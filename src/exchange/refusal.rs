@@ -1,6 +1,7 @@
-//! Why the exchange gives no credentials: the answer the caller gets (what it can act on), the
-//! log line operators get (who, which token by hash, and the internal cause), sampled so a
-//! flood of refusals cannot flood the log.
+//! Why the exchange gives no credentials, in no API's terms: the reason (counted), what the
+//! caller reads (what it can act on) and what only the log gets (who, which token by hash, and
+//! the internal cause), sampled so a flood of refusals cannot flood the log. Each front puts a
+//! refusal in its own API's error shape.
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ pub(crate) enum Reason {
     CallerNotAgent,
     CallerNotAgentPod,
     PodTokenInvalid,
+    NotServiceAccount,
     NotPodBound,
     NoNodeBinding,
     OtherNode,
@@ -42,7 +44,7 @@ pub(crate) enum Reason {
 }
 
 impl Reason {
-    pub(crate) const ALL: [Reason; 15] = [
+    pub(crate) const ALL: [Reason; 16] = [
         Reason::UnknownCluster,
         Reason::BadRequest,
         Reason::NoCallerToken,
@@ -50,6 +52,7 @@ impl Reason {
         Reason::CallerNotAgent,
         Reason::CallerNotAgentPod,
         Reason::PodTokenInvalid,
+        Reason::NotServiceAccount,
         Reason::NotPodBound,
         Reason::NoNodeBinding,
         Reason::OtherNode,
@@ -69,6 +72,7 @@ impl Reason {
             Reason::CallerNotAgent => "caller_not_agent",
             Reason::CallerNotAgentPod => "caller_not_agent_pod",
             Reason::PodTokenInvalid => "pod_token_invalid",
+            Reason::NotServiceAccount => "not_service_account",
             Reason::NotPodBound => "not_pod_bound",
             Reason::NoNodeBinding => "no_node_binding",
             Reason::OtherNode => "other_node",
@@ -85,31 +89,21 @@ impl Reason {
     }
 }
 
-/// A refusal: the caller's answer, and what only the log gets.
+/// A refusal: why, what the caller reads, and what only the log gets.
 #[derive(Debug)]
 pub(crate) struct Refusal {
-    pub(crate) status: StatusCode,
-    /// The cloud API's `error_code`.
-    pub(crate) code: &'static str,
     pub(crate) reason: Reason,
     /// What the caller reads: what is wrong and what to do, nothing internal.
     pub(crate) message: String,
     /// The internal cause (the API server's or IAM's wording, a transport error): log only.
     pub(crate) detail: Option<String>,
-    /// For 429: when to come back.
+    /// For a rate limit or an unavailable dependency: when to come back.
     pub(crate) retry_after: Option<Duration>,
 }
 
 impl Refusal {
-    pub(crate) fn new(
-        status: StatusCode,
-        code: &'static str,
-        reason: Reason,
-        message: impl Into<String>,
-    ) -> Self {
+    pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Self {
         Refusal {
-            status,
-            code,
             reason,
             message: message.into(),
             detail: None,
@@ -121,6 +115,17 @@ impl Refusal {
         self.detail = Some(detail.to_string());
         self
     }
+
+    pub(crate) fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+}
+
+/// A front's refusal: the refusal, and its answer in the front's API shape.
+pub(crate) trait Refused {
+    fn refusal(&self) -> &Refusal;
+    fn response(&self) -> Response;
 }
 
 /// What the exchange learned about a request before refusing it: who called and for whom,
@@ -143,14 +148,15 @@ impl SampledLog {
         SampledLog(Sampled::new(per_window, window))
     }
 
-    /// Logs `refusal` with what was `seen`, unless this window's share is spent.
-    pub(crate) fn log(&self, refusal: &Refusal, seen: &Seen) {
+    /// Logs `refusal`, answered with `status`, with what was `seen`, unless this window's
+    /// share is spent.
+    pub(crate) fn log(&self, refusal: &Refusal, status: StatusCode, seen: &Seen) {
         let Some(unlogged) = self.0.admit() else {
             return;
         };
         let hash = |h: &Option<TokenHash>| h.map(|h| h.to_string());
         tracing::warn!(
-            status = refusal.status.as_u16(),
+            status = status.as_u16(),
             reason = refusal.reason.label(),
             caller = seen.caller.as_deref(),
             caller_node = seen.caller_node.as_deref(),

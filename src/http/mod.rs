@@ -8,6 +8,7 @@
 //! buffered at once across all connections. A client that breaks one gets a clear status and
 //! message where HTTP still allows one, and is cut off where it does not.
 
+mod args;
 mod guard;
 pub(crate) mod health;
 pub(crate) mod tls;
@@ -29,6 +30,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+pub(crate) use args::LimitArgs;
 pub use guard::ServeMetrics;
 use guard::{Activity, Budget, Guarded};
 

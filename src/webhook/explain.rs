@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::args::ExplainArgs;
 use super::decide::{Decision, decide};
 use super::mutation::{ASSOCIATION_ANNOTATION, Injection, Pod, SKIP_CONTAINERS_ANNOTATION};
 use super::offline::{Input, OfflineError, documents, input_name, read_input};
 use super::selection::{OPT_IN, Selection};
 use crate::association::Index;
 use crate::association::file;
-use crate::cli::ExplainArgs;
 
 /// What `explain` concludes; the process exits with [`Verdict::code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub fn command(args: ExplainArgs) -> Result<Verdict, OfflineError> {
                 text: &text,
             })?;
             let index = given.ok_or_else(|| {
-                OfflineError::Args(crate::cli::ArgError(
+                OfflineError::Args(crate::args::ArgError(
                     "explain of a manifest needs --associations".into(),
                 ))
             })?;

@@ -2,6 +2,8 @@
 //! own certificate, association source, index and metrics, and serves `/mutate` through the
 //! shared HTTP stack. The decision itself is in [`decide`]; the wire format in [`wire`].
 
+pub mod args;
+mod config;
 pub mod decide;
 pub mod explain;
 pub mod metrics;
@@ -13,7 +15,6 @@ pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,111 +26,23 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
-use crate::association::source::{self, AssociationSource};
+use crate::association::source;
 use crate::association::store;
 use crate::certs;
-use crate::cli::{ArgError, ReportArgs, ServeArgs, seconds};
 use crate::error::StartError;
 use crate::http::health::{self, Readiness};
 use crate::http::tls::ReloadingCert;
 use crate::http::{self, Limits, Listener};
 use crate::kube_client;
+use args::ServeArgs;
+pub use config::{MAX_BODY, ReportSettings, WebhookConfig};
 use metrics::{Outcome, WebhookMetrics};
-use mutation::Injection;
 use wire::Admission;
-
-/// Largest accepted request body: the API server never sends more (etcd caps an object at
-/// 1.5 MiB, and a review carries the object plus, for updates, the old one).
-pub const MAX_BODY: usize = 3 * 1024 * 1024;
-
-/// The webhook's listener bounds: bodies up to [`MAX_BODY`], at most 24 MiB of them buffered at
-/// once (eight of the largest, or a thousand typical 3–20 KB pods), so that the process stays
-/// under 64 MiB whatever clients do (the Deployment's limit is 128 MiB).
-fn default_limits() -> Limits {
-    Limits {
-        max_body: MAX_BODY,
-        body_budget: 24 * 1024 * 1024,
-        ..Limits::default()
-    }
-}
-
-/// How the webhook is set up.
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    pub listen: SocketAddr,
-    /// Holds `tls.crt` and `tls.key`; a localhost pair is generated there when both are absent.
-    pub cert_dir: PathBuf,
-    /// Where associations come from.
-    pub source: AssociationSource,
-    pub injection: Injection,
-    /// How often certificate and association files are checked for changes.
-    pub reload_interval: Duration,
-    pub limits: Limits,
-    /// The missed-injection report, when associations come from the cluster.
-    pub report: Option<ReportSettings>,
-}
-
-/// How this replica takes part in the missed-injection report.
-#[derive(Debug, Clone)]
-pub struct ReportSettings {
-    /// The Lease's namespace.
-    pub namespace: String,
-    /// This replica's name in the Lease.
-    pub identity: String,
-    /// Seconds the Lease holds without renewal.
-    pub lease_seconds: u64,
-}
-
-impl ReportSettings {
-    fn from_args(args: ReportArgs) -> Result<Self, ArgError> {
-        if args.report_lease_seconds < 3 {
-            return Err(ArgError(
-                "--report-lease-seconds must be at least 3 (the holder renews a third before the end)".into(),
-            ));
-        }
-        let identity = args.lease_identity.filter(|i| !i.is_empty()).unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "webhook".into());
-            format!("{host}-{}", std::process::id())
-        });
-        Ok(ReportSettings {
-            namespace: args.lease_namespace,
-            identity,
-            lease_seconds: args.report_lease_seconds,
-        })
-    }
-}
-
-impl WebhookConfig {
-    pub fn new(listen: SocketAddr, cert_dir: PathBuf, injection: Injection) -> Self {
-        WebhookConfig {
-            listen,
-            cert_dir,
-            source: AssociationSource::None,
-            injection,
-            reload_interval: Duration::from_secs(2),
-            limits: default_limits(),
-            report: None,
-        }
-    }
-
-    fn from_args(args: ServeArgs) -> Result<Self, ArgError> {
-        let mut config = WebhookConfig::new(args.listen, args.cert_dir, args.injection.injection()?);
-        config.source = args.source.source(args.cluster_id)?;
-        config.reload_interval = seconds("reload-interval", args.reload_interval)?;
-        config.limits = args.limits.limits(config.limits)?;
-        if args.report.report_missed && config.source.needs_cluster() {
-            config.report = Some(ReportSettings::from_args(args.report)?);
-        }
-        Ok(config)
-    }
-}
 
 /// `serve`: the webhook until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let provider = args.injection.provider;
-    let config = WebhookConfig::from_args(args)?;
+    let config = WebhookConfig::try_from(args)?;
     tracing::info!(
         %provider,
         credentials_uri = %config.injection.settings.credentials_uri,
@@ -312,6 +225,7 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
+    use super::mutation::Injection;
     use super::*;
     use crate::association::Reader;
     use crate::profile::Provider;

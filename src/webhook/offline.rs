@@ -5,11 +5,12 @@ use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::args::MutateArgs;
 use super::decide::{Decision, decide};
 use super::mutation::{Injection, Mutation, Pod};
+use crate::args::ArgError;
 use crate::association::file::{self, FileError};
 use crate::association::{Association, Index};
-use crate::cli::{ArgError, MutateArgs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {

@@ -10,7 +10,8 @@ use kube::core::{CustomResourceExt, ObjectMeta, ResourceExt};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{Invalid, MODIFIED_AT};
+use super::v1beta1::{self, MODIFIED_AT};
+use crate::association::Invalid;
 
 /// The CRD's name, as `kubectl get crd` shows it.
 pub const NAME: &str = "podidentityassociations.podidentity.io";
@@ -44,12 +45,12 @@ pub struct PodIdentityAssociationSpec {
     pub namespace: String,
     /// The rest, as in the namespaced kind.
     #[serde(flatten)]
-    pub fields: super::PodIdentityAssociationSpec,
+    pub fields: v1beta1::PodIdentityAssociationSpec,
 }
 
 /// The CRD as the API server should hold it.
 pub fn definition() -> CustomResourceDefinition {
-    super::held(PodIdentityAssociation::crd())
+    v1beta1::held(PodIdentityAssociation::crd())
 }
 
 /// The namespaced object this one becomes: same spec, same record of its last change, in the
@@ -58,7 +59,7 @@ pub fn definition() -> CustomResourceDefinition {
 pub fn twin(
     old: &PodIdentityAssociation,
     keep_identity: bool,
-) -> Result<super::PodIdentityAssociation, Invalid> {
+) -> Result<v1beta1::PodIdentityAssociation, Invalid> {
     let spec = &old.spec;
     let expected = format!("{}.{}", spec.namespace, spec.fields.service_account);
     if old.name_any() != expected {
@@ -82,7 +83,7 @@ pub fn twin(
             ..ObjectMeta::default()
         }
     };
-    Ok(super::PodIdentityAssociation {
+    Ok(v1beta1::PodIdentityAssociation {
         metadata,
         spec: spec.fields.clone(),
     })
@@ -105,7 +106,7 @@ mod tests {
             },
             spec: PodIdentityAssociationSpec {
                 namespace: ns.into(),
-                fields: super::super::PodIdentityAssociationSpec {
+                fields: super::v1beta1::PodIdentityAssociationSpec {
                     service_account: sa.into(),
                     agency_name: Some("agency".into()),
                     token_expiration_seconds: Some(3600),

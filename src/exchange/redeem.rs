@@ -1,45 +1,36 @@
-//! The CCE assume-agency-for-pod-identity API served: `POST .../assume-agency-for-pod-identity`
-//! with a pod's token, called by a node's agent with its own token as `X-Auth-Token`.
+//! The exchange's protocol-neutral core, shared by its credential fronts (the CCE
+//! assume-agency API and EKS Auth): who the caller is (a node's agent), and what a pod's token
+//! may be redeemed for. It refuses with a [`Reason`] and words for the caller; each front puts
+//! them in its own API's error shape.
 //!
 //! The order of the checks is the order of their cost: the caller first (a cached review, else
-//! one TokenReview), then the pod token (a cached issue, else a TokenReview), then the node both
-//! tokens are bound to, the association, the service account's budget, and IAM last.
+//! one TokenReview), then the pod token (a TokenReview), then the node both tokens are bound
+//! to, the association, and the service account's budget; the fronts call their upstream last.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
-use super::iam::{self, Iam};
 use super::metrics::{ExchangeMetrics, Token};
-use super::refusal::{Reason, Refusal, SampledLog, Seen, error_response};
+use super::refusal::{Reason, Refusal, Refused, SampledLog, Seen};
 use super::review::{self, Holder, TokenReviewer};
 use crate::association::{Association, Reader};
-use crate::cloud::cce_assume_agency::{AssumeAgencyRequest, AssumedAgency, Subject};
-use crate::cloud::{Credentials, UpstreamError};
 use crate::expiring::Expiring;
 use crate::http;
-use crate::profile::{CCE, Provider};
 use crate::rate_limit::{KeyedBuckets, TokenHash};
 
-pub(super) struct ExchangeState {
-    pub(super) project_id: String,
-    pub(super) cluster_id: String,
+/// What every front shares: the callers, the reviewer, the associations and the budgets.
+pub(super) struct Redeemer {
     /// The audience the callers' tokens are reviewed for.
     pub(super) caller_audience: String,
     /// The only username allowed to call: the agents' service account.
     pub(super) agent: String,
     pub(super) reviewer: Arc<dyn TokenReviewer>,
     pub(super) associations: Reader,
-    /// Seed 000's upstream; `None` when only seed 002 is served (its route is not either).
-    pub(super) iam: Option<Iam>,
-    /// Seed 002's settings and STS; `None` when it is not served.
-    pub(super) eks: Option<super::eks::Eks>,
     pub(super) metrics: Arc<ExchangeMetrics>,
-    /// IAM calls per pod service account.
+    /// Upstream calls per pod service account, both fronts together.
     pub(super) budgets: KeyedBuckets<(String, String)>,
     /// Callers' tokens and what their review said (refusals too, so a replayed bad token
     /// costs one review per TTL).
@@ -48,9 +39,16 @@ pub(super) struct ExchangeState {
     pub(super) agent_pods: Option<AgentPods>,
     /// What the DaemonSet check said of a caller's token lately.
     pub(super) agent_pod_checks: Expiring<Result<(), String>>,
-    /// Answers issued for pod tokens.
-    pub(super) issued: Expiring<Issued>,
     pub(super) refusals: SampledLog,
+}
+
+impl Redeemer {
+    /// Takes one upstream call from the service account's budget.
+    pub(super) fn spend(&self, namespace: &str, service_account: &str) -> Result<(), Refusal> {
+        self.budgets
+            .take((namespace.to_owned(), service_account.to_owned()))
+            .map_err(|wait| rate_limited(namespace, service_account, wait))
+    }
 }
 
 /// An accepted caller: the agent on `node`.
@@ -58,154 +56,23 @@ pub(super) struct Caller {
     pub(super) node: String,
 }
 
-/// An answer given for a pod token, and what it may be given again for.
-#[derive(Clone)]
-pub(super) struct Issued {
-    node: String,
-    namespace: String,
-    service_account: String,
-    association_uid: String,
-    /// The agency it was issued for: an association edited to another is a new answer.
-    agency: String,
-    body: Bytes,
-}
-
 /// The `X-Auth-Token` header (the cloud API's name for the caller's token).
 const AUTH_TOKEN: &str = "x-auth-token";
 
-pub(super) async fn assume(
-    State(s): State<Arc<ExchangeState>>,
-    Path((project_id, cluster_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut seen = Seen::default();
-    let result = answer(&s, &mut seen, &project_id, &cluster_id, &headers, &body).await;
-    respond(&s, &seen, result.map(|b| b.to_vec()), refuse)
-}
-
-/// The answer, or the refusal counted, logged and put in the API's shape by `refuse`.
-pub(super) fn respond(
-    s: &ExchangeState,
-    seen: &Seen,
-    result: Result<Vec<u8>, Refusal>,
-    refuse: fn(&Refusal) -> Response,
-) -> Response {
+/// The answer, or the front's refusal counted, logged and put in the front's API shape.
+pub(super) fn respond<E: Refused>(s: &Redeemer, seen: &Seen, result: Result<Vec<u8>, E>) -> Response {
     let resp = match result {
         Ok(body) => http::json(StatusCode::OK, body),
-        Err(refusal) => {
+        Err(refused) => {
+            let resp = refused.response();
+            let refusal = refused.refusal();
             s.metrics.refusal(refusal.reason);
-            s.refusals.log(&refusal, seen);
-            refuse(&refusal)
+            s.refusals.log(refusal, resp.status(), seen);
+            resp
         }
     };
     s.metrics.response(resp.status().as_u16());
     resp
-}
-
-/// The refusal in the cloud API's error shape; a 429 says when to retry.
-fn refuse(r: &Refusal) -> Response {
-    let mut resp = error_response(r.status, r.code, &r.message);
-    if let Some(wait) = r.retry_after {
-        let secs = wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64;
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    resp
-}
-
-async fn answer(
-    s: &ExchangeState,
-    seen: &mut Seen,
-    project_id: &str,
-    cluster_id: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Bytes, Refusal> {
-    let Some(iam) = s
-        .iam
-        .as_ref()
-        .filter(|_| project_id == s.project_id && cluster_id == s.cluster_id)
-    else {
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            "CCE.01404001",
-            Reason::UnknownCluster,
-            format!("cluster {cluster_id} of project {project_id} is not served here"),
-        ));
-    };
-    let caller = authenticate(s, seen, headers).await?;
-    let token = pod_token(body)?;
-    let hash = TokenHash::of(&token);
-    seen.pod_token = Some(hash);
-    if let Some(issued) = s.issued.get(&hash) {
-        // Given again only while the association stands unchanged, and only to an agent on
-        // the same node: another node's agent goes on to be refused below, without evicting
-        // the entry.
-        let stands = s
-            .associations
-            .load()
-            .get(&issued.namespace, &issued.service_account)
-            .is_some_and(|a| a.uid == issued.association_uid && a.target() == issued.agency);
-        if !stands {
-            s.issued.forget(&hash);
-        } else if issued.node == caller.node {
-            s.metrics.cache_hit(Token::Pod);
-            return Ok(issued.body);
-        }
-    }
-    let pod = redeem(s, seen, &token, CCE.audience, &caller).await?;
-    let (namespace, service_account) = (pod.namespace.as_str(), pod.service_account.as_str());
-    let (pod_name, node, association) = (pod.pod.as_str(), pod.node.as_str(), &pod.association);
-    let Some(agency) = association.agency_name.as_deref() else {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "CCE.01400002",
-            Reason::NoAgency,
-            "the association names a roleArn; this API needs an agencyName",
-        ));
-    };
-    s.budgets
-        .take((namespace.to_owned(), service_account.to_owned()))
-        .map_err(|wait| rate_limited(namespace, service_account, wait))?;
-    let session = iam::session_name(&s.cluster_id, pod_name);
-    let result = iam.assume(agency, &session).await;
-    s.metrics.iam(result.is_ok());
-    let creds = result.map_err(|e| iam_failed(agency, e))?;
-    tracing::info!(
-        namespace,
-        service_account,
-        pod = pod_name,
-        node,
-        agency,
-        "agency credentials issued"
-    );
-    let domain = iam.domain_label();
-    let issued = Credentials {
-        assumed_agency: Some(AssumedAgency {
-            urn: format!("sts::{domain}::assumed-agency:{agency}/{session}"),
-            id: format!("{domain}:{session}"),
-        }),
-        association_id: Some(association.uid.clone()),
-        subject: Some(Subject {
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-        }),
-        ..creds
-    };
-    let body = Bytes::from(issued.to_body(Provider::Cce));
-    s.issued.put(
-        hash,
-        Issued {
-            node: caller.node,
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-            association_uid: association.uid.clone(),
-            agency: agency.to_owned(),
-            body: body.clone(),
-        },
-    );
-    Ok(body)
 }
 
 /// A pod's token, reviewed: a service account's, bound to a pod on the caller's node, with an
@@ -221,7 +88,7 @@ pub(super) struct Pod {
 
 /// Reviews the pod's `token` for `audience` and finds what it may be redeemed for.
 pub(super) async fn redeem(
-    s: &ExchangeState,
+    s: &Redeemer,
     seen: &mut Seen,
     token: &str,
     audience: &str,
@@ -235,8 +102,6 @@ pub(super) async fn redeem(
         .map_err(unavailable)?;
     let pod = review::holder(review, Some(audience)).map_err(|why| {
         Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "CCE.01401001",
             Reason::PodTokenInvalid,
             format!(
                 "invalid service account token: not a valid, unexpired token for audience {}",
@@ -248,16 +113,12 @@ pub(super) async fn redeem(
     seen.subject = Some(pod.username.clone());
     let Some((namespace, service_account)) = pod.service_account() else {
         return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "CCE.01401003",
-            Reason::PodTokenInvalid,
+            Reason::NotServiceAccount,
             "not a service account token",
         ));
     };
     let Some(pod_name) = pod.pod.as_deref() else {
         return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "CCE.01401004",
             Reason::NotPodBound,
             "the token is not bound to a pod (use a projected token)",
         ));
@@ -267,8 +128,6 @@ pub(super) async fn redeem(
     };
     if node != caller.node {
         return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "CCE.01403002",
             Reason::OtherNode,
             "the pod's token was issued for a pod on another node than the calling agent's; \
              each node's agent redeems only its own pods' tokens",
@@ -282,8 +141,6 @@ pub(super) async fn redeem(
         .cloned()
         .ok_or_else(|| {
             Refusal::new(
-                StatusCode::NOT_FOUND,
-                "CCE.01404002",
                 Reason::NoAssociation,
                 format!("no pod identity association for {namespace}/{service_account}"),
             )
@@ -301,14 +158,12 @@ pub(super) async fn redeem(
 /// The caller's `X-Auth-Token`, reviewed for the exchange's audience: it must be the agents'
 /// service account, bound to a node.
 pub(super) async fn authenticate(
-    s: &ExchangeState,
+    s: &Redeemer,
     seen: &mut Seen,
     headers: &HeaderMap,
 ) -> Result<Caller, Refusal> {
     let token = auth_token(headers).ok_or_else(|| {
         Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "CCE.01401010",
             Reason::NoCallerToken,
             format!(
                 "X-Auth-Token is missing: this API serves the node agents, which send their \
@@ -339,8 +194,6 @@ pub(super) async fn authenticate(
     };
     let holder = reviewed.map_err(|why| {
         Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "CCE.01401011",
             Reason::CallerInvalid,
             format!(
                 "X-Auth-Token is not a valid, unexpired service-account token for audience {}",
@@ -353,8 +206,6 @@ pub(super) async fn authenticate(
     seen.caller_node = holder.node.clone();
     if holder.username != s.agent {
         return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "CCE.01403001",
             Reason::CallerNotAgent,
             format!(
                 "X-Auth-Token belongs to {}; only the node agents ({}) may call this API",
@@ -382,10 +233,7 @@ pub(super) async fn authenticate(
             }
         };
         checked.map_err(|why| {
-            Refusal::new(
-                StatusCode::FORBIDDEN,
-                "CCE.01403005",
-                Reason::CallerNotAgentPod,
+            Refusal::new(Reason::CallerNotAgentPod,
                 format!(
                     "X-Auth-Token must be bound to a running pod of the agent DaemonSet {}/{} on node {node}: {why}",
                     agents.namespace, agents.daemonset
@@ -468,29 +316,8 @@ pub(super) fn auth_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The body's `token`.
-fn pod_token(body: &[u8]) -> Result<String, Refusal> {
-    let bad = |message: String| {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "CCE.01400001",
-            Reason::BadRequest,
-            message,
-        )
-    };
-    match serde_json::from_slice::<AssumeAgencyRequest>(body) {
-        Ok(AssumeAgencyRequest { token: Some(t) }) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
-        Ok(_) => Err(bad("the request body needs a non-empty \"token\"".into())),
-        Err(e) => Err(bad(format!(
-            "the request body is not a JSON object with a \"token\" string: {e}"
-        ))),
-    }
-}
-
 pub(super) fn no_node_binding(whose: &str) -> Refusal {
     Refusal::new(
-        StatusCode::FORBIDDEN,
-        "CCE.01403003",
         Reason::NoNodeBinding,
         format!(
             "{whose} names no node: the exchange redeems only node-bound projected tokens \
@@ -500,48 +327,35 @@ pub(super) fn no_node_binding(whose: &str) -> Refusal {
 }
 
 pub(super) fn unavailable(e: review::ReviewError) -> Refusal {
-    let mut r = Refusal::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "CCE.01503001",
+    Refusal::new(
         Reason::ReviewUnavailable,
         "the exchange cannot verify tokens right now (the Kubernetes API did not answer); retry shortly",
     )
-    .detail(e);
-    r.retry_after = Some(Duration::from_secs(1));
-    r
+    .detail(e)
+    .retry_after(Duration::from_secs(1))
 }
 
-pub(super) fn rate_limited(namespace: &str, service_account: &str, wait: Duration) -> Refusal {
-    let mut r = Refusal::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "CCE.01429001",
+fn rate_limited(namespace: &str, service_account: &str, wait: Duration) -> Refusal {
+    Refusal::new(
         Reason::RateLimited,
         format!(
             "too many credential requests for {namespace}/{service_account}; retry in {} s",
             wait.as_secs_f64().ceil().max(1.0)
         ),
-    );
-    r.retry_after = Some(wait);
-    r
+    )
+    .retry_after(wait)
 }
 
-fn iam_failed(agency: &str, e: UpstreamError) -> Refusal {
-    let (status, message) = match &e {
-        UpstreamError::Timeout => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "IAM did not answer in time; retry shortly".to_owned(),
-        ),
-        UpstreamError::Refused { status, .. } if *status < 500 => (
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "IAM refused credentials for agency {agency}: check that the agency exists and \
-                 trusts the exchange's operator (the exchange's log has IAM's answer)"
-            ),
-        ),
-        _ => (
-            StatusCode::BAD_GATEWAY,
-            "IAM could not be reached or failed; retry shortly (the exchange's log has the cause)".to_owned(),
-        ),
-    };
-    Refusal::new(status, "CCE.01502001", Reason::Iam, message).detail(e)
+/// `s` with every character but ASCII letters, digits and `allowed` replaced by `-`: the part
+/// of a session name (IAM's or STS's) taken from a cluster or pod name.
+pub(super) fn session_chars(s: &str, allowed: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || allowed.contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
