@@ -233,3 +233,21 @@ fn iam_failed(agency: &str, e: UpstreamError) -> CceRefusal {
         refusal: Refusal::new(Reason::Iam, message).detail(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers tell refusals apart by `error_code`: each reason has its own.
+    #[test]
+    fn every_reason_has_its_own_error_code() {
+        let mut codes: Vec<_> = Reason::ALL.iter().map(|r| cce_error(*r).1).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len(), "{codes:?}");
+        assert_eq!(
+            cce_error(Reason::NotServiceAccount),
+            (StatusCode::UNAUTHORIZED, "CCE.01401003")
+        );
+    }
+}

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::args::ExplainArgs;
 use super::decide::{Decision, decide};
+use super::manifest::{Input, ManifestError, documents, input_name, read_input};
 use super::mutation::{ASSOCIATION_ANNOTATION, Injection, Pod, SKIP_CONTAINERS_ANNOTATION};
-use super::offline::{Input, OfflineError, documents, input_name, read_input};
+use super::offline::OfflineError;
 use super::selection::{OPT_IN, Selection};
 use crate::association::Index;
 use crate::association::file;
@@ -117,7 +118,7 @@ fn explain_docs(
     let pod_doc = docs
         .iter()
         .find(|d| kind(d, "Pod"))
-        .ok_or_else(|| OfflineError::Empty {
+        .ok_or_else(|| ManifestError::Empty {
             input: input.to_owned(),
         })?;
     let pod = <Pod as serde::Deserialize>::deserialize(pod_doc).map_err(|e| OfflineError::BadPod {

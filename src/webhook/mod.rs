@@ -6,6 +6,7 @@ pub mod args;
 mod config;
 pub mod decide;
 pub mod explain;
+pub mod manifest;
 pub mod metrics;
 pub mod mutation;
 pub mod offline;

@@ -2,11 +2,9 @@
 
 use serde_json::Value;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-
 use super::args::MutateArgs;
 use super::decide::{Decision, decide};
+use super::manifest::{Input, ManifestError, documents, input_name, read_input};
 use super::mutation::{Injection, Mutation, Pod};
 use crate::args::ArgError;
 use crate::association::file::{self, FileError};
@@ -18,12 +16,8 @@ pub enum OfflineError {
     Associations(#[from] FileError),
     #[error(transparent)]
     Args(#[from] ArgError),
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{input}: not YAML or JSON: {message}")]
-    Parse { input: String, message: String },
-    #[error("{input}: holds no document (expected Pod manifests or an AdmissionReview)")]
-    Empty { input: String },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
     /// `explain` of a live pod: the cluster could not be read.
     #[error("reading the cluster: {0}")]
     Live(String),
@@ -58,35 +52,6 @@ pub fn command(args: MutateArgs) -> Result<(), OfflineError> {
     Ok(())
 }
 
-/// The text of `path`, or of standard input for `-`.
-pub(super) fn read_input(path: &Path) -> Result<String, OfflineError> {
-    let mut text = String::new();
-    let result = if path.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text)
-    } else {
-        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text))
-    };
-    result.map_err(|source| OfflineError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(text)
-}
-
-pub(super) fn input_name(path: &Path) -> String {
-    match path.as_os_str() == "-" {
-        true => "<stdin>".to_owned(),
-        false => path.display().to_string(),
-    }
-}
-
-/// The text to mutate, and what to call it in messages (the file name, or `<stdin>`).
-#[derive(Debug, Clone, Copy)]
-pub struct Input<'a> {
-    pub name: &'a str,
-    pub text: &'a str,
-}
-
 /// One pod's result (or the input's, when it holds none), for the summary printed to stderr.
 #[derive(Debug)]
 pub struct Report {
@@ -105,15 +70,18 @@ pub fn run(
     inj: &Injection,
     patch_only: bool,
 ) -> Result<(String, Vec<Report>), OfflineError> {
-    let parse = |message: String| OfflineError::Parse {
-        input: input.name.to_owned(),
-        message,
+    let parse = |message: String| {
+        OfflineError::from(ManifestError::Parse {
+            input: input.name.to_owned(),
+            message,
+        })
     };
     let docs = documents(input)?;
     if docs.is_empty() {
-        return Err(OfflineError::Empty {
+        return Err(ManifestError::Empty {
             input: input.name.to_owned(),
-        });
+        }
+        .into());
     }
     let pods = docs.iter().filter(|d| pod_of(d).is_some()).count();
     if patch_only && pods != 1 {
@@ -188,22 +156,6 @@ pub fn run(
         text.push_str(&serde_yaml::to_string(doc).map_err(|e| parse(e.to_string()))?);
     }
     Ok((text, reports))
-}
-
-/// The YAML or JSON documents of `input`, empty ones left out.
-pub(super) fn documents(input: &Input<'_>) -> Result<Vec<Value>, OfflineError> {
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(input.text) {
-        // serde_yaml's positions are in the user's text: they point into the file.
-        let v = <Value as serde::Deserialize>::deserialize(doc).map_err(|e| OfflineError::Parse {
-            input: input.name.to_owned(),
-            message: e.to_string(),
-        })?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
 }
 
 /// What happened to a pod with an association, in words.

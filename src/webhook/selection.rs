@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::offline::{Input, OfflineError, documents};
+use super::manifest::{Input, ManifestError, documents};
 
 /// The webhook configuration shipped in `manifests/base`: its selectors are used unless a
 /// MutatingWebhookConfiguration of the user's is given.
@@ -39,7 +39,7 @@ impl Selection {
     }
 
     /// The shipped configuration's selectors.
-    pub(crate) fn shipped() -> Result<Self, OfflineError> {
+    pub(crate) fn shipped() -> Result<Self, ManifestError> {
         let docs = documents(&Input {
             name: "manifests/base/webhook.yaml",
             text: SHIPPED_WEBHOOK,
@@ -47,7 +47,7 @@ impl Selection {
         docs.iter()
             .find(|d| d["kind"] == "MutatingWebhookConfiguration")
             .map(Selection::of)
-            .ok_or_else(|| OfflineError::Empty {
+            .ok_or_else(|| ManifestError::Empty {
                 input: "manifests/base/webhook.yaml".into(),
             })
     }
