@@ -207,179 +207,123 @@ impl RunningExchange {
     }
 }
 
-/// The exchange with TokenReview on `api` and IAM at `iam_url`
-/// (operator token `operator-iam-token` from a file in `dir`).
-pub async fn start_exchange(api: &impl KubeApi, iam_url: &str, dir: &Path) -> RunningExchange {
-    start_exchange_with(api, iam_url, dir, None).await
-}
-
-/// The same; with `cert_dir`, over HTTPS.
-pub async fn start_exchange_with(
-    api: &impl KubeApi,
-    iam_url: &str,
-    dir: &Path,
-    cert_dir: Option<&Path>,
-) -> RunningExchange {
-    start_exchange_tweaked(api, iam_url, dir, |c| {
-        c.cert_dir = cert_dir.map(Path::to_path_buf)
-    })
-    .await
-}
-
-/// The exchange with its settings changed by `tweak`.
-pub async fn start_exchange_tweaked(
-    api: &impl KubeApi,
-    iam_url: &str,
-    dir: &Path,
-    tweak: impl FnOnce(&mut ExchangeConfig),
-) -> RunningExchange {
-    let token_file = dir.join("operator-token");
-    std::fs::write(&token_file, "operator-iam-token").unwrap();
-    let auth = CloudAuth::TokenFile(TokenFile::new(token_file));
-    exchange(api, iam_url, auth, fixture_store(), tweak).await
-}
-
-/// The exchange over plain HTTP with its associations from `associations` (e.g. a watch of
-/// the stand-in) instead of the fixtures.
-pub async fn start_exchange_on(
-    api: &impl KubeApi,
-    iam_url: &str,
-    dir: &Path,
+/// The exchange under test, built step by step and started by [`start`](Self::start): TokenReview
+/// at `api` (counted), the fixture associations, plain HTTP, the default settings; the CCE front
+/// with [`iam`](Self::iam), the EKS front with [`eks`](Self::eks).
+pub struct ExchangeUnderTest<'a, A: KubeApi> {
+    api: &'a A,
+    config: ExchangeConfig,
+    iam: Option<Iam>,
+    eks: Option<Eks>,
     associations: Reader,
-) -> RunningExchange {
-    let token_file = dir.join("operator-token");
-    std::fs::write(&token_file, "operator-iam-token").unwrap();
-    let auth = CloudAuth::TokenFile(TokenFile::new(token_file));
-    exchange(api, iam_url, auth, associations, |_| {}).await
+    reviewer: Option<Arc<dyn TokenReviewer>>,
 }
 
-/// The exchange of `start_exchange` with its reviews made by `reviewer` (e.g. a double
-/// answering what the stand-in cannot, around [`kube_reviewer`]).
-pub async fn start_exchange_reviewed(
-    api: &impl KubeApi,
-    iam_url: &str,
-    dir: &Path,
-    reviewer: Arc<dyn TokenReviewer>,
-) -> RunningExchange {
-    let token_file = dir.join("operator-token");
-    std::fs::write(&token_file, "operator-iam-token").unwrap();
-    let auth = CloudAuth::TokenFile(TokenFile::new(token_file));
-    exchange_reviewed(api, iam_url, auth, fixture_store(), |_| {}, reviewer).await
+impl<'a, A: KubeApi> ExchangeUnderTest<'a, A> {
+    pub fn new(api: &'a A) -> Self {
+        crate::common::crypto();
+        ExchangeUnderTest {
+            api,
+            config: ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), PROJECT, CLUSTER),
+            iam: None,
+            eks: None,
+            associations: fixture_store(),
+            reviewer: None,
+        }
+    }
+
+    /// The CCE front, with IAM at `url` and the operator's token (`operator-iam-token`) from a
+    /// file in `dir`.
+    pub fn iam(self, url: &str, dir: &Path) -> Self {
+        let token_file = dir.join("operator-token");
+        std::fs::write(&token_file, "operator-iam-token").unwrap();
+        self.iam_with(url, CloudAuth::TokenFile(TokenFile::new(token_file)))
+    }
+
+    /// The CCE front, signing its IAM calls with `key`.
+    pub fn iam_signed(self, url: &str, key: AccessKey) -> Self {
+        self.iam_with(url, CloudAuth::AkSk(key))
+    }
+
+    fn iam_with(mut self, url: &str, auth: CloudAuth) -> Self {
+        let client = http_client(None, Duration::from_secs(4)).unwrap();
+        self.iam = Some(Iam::new(client, url, auth, Domain::Id("domain-1".into()), 3600).unwrap());
+        self
+    }
+
+    /// The EKS front alone, for cluster `cluster_name` in `us-west-2`, with STS at `sts_url`
+    /// (signing with the access key `AKIDEXCHANGE`).
+    pub fn eks(mut self, sts_url: &str, cluster_name: &str) -> Self {
+        let client = http_client(None, Duration::from_secs(4)).unwrap();
+        let sts = Sts::new(client, sts_url, "us-west-2", 3600)
+            .unwrap()
+            .with_key("AKIDEXCHANGE", "exchange-secret");
+        self.eks = Some(Eks {
+            cluster_name: cluster_name.to_owned(),
+            cluster_arn: None,
+            region: "us-west-2".into(),
+            sts,
+        });
+        self.config.project_id.clear();
+        self.config.cluster_id.clear();
+        self
+    }
+
+    /// Its associations from `associations` (e.g. a watch) instead of the fixtures.
+    pub fn associations(mut self, associations: Reader) -> Self {
+        self.associations = associations;
+        self
+    }
+
+    /// Its reviews made by `reviewer` (e.g. a double answering what the stand-in cannot,
+    /// around [`kube_reviewer`]) instead of TokenReview at `api`.
+    pub fn reviewer(mut self, reviewer: Arc<dyn TokenReviewer>) -> Self {
+        self.reviewer = Some(reviewer);
+        self
+    }
+
+    /// Its settings changed by `tweak`.
+    pub fn tweak(mut self, tweak: impl FnOnce(&mut ExchangeConfig)) -> Self {
+        tweak(&mut self.config);
+        self
+    }
+
+    /// Binds it and runs it until the returned handle is dropped.
+    pub async fn start(self) -> RunningExchange {
+        let tls = self.config.cert_dir.is_some();
+        let metrics = Arc::new(ExchangeMetrics::default());
+        let reviews = Arc::new(Reviews::default());
+        let reviewer = Arc::new(Counted {
+            inner: self.reviewer.unwrap_or_else(|| Arc::new(kube_reviewer(self.api))),
+            reviews: reviews.clone(),
+        });
+        let exchange = Exchange::bind(
+            self.config,
+            reviewer,
+            self.api.kube_config(),
+            self.associations,
+            self.iam,
+            self.eks,
+            metrics.clone(),
+        )
+        .await
+        .unwrap();
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://localhost:{}", exchange.local_addr().port());
+        let (tx, shutdown) = stop_signal();
+        tokio::spawn(exchange.run(shutdown));
+        RunningExchange {
+            url,
+            metrics,
+            reviews,
+            stop: Some(tx),
+        }
+    }
 }
 
 /// TokenReview at `api`, with a 1 s deadline.
 pub fn kube_reviewer(api: &impl KubeApi) -> KubeReviewer {
     KubeReviewer::new(api.kube_config(), Duration::from_secs(1)).unwrap()
-}
-
-async fn exchange(
-    api: &impl KubeApi,
-    iam_url: &str,
-    auth: CloudAuth,
-    associations: Reader,
-    tweak: impl FnOnce(&mut ExchangeConfig),
-) -> RunningExchange {
-    exchange_reviewed(
-        api,
-        iam_url,
-        auth,
-        associations,
-        tweak,
-        Arc::new(kube_reviewer(api)),
-    )
-    .await
-}
-
-async fn exchange_reviewed(
-    api: &impl KubeApi,
-    iam_url: &str,
-    auth: CloudAuth,
-    associations: Reader,
-    tweak: impl FnOnce(&mut ExchangeConfig),
-    reviewer: Arc<dyn TokenReviewer>,
-) -> RunningExchange {
-    crate::common::crypto();
-    let client = http_client(None, Duration::from_secs(4)).unwrap();
-    let iam = Iam::new(client, iam_url, auth, Domain::Id("domain-1".into()), 3600).unwrap();
-    let mut config = ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), PROJECT, CLUSTER);
-    tweak(&mut config);
-    bind_and_run(api, config, associations, Some(iam), None, reviewer).await
-}
-
-/// Binds an exchange with `config` (its objects at `api`, its reviews by `reviewer`) and runs
-/// it until the returned handle is dropped.
-async fn bind_and_run(
-    api: &impl KubeApi,
-    config: ExchangeConfig,
-    associations: Reader,
-    iam: Option<Iam>,
-    eks: Option<Eks>,
-    reviewer: Arc<dyn TokenReviewer>,
-) -> RunningExchange {
-    let tls = config.cert_dir.is_some();
-    let metrics = Arc::new(ExchangeMetrics::default());
-    let reviews = Arc::new(Reviews::default());
-    let reviewer = Arc::new(Counted {
-        inner: reviewer,
-        reviews: reviews.clone(),
-    });
-    let exchange = Exchange::bind(
-        config,
-        reviewer,
-        api.kube_config(),
-        associations,
-        iam,
-        eks,
-        metrics.clone(),
-    )
-    .await
-    .unwrap();
-    let scheme = if tls { "https" } else { "http" };
-    let url = format!("{scheme}://localhost:{}", exchange.local_addr().port());
-    let (tx, shutdown) = stop_signal();
-    tokio::spawn(exchange.run(shutdown));
-    RunningExchange {
-        url,
-        metrics,
-        reviews,
-        stop: Some(tx),
-    }
-}
-
-/// The exchange over plain HTTP, signing its IAM calls with `key`.
-pub async fn start_exchange_signed(api: &impl KubeApi, iam_url: &str, key: AccessKey) -> RunningExchange {
-    exchange(api, iam_url, CloudAuth::AkSk(key), fixture_store(), |_| {}).await
-}
-
-/// The exchange serving only seed 002 (EKS Auth) for cluster `cluster_name` in `us-west-2`,
-/// with STS at `sts_url` (signing with the access key `AKIDEXCHANGE`) and `associations`.
-pub async fn start_eks_exchange(
-    api: &impl KubeApi,
-    sts_url: &str,
-    cluster_name: &str,
-    associations: Reader,
-) -> RunningExchange {
-    crate::common::crypto();
-    let client = http_client(None, Duration::from_secs(4)).unwrap();
-    let sts = Sts::new(client, sts_url, "us-west-2", 3600)
-        .unwrap()
-        .with_key("AKIDEXCHANGE", "exchange-secret");
-    let eks = Eks {
-        cluster_name: cluster_name.to_owned(),
-        cluster_arn: None,
-        region: "us-west-2".into(),
-        sts,
-    };
-    let config = ExchangeConfig::new("127.0.0.1:0".parse().unwrap(), "", "");
-    bind_and_run(
-        api,
-        config,
-        associations,
-        None,
-        Some(eks),
-        Arc::new(kube_reviewer(api)),
-    )
-    .await
 }
 
 /// A token for `namespace/sa` in pod `pod` on the tests' node, valid for an hour, with `audience`.

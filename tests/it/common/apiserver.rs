@@ -207,11 +207,6 @@ impl ApiServer {
         path
     }
 
-    /// The admin's kubeconfig.
-    pub fn admin_kubeconfig(&self) -> PathBuf {
-        self.kubeconfig(&self.dir, "admin-token")
-    }
-
     /// `pod-identity-webhook ARGS` with a kubeconfig acting with `token` (and no associations
     /// file from the environment): the exit status and stdout followed by stderr.
     pub fn run_as(&self, token: &str, args: &[&str]) -> (i32, String) {
@@ -637,11 +632,6 @@ fn not_run() {
         );
         let _ = std::io::stderr().write_all(line.as_bytes());
     });
-}
-
-/// The shared API server, or `None` for a test to return early.
-pub fn shared() -> Option<&'static ApiServer> {
-    ApiServer::shared()
 }
 
 /// A `PodIdentityAssociation` for `namespace/service_account` → `agency`, as a YAML document.

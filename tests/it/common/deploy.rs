@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::pod_security::{Level, violations};
+use crate::common::pod_security::{Level, violations};
 
 use crate::common::BIN;
 

@@ -1,13 +1,18 @@
 //! Test harness: the real server on 127.0.0.1:0 with generated certificates, and real HTTPS
 //! clients (reqwest over rustls) speaking HTTP/1.1 or HTTP/2.
-#![allow(dead_code)]
 
 pub mod agents;
 pub mod apiserver;
+pub mod attacks;
+pub mod aws;
 pub mod deploy;
 pub mod doubles;
+pub mod pod_security;
 pub mod python;
 pub mod standin;
+pub mod tokens;
+
+pub use tokens::{unsigned, unsigned_on};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,42 +57,6 @@ impl KubeApi for apiserver::ApiServer {
 
 /// The node the tests' pods and agent run on, unless a test says otherwise.
 pub const NODE: &str = "node-a";
-
-/// A service-account token with these claims and a dummy signature, shaped as the kubelet's
-/// projected tokens are, for a pod on [`NODE`].
-pub fn unsigned(namespace: &str, service_account: &str, pod: &str, audience: &str, exp: i64) -> String {
-    unsigned_on(Some(NODE), namespace, service_account, pod, audience, exp)
-}
-
-/// The same for a pod on `node` (none: a token without the node claim, as Kubernetes before
-/// 1.30 issued them).
-pub fn unsigned_on(
-    node: Option<&str>,
-    namespace: &str,
-    service_account: &str,
-    pod: &str,
-    audience: &str,
-    exp: i64,
-) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(br#"{"alg":"RS256","kid":"test"}"#);
-    let mut payload = json!({
-        "aud": [audience],
-        "exp": exp,
-        "iat": exp - 3600,
-        "iss": "https://kubernetes.default.svc.cluster.local",
-        "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
-        "kubernetes.io": {
-            "namespace": namespace,
-            "pod": {"name": pod, "uid": format!("{pod}-uid")},
-            "serviceaccount": {"name": service_account, "uid": format!("{service_account}-uid")},
-        },
-    });
-    if let Some(node) = node {
-        payload["kubernetes.io"]["node"] = json!({"name": node, "uid": format!("{node}-uid")});
-    }
-    format!("{header}.{}.c2lnbmF0dXJl", b64.encode(payload.to_string()))
-}
 
 /// Every captured AdmissionReview, by file name.
 pub fn fixtures() -> Vec<(String, Vec<u8>)> {

@@ -128,21 +128,6 @@ impl StandIn {
         kube::Client::try_from(self.config()).unwrap()
     }
 
-    /// A kubeconfig in `dir` naming this API server, with `token` as the user's bearer token
-    /// (for the binaries, through `KUBECONFIG`).
-    pub fn kubeconfig(&self, dir: &std::path::Path, token: &str) -> std::path::PathBuf {
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {{server: 'http://{}'}}\nusers:\n- name: u\n  user: {{token: {token}}}\ncontexts:\n- name: c\n  context: {{cluster: s, user: u}}\ncurrent-context: c\n",
-                self.addr
-            ),
-        )
-        .unwrap();
-        path
-    }
-
     /// A client configuration for this API server.
     pub fn config(&self) -> kube::Config {
         kube::Config::new(format!("http://{}", self.addr).parse().unwrap())
@@ -154,17 +139,6 @@ impl StandIn {
 
     pub fn reviews(&self) -> u64 {
         self.inner.lock().unwrap().reviews
-    }
-
-    /// Reviews asked for `audience`.
-    pub fn reviews_for(&self, audience: &str) -> u64 {
-        self.inner
-            .lock()
-            .unwrap()
-            .reviews_for
-            .get(audience)
-            .copied()
-            .unwrap_or(0)
     }
 
     /// The next `n` replaces each find the object changed by another writer just before (a

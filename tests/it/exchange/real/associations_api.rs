@@ -20,7 +20,7 @@ use pod_identity_webhook::testing::PodIdentityAssociation;
 const VERBS: [&str; 5] = ["create", "list", "get", "update", "delete"];
 
 /// RBAC rules granting `verbs` on the associations; a writer may also pass any agency (the
-/// pass check itself is `real::pass_check`'s).
+/// pass check itself is `deploy::real::pass_check`'s).
 fn on_associations(verbs: &[&str]) -> Value {
     if verbs.is_empty() {
         return json!([]);
@@ -57,7 +57,10 @@ impl Api {
             .await;
         let dir = tempfile::tempdir().unwrap();
         // IAM is never called by this API.
-        let exchange = start_exchange(&Acting { api, token }, "http://127.0.0.1:9", dir.path()).await;
+        let exchange = ExchangeUnderTest::new(&Acting { api, token })
+            .iam("http://127.0.0.1:9", dir.path())
+            .start()
+            .await;
         let mut me = Api {
             api,
             ns,

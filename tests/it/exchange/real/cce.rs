@@ -61,7 +61,11 @@ async fn setup(
 ) -> (Double, RunningExchange, tempfile::TempDir) {
     let iam = doubles::iam().await;
     let dir = tempfile::tempdir().unwrap();
-    let exchange = start_exchange_tweaked(api, &iam.url, dir.path(), tweak).await;
+    let exchange = ExchangeUnderTest::new(api)
+        .iam(&iam.url, dir.path())
+        .tweak(tweak)
+        .start()
+        .await;
     (iam, exchange, dir)
 }
 
@@ -629,7 +633,11 @@ async fn agent_reaches_the_exchange_over_https() {
     let certs = dir.path().join("exchange-tls");
     pod_identity_webhook::certs::write(&certs, &pod_identity_webhook::certs::generate_local(1).unwrap())
         .unwrap();
-    let exchange = start_exchange_with(api, &iam.url, dir.path(), Some(&certs)).await;
+    let exchange = ExchangeUnderTest::new(api)
+        .iam(&iam.url, dir.path())
+        .tweak(|c| c.cert_dir = Some(certs.clone()))
+        .start()
+        .await;
     assert!(exchange.url.starts_with("https://"));
     let ca = certs.join("ca.crt");
     let agent_token = api.agent_token(NODE).await;

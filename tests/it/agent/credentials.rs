@@ -1,5 +1,5 @@
 //! The credential agent on loopback, against test doubles of IAM and CCE (reaching the
-//! exchange, on the real API server, is in `real::exchange`).
+//! exchange, on the real API server, is in `exchange::real::cce`).
 
 use std::time::Duration;
 

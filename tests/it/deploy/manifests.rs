@@ -12,7 +12,7 @@ use crate::common::deploy::{
     args_of, assert_flags, check_webhook_contract, containers_of, find, help, pod_security_findings,
     pod_templates, rbac_findings, verify_server_cert, volume_at,
 };
-use crate::pod_security::{Level, violations};
+use crate::common::pod_security::{Level, violations};
 
 use crate::common::BIN;
 

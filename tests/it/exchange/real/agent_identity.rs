@@ -15,10 +15,13 @@ async fn only_a_running_agent_daemonset_pod_on_its_node_may_call() {
     let Some(api) = ApiServer::shared() else { return };
     let iam = doubles::iam().await;
     let dir = tempfile::tempdir().unwrap();
-    let exchange = start_exchange_tweaked(api, &iam.url, dir.path(), |c| {
-        c.agent_daemonset = Some((AGENT_NAMESPACE.into(), "pod-identity-agent".into()));
-    })
-    .await;
+    let exchange = ExchangeUnderTest::new(api)
+        .iam(&iam.url, dir.path())
+        .tweak(|c| {
+            c.agent_daemonset = Some((AGENT_NAMESPACE.into(), "pod-identity-agent".into()));
+        })
+        .start()
+        .await;
     let pod = || async {
         let name = format!("caller-{:08x}", fastrand::u32(..));
         api.pod_token("pi-demo", "app", &name, NODE, AUD).await

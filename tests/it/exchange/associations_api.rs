@@ -1,6 +1,6 @@
 //! The seed 001 association API on the exchange where a fault is injected: a write conflict
 //! between the exchange's read and its write (the stand-in's `interfere`). Everything else of
-//! the API runs on the real API server (`real::associations_api`).
+//! the API runs on the real API server (`exchange::real::associations_api`).
 
 use std::sync::Arc;
 
@@ -23,7 +23,11 @@ impl Api {
         let dir = tempfile::tempdir().unwrap();
         // IAM is never called by this API.
         let reviewer = Arc::new(kube_reviewer(&standin));
-        let exchange = start_exchange_reviewed(&standin, "http://127.0.0.1:9", dir.path(), reviewer).await;
+        let exchange = ExchangeUnderTest::new(&standin)
+            .iam("http://127.0.0.1:9", dir.path())
+            .reviewer(reviewer)
+            .start()
+            .await;
         Api {
             standin,
             exchange,

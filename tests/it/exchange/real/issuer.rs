@@ -10,60 +10,17 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::TokenReview;
-use pod_identity_webhook::agent::metrics::Refusal;
 use pod_identity_webhook::exchange::metrics::ExchangeMetrics;
 use pod_identity_webhook::exchange::review::{KubeReviewer, LocallyVerified, ReviewError, TokenReviewer};
 use pod_identity_webhook::exchange::{Exchange, ExchangeConfig};
-use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::{IssuerKeys, IssuerMetrics, Unverified, Verdict};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::json;
 
 use crate::common::agents::*;
 use crate::common::apiserver::ApiServer;
 use crate::common::doubles;
+use crate::common::tokens::{AUD, ISSUER, foreign, keys_of};
 use crate::common::*;
-
-const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-const AUD: &str = "service.cce.pods";
-
-/// The issuer's keys read with a service account's own token (as the agent and the exchange
-/// read them in a cluster), once read.
-async fn keys_of(api: &ApiServer, interval: Duration) -> (Arc<IssuerKeys>, Arc<IssuerMetrics>) {
-    let ns = api.namespace("issuer", &[]).await;
-    api.service_account(&ns, "reader").await;
-    let token = api.token(&ns, "reader", None, ISSUER, 3600).await;
-    let metrics = Arc::new(IssuerMetrics::default());
-    let keys = IssuerKeys::start(api.client_as(&token), interval, metrics.clone());
-    eventually("the issuer keys read", Duration::from_secs(10), async || {
-        keys.loaded()
-    })
-    .await;
-    (keys, metrics)
-}
-
-/// A token with the right issuer, audience and lifetime, signed by a key of the test's own
-/// under key id `kid`: only the key can tell it from a real one.
-fn foreign(kid: &str, audience: &str) -> String {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let now = jiff::Timestamp::now().as_second();
-    let header = json!({"alg": "ES256", "kid": kid});
-    let claims = json!({"iss": ISSUER, "aud": [audience], "exp": now + 3600, "nbf": now, "iat": now,
-        "sub": "system:serviceaccount:pi-demo:app",
-        "kubernetes.io": {"namespace": "pi-demo", "serviceaccount": {"name": "app", "uid": "u"},
-            "pod": {"name": "p", "uid": "pu"}, "node": {"name": NODE, "uid": "nu"}}});
-    let signed = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let sig = pair.sign(&rng, signed.as_bytes()).unwrap();
-    format!("{signed}.{}", b64(sig.as_ref()))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_tokens_verify_locally_and_forged_ones_do_not() {
@@ -116,84 +73,6 @@ impl TokenReviewer for Counting {
         self.reviews.fetch_add(1, Ordering::Relaxed);
         self.inner.review(token, audience)
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_tokens_cost_the_agent_no_upstream_call_and_starve_no_pod() {
-    let Some(api) = ApiServer::shared() else { return };
-    let (keys, _) = keys_of(api, Duration::from_secs(10)).await;
-    // The whole path: the agent's upstream is the exchange, TokenReview and IAM behind it.
-    let iam = doubles::iam().await;
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = start_exchange(api, &iam.url, dir.path()).await;
-    let agent_token = api.agent_token(NODE).await;
-    let backend = cce_backend_as(
-        &exchange.url,
-        dir.path(),
-        Duration::from_secs(2),
-        None,
-        &agent_token,
-    );
-    // A node budget of 20 misses: 100 forged tokens would spend it five times over.
-    let agent = start_agent(Provider::Cce, backend, |c| {
-        c.cache.upstream_rate = 0.001;
-        c.cache.upstream_burst = 20.0;
-        c.issuer = Some(keys.clone());
-    })
-    .await;
-    let port = agent
-        .url
-        .trim_start_matches("http://127.0.0.1:")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    for source in 2..=6u8 {
-        let c = reqwest::Client::builder()
-            .local_address(Some([127, 0, 0, source].into()))
-            .build()
-            .unwrap();
-        for i in 0..20 {
-            let forged = if i % 2 == 0 {
-                unsigned(
-                    "pi-demo",
-                    "app",
-                    &format!("forged-{source}-{i}"),
-                    AUD,
-                    jiff::Timestamp::now().as_second() + 3600,
-                )
-            } else {
-                foreign(&format!("kid-{source}-{i}"), AUD)
-            };
-            let r = c
-                .get(format!("http://127.0.0.1:{port}/v1/credentials"))
-                .header("Authorization", forged)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 401, "{}", r.text().await.unwrap());
-        }
-    }
-    let saw = crate::common::metrics_of(&exchange.url).await;
-    assert!(
-        saw.contains("podidentity_exchange_token_reviews_total{token=\"pod\"} 0\n"),
-        "no upstream call for a forged token:\n{saw}"
-    );
-    assert_eq!(iam.calls().len(), 0);
-    assert_eq!(agent.metrics.refused(Refusal::Unverified), 100);
-    // A real pod's first request.
-    let real = api
-        .pod_token(
-            "pi-demo",
-            "app",
-            &format!("issuer-agent-{:08x}", fastrand::u32(..)),
-            NODE,
-            AUD,
-        )
-        .await;
-    let r = credentials_request(&agent.url, &real).await;
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(iam.calls().len(), 1);
 }
 
 /// An exchange in process on `api`, with its TokenReviews counted (behind the local check

@@ -1,6 +1,6 @@
 //! The exchange on loopback when what it depends on fails: TokenReview on the stand-in API
 //! server (set down on purpose), IAM on its double (refusing). The exchange's behaviour with a
-//! healthy API server is checked on the real one (`real::exchange`).
+//! healthy API server is checked on the real one (`exchange::real::cce`).
 //!
 //! Tests that read the log run on a current-thread runtime: every server they start runs on
 //! the test's thread, whose log events [`Logs`] captures.
@@ -18,7 +18,11 @@ async fn setup(
     let api = StandIn::start(false).await;
     let iam = doubles::iam().await;
     let dir = tempfile::tempdir().unwrap();
-    let exchange = start_exchange_tweaked(&api, &iam.url, dir.path(), tweak).await;
+    let exchange = ExchangeUnderTest::new(&api)
+        .iam(&iam.url, dir.path())
+        .tweak(tweak)
+        .start()
+        .await;
     (api, iam, exchange, dir)
 }
 

@@ -15,14 +15,14 @@ use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::{CloudAuth, Reader, TokenFile, file, http_client};
 use serde_json::{Value, json};
 
-use super::exchange::{suffix, unbound_token};
+use super::cce::{suffix, unbound_token};
 use crate::common::agents::*;
 use crate::common::apiserver::ApiServer;
-use crate::common::{NODE, free_ports, python};
-use crate::eks_auth::{
+use crate::common::aws::{
     EKS_AUD, EKS_CLUSTER, Spawned, StsCall, container_provider, credential_sources, recording_sts,
     spawn_isolated,
 };
+use crate::common::{NODE, free_ports, python};
 
 const APP_ROLE: &str = "arn:aws:iam::111122223333:role/app-role";
 const TARGET_ROLE: &str = "arn:aws:iam::444455556666:role/target-role";
@@ -56,7 +56,11 @@ async fn exchange_with_recording_sts(
 ) -> (Arc<Mutex<Vec<StsCall>>>, tempfile::TempDir, RunningExchange) {
     let (sts_url, calls) = recording_sts().await;
     let dir = tempfile::tempdir().unwrap();
-    let exchange = start_eks_exchange(api, &sts_url, EKS_CLUSTER, associations(dir.path())).await;
+    let exchange = ExchangeUnderTest::new(api)
+        .eks(&sts_url, EKS_CLUSTER)
+        .associations(associations(dir.path()))
+        .start()
+        .await;
     (calls, dir, exchange)
 }
 
@@ -284,7 +288,11 @@ async fn moto_sts_assumes_the_associated_role() {
     let Some(api) = ApiServer::shared() else { return };
     let sts = moto().await;
     let dir = tempfile::tempdir().unwrap();
-    let exchange = start_eks_exchange(api, &sts.url, EKS_CLUSTER, associations(dir.path())).await;
+    let exchange = ExchangeUnderTest::new(api)
+        .eks(&sts.url, EKS_CLUSTER)
+        .associations(associations(dir.path()))
+        .start()
+        .await;
     let pod = format!("app-7f9c-{}", suffix());
     let (out, _) = call_as_app(api, &exchange, "pi-demo", &pod).await;
     let r = &out["ok"];
@@ -407,7 +415,11 @@ async fn moto_sts_chains_to_the_target_role() {
     let Some(api) = ApiServer::shared() else { return };
     let sts = moto().await;
     let dir = tempfile::tempdir().unwrap();
-    let exchange = start_eks_exchange(api, &sts.url, EKS_CLUSTER, associations(dir.path())).await;
+    let exchange = ExchangeUnderTest::new(api)
+        .eks(&sts.url, EKS_CLUSTER)
+        .associations(associations(dir.path()))
+        .start()
+        .await;
     let pod = format!("chain-1-{}", suffix());
     let (out, _) = call_as_app(api, &exchange, "pi-chain", &pod).await;
     let arn = out["ok"]["assumedRoleUser"]["arn"].as_str().unwrap_or_default();
@@ -521,7 +533,7 @@ async fn without_aws_credentials_the_exchanges_answer_says_what_to_set() {
     let Some(api) = ApiServer::shared() else { return };
     let dir = tempfile::tempdir().unwrap();
     // EKS Auth's InternalServerException, with the advice the agent gives
-    // (`eks_auth::without_aws_credentials_the_agents_answer_says_what_to_set`); STS not called.
+    // (`agent::eks_backend::without_aws_credentials_the_agents_answer_says_what_to_set`); STS not called.
     let (sts_url, calls) = recording_sts().await;
     let (url, exchange) = spawn_eks_exchange(dir.path(), api, &sts_url, &[]).await;
     let out = botocore_for_pods(api, &url, &["app-1"], &suffix()).await;

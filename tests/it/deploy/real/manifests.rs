@@ -432,7 +432,7 @@ async fn every_overlay_is_admitted_by_the_api_server() {
     };
     let started = Instant::now();
     let mut renderings = Vec::new();
-    for (overlay, docs) in crate::manifests::every_overlay() {
+    for (overlay, docs) in crate::deploy::manifests::every_overlay() {
         // As shipped: the API server refuses the NetworkPolicies with the placeholder of the
         // range settings.env leaves to set as the invalid value (settings.env says so) ...
         let refusals = docs
@@ -785,9 +785,9 @@ async fn the_charts_rbac_lets_each_program_make_exactly_its_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod_with_their_service_accounts() {
     use crate::common::agents::credentials_request;
+    use crate::common::aws::{recording_sts, spawn_isolated};
     use crate::common::deploy::args_of;
     use crate::common::free_ports;
-    use crate::eks_auth::{recording_sts, spawn_isolated};
     use crate::helm::{CIDRS, container, env_of, flag_of, under};
     let Some(api) = ApiServer::start_own("eks-rendering", &[]) else {
         return;

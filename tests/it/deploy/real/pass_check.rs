@@ -424,7 +424,10 @@ async fn the_association_api_holds_its_callers_to_the_pass_rule() {
     let Some(api) = own() else { return };
     let exchange_token = shipped_exchange_identity(api, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let exchange = start_exchange(&Acting(api, exchange_token), "http://127.0.0.1:9", dir.path()).await;
+    let exchange = ExchangeUnderTest::new(&Acting(api, exchange_token))
+        .iam("http://127.0.0.1:9", dir.path())
+        .start()
+        .await;
     let url = collection(&exchange);
     let (a, b) = (
         api.namespace("api-a", &[]).await,
@@ -580,7 +583,10 @@ async fn the_audit_log_names_the_caller_of_the_association_api() {
         }
     })
     .await;
-    let exchange = start_exchange(&Acting(&api, exchange_token), "http://127.0.0.1:9", dir.path()).await;
+    let exchange = ExchangeUnderTest::new(&Acting(&api, exchange_token))
+        .iam("http://127.0.0.1:9", dir.path())
+        .start()
+        .await;
     let (a, b) = (
         api.namespace("audit-a", &[]).await,
         api.namespace("audit-b", &[]).await,

@@ -1,5 +1,5 @@
 //! `explain` through the binary, on the example pods and cluster objects: each reason, its
-//! next step and its exit status (live pods: `real::explain`).
+//! next step and its exit status (live pods: `webhook::real::explain`).
 
 use std::path::Path;
 use std::process::Command;

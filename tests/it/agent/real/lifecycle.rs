@@ -82,7 +82,11 @@ async fn a_deleted_or_repointed_association_changes_the_next_answer_within_two_s
         api,
         token: exchange_token,
     };
-    let exchange = start_exchange_on(&exchange_api, &iam.url, dir.path(), exchange_index).await;
+    let exchange = ExchangeUnderTest::new(&exchange_api)
+        .iam(&iam.url, dir.path())
+        .associations(exchange_index)
+        .start()
+        .await;
     let (agent_index, _w2) = watch_associations(api.client_as(&agent_kube));
     let agent_token = api.agent_token(&node).await;
     let agent = start_agent_following(

@@ -1,7 +1,7 @@
 //! `serve --source kubernetes` when the API server misbehaves, on the in-process stand-in (a
 //! real one cannot be made to): lists held back (not ready until synced), objects the CRD would
 //! refuse (written before it tightened), history compacted (`410 Gone`), the server lost and
-//! back. The ordinary watch runs on the real API server (`real::webhook`).
+//! back. The ordinary watch runs on the real API server (`webhook::real::admission`).
 
 use std::time::Duration;
 

@@ -6,12 +6,12 @@ use std::time::Duration;
 use pod_identity_webhook::profile::Provider;
 use pod_identity_webhook::testing::AccessKey;
 
-use super::exchange::suffix;
+use super::cce::suffix;
 use crate::common::NODE;
 use crate::common::agents::*;
 use crate::common::apiserver::ApiServer;
 use crate::common::doubles;
-use crate::sdk::{HC_SCRIPT, assert_sdk_signature, sdk, write_token};
+use crate::common::python::{HC_SCRIPT, assert_sdk_signature, sdk, write_token};
 
 /// SDK → agent (cce backend, the agent's real token) → exchange → TokenReview (the real API
 /// server) + IAM (double): the SDK ends up with the credentials IAM issued for the
@@ -21,7 +21,10 @@ async fn end_to_end_from_the_sdk_to_iam() {
     let Some(api) = ApiServer::shared() else { return };
     let iam = doubles::iam().await;
     let dir = tempfile::tempdir().unwrap();
-    let exchange = start_exchange(api, &iam.url, dir.path()).await;
+    let exchange = ExchangeUnderTest::new(api)
+        .iam(&iam.url, dir.path())
+        .start()
+        .await;
     let agent_token = api.agent_token(NODE).await;
     let agent = start_agent(
         Provider::Cce,
@@ -74,7 +77,10 @@ async fn exchange_iam_requests_signed_with_ak_sk_verify_with_the_sdk() {
         sk: "operator/secret+key".into(),
         security_token: None,
     };
-    let exchange = start_exchange_signed(api, &iam.url, key).await;
+    let exchange = ExchangeUnderTest::new(api)
+        .iam_signed(&iam.url, key)
+        .start()
+        .await;
     let pod = format!("app-1-{}", suffix());
     let token = api
         .pod_token("pi-demo", "app", &pod, NODE, "service.cce.pods")

@@ -1,0 +1,4 @@
+//! The agent on a real kube-apiserver.
+
+mod issuer;
+mod lifecycle;
