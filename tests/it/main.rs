@@ -14,5 +14,6 @@ mod cli;
 mod deploy;
 mod exchange;
 mod helm;
+mod layout;
 mod readme;
 mod webhook;
