@@ -5,9 +5,9 @@
 //! - [`agent`] (`agent`): that credential endpoint on every node.
 //! - [`exchange`] (`exchange`): the cloud's pod identity API served by the cluster itself.
 //!
-//! The shared base: `http` (one way to serve), `cloud` (the API pages' wire shapes, the
-//! upstream client, the signer), [`profile`] (the names SDKs look for), `association` (the
-//! record, its index and sources), `metrics`, `certs`. The programs never import each other.
+//! They stand on a shared base (serving, the cloud contracts, profiles, associations) and never
+//! import each other; `docs/design.md` has the module map, and `tests/it/layout.rs` holds the
+//! import rules.
 #![warn(unreachable_pub)]
 
 pub mod agent;

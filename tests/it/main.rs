@@ -13,7 +13,5 @@ mod agent;
 mod cli;
 mod deploy;
 mod exchange;
-mod helm;
 mod layout;
-mod readme;
 mod webhook;

@@ -94,7 +94,7 @@ pub(crate) fn every_overlay() -> Vec<(&'static str, Vec<Value>)> {
     renders
 }
 
-/// The names the exchange's certificate is for (`certs --dns`, as README runs it).
+/// The names the exchange's certificate is for (`certs --dns`, as docs/install.md runs it).
 const EXCHANGE_DNS: [&str; 4] = [
     "--dns",
     "pod-identity-exchange.pod-identity-system.svc",
@@ -600,7 +600,7 @@ fn agent_and_exchange_manifests_fit_the_binary() {
     assert!(verify_server_cert(ca_pem.as_bytes(), &tls_crt, &["elsewhere.example".into()]).is_err());
 }
 
-/// Where the agent departs from `restricted`, each for a reason README gives: the host network
+/// Where the agent departs from `restricted`, each for a reason docs/security.md gives: the host network
 /// (pods reach it on their node), NET_ADMIN for the one-shot address set-up, uid 0 for the
 /// capabilities to take effect, and probes of the admin port on the node's loopback.
 const AGENT_BEYOND_RESTRICTED: [&str; 8] = [

@@ -2,6 +2,8 @@
 //! rendering admitted, the CRDs' rules, the pass check, the migration, and what holds across
 //! the running programs (no secret in any log, no client starving another).
 
+pub(crate) mod helm;
 pub(crate) mod manifests;
 mod pod_security;
+pub(crate) mod readme;
 mod real;

@@ -615,7 +615,7 @@ fn env_entry<'c>(c: &'c Value, name: &str) -> Option<&'c Value> {
     c["env"].as_array()?.iter().find(|e| e["name"] == name)
 }
 
-/// The README's decision, written from the pod's side: a container can have the identity when
+/// The decision docs/concepts.md describes, written from the pod's side: a container can have the identity when
 /// nothing of the user's stands at the token path or under the volume name (or what stands
 /// there is the token itself), and its token-file variable, if the user set one, names a file
 /// a token mount provides once the injected volume and mount are in place.

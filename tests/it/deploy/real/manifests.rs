@@ -377,7 +377,7 @@ fn placeholder_refusals(values: &Value) -> Vec<(String, String)> {
 
 /// The chart's rendering for `values`, its CRDs first.
 fn chart(values: &Value) -> Vec<Value> {
-    let r = crate::helm::render(values);
+    let r = crate::deploy::helm::render(values);
     let mut docs: Vec<Value> = r
         .crds
         .iter()
@@ -408,7 +408,7 @@ async fn every_chart_rendering_is_admitted_by_the_api_server() {
     };
     let started = Instant::now();
     let renderings: Vec<Rendering> = std::thread::scope(|s| {
-        let handles: Vec<_> = crate::helm::matrix()
+        let handles: Vec<_> = crate::deploy::helm::matrix()
             .into_iter()
             .map(|values| {
                 s.spawn(move || Rendering {
@@ -788,7 +788,7 @@ async fn the_agent_and_the_exchange_of_the_eks_rendering_serve_a_pod_with_their_
     use crate::common::aws::{recording_sts, spawn_isolated};
     use crate::common::deploy::args_of;
     use crate::common::free_ports;
-    use crate::helm::{CIDRS, container, env_of, flag_of, under};
+    use crate::deploy::helm::{CIDRS, container, env_of, flag_of, under};
     let Some(api) = ApiServer::start_own("eks-rendering", &[]) else {
         return;
     };

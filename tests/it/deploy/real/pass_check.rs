@@ -721,7 +721,7 @@ async fn the_charts_upgrade_hook_may_migrate_under_the_pass_policy() {
     assert_names_missing_pass(line, "bob", "agencies", "hook-agency", &ns);
     assert!(get_old(api, &old).is_ok(), "the old object is kept");
 
-    let docs = crate::helm::render(&json!({"migration": {"enabled": true}})).docs;
+    let docs = crate::deploy::helm::render(&json!({"migration": {"enabled": true}})).docs;
     let hook: Vec<&Value> = docs
         .iter()
         .filter(|d| d["metadata"]["name"] == "pod-identity-migrate")

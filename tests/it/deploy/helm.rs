@@ -18,7 +18,7 @@ use crate::common::deploy::{
     args_of, assert_flags, check_webhook_contract, containers_of, find, pod_security_findings, pod_templates,
     rbac_findings, verify_server_cert, volume_at,
 };
-use crate::manifests::{copy_dir, try_kustomize};
+use crate::deploy::manifests::{copy_dir, try_kustomize};
 
 use crate::common::BIN;
 
@@ -894,11 +894,11 @@ fn notes_show_how_to_label_a_namespace_and_create_an_association() {
     assert!(!quiet.contains("WARNING"), "{quiet}");
 }
 
-/// The values of the README's `helm install` in section `heading`, as written (with example
-/// values for its variables).
-fn readme_helm_values(heading: &str) -> Value {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let block = crate::readme::sh_blocks(&readme, heading)
+/// The values of the `helm install` in section `heading` of the page `path`, as written (with
+/// example values for its variables).
+fn readme_helm_values(path: &str, heading: &str) -> Value {
+    let readme = crate::deploy::readme::page(path);
+    let block = crate::deploy::readme::sh_blocks(&readme, heading)
         .join("\n")
         .replace("\\\n", " ");
     let install = block
@@ -944,29 +944,44 @@ fn readme_helm_values(heading: &str) -> Value {
     values
 }
 
-/// The README's `helm install`, as written (with example values for its variables), passes the
-/// schema and renders a deployment that passes every check.
+/// The install page's `helm install`, as written (with example values for its variables),
+/// passes the schema and renders a deployment that passes every check; the README's and the
+/// chart README's set the same values.
 #[test]
 fn the_readmes_helm_install_renders_a_deployment_that_passes_the_checks() {
-    let values = readme_helm_values("## Deploy with Helm");
+    let values = readme_helm_values(crate::deploy::readme::INSTALL, "## Deploy with Helm");
+    for (path, heading) in [
+        ("README.md", "## Install with Helm"),
+        ("charts/pod-identity/README.md", "## Install and upgrade"),
+    ] {
+        assert_eq!(
+            readme_helm_values(path, heading),
+            values,
+            "{path}: its helm install is not {}'s",
+            crate::deploy::readme::INSTALL
+        );
+    }
     let r = render(&values);
     check_rendering(&values, &r);
     assert!(!r.notes.contains("WARNING"), "{}", r.notes);
     assert_eq!(lint_findings(&values), Vec::<String>::new());
 }
 
-/// The same for the README's install in EKS mode; the Secret it creates is the one the
+/// The same for the install page's install in EKS mode; the Secret it creates is the one the
 /// exchange mounts, under the key its credentials file is read from.
 #[test]
 fn the_readmes_eks_helm_install_renders_a_deployment_that_passes_the_checks() {
-    let values = readme_helm_values("## EKS Pod Identity on any cluster");
+    let values = readme_helm_values(
+        crate::deploy::readme::INSTALL,
+        "## EKS Pod Identity on any cluster",
+    );
     assert_eq!(values["backend"], "eks");
     let r = render(&values);
     check_rendering(&values, &r);
     assert!(!r.notes.contains("WARNING"), "{}", r.notes);
     assert_eq!(lint_findings(&values), Vec::<String>::new());
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let block = crate::readme::sh_blocks(&readme, "## EKS Pod Identity on any cluster").join("\n");
+    let readme = crate::deploy::readme::page(crate::deploy::readme::INSTALL);
+    let block = crate::deploy::readme::sh_blocks(&readme, "## EKS Pod Identity on any cluster").join("\n");
     let secret = values["exchange"]["aws"]["filesSecret"].as_str().unwrap();
     assert!(
         block.contains(&format!(
