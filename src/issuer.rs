@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -19,7 +18,12 @@ use ring::signature;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::metrics::Text;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::metrics::{ByResult, Page};
 
 /// At most one read of the keys per this interval for tokens naming a key not known (a key
 /// rotated in, or a forgery).
@@ -92,68 +96,71 @@ pub enum Verdict {
 /// What verification did, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct IssuerMetrics {
-    valid: AtomicU64,
-    not_checked: AtomicU64,
-    refused: [AtomicU64; Unverified::ALL.len()],
-    fetch_ok: AtomicU64,
-    fetch_err: AtomicU64,
-    keys: AtomicU64,
+    /// By result: `valid`, `not_checked`, or why a token was refused.
+    verifications: Family<ResultLabel, Counter>,
+    fetches: ByResult,
+    keys: Gauge,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::NotChecked => "not_checked",
+            Verdict::Refused(r) => r.as_str(),
+        }
+    }
 }
 
 impl IssuerMetrics {
     fn count(&self, v: Verdict) {
-        match v {
-            Verdict::Valid => &self.valid,
-            Verdict::NotChecked => &self.not_checked,
-            Verdict::Refused(r) => &self.refused[r as usize],
-        }
-        .fetch_add(1, Relaxed);
+        self.row(v).inc();
+    }
+
+    fn row(&self, v: Verdict) -> Counter {
+        let result = v.as_str();
+        self.verifications.get_or_create(&ResultLabel { result }).clone()
     }
 
     /// Tokens refused here for `reason` (its metric label).
     pub fn refused(&self, reason: &str) -> u64 {
         Unverified::ALL
-            .iter()
+            .into_iter()
             .find(|r| r.as_str() == reason)
-            .map_or(0, |r| self.refused[*r as usize].load(Relaxed))
+            .map_or(0, |r| self.row(Verdict::Refused(r)).get())
     }
 
     /// Reads of the keys from the API server, successful or not.
     pub fn fetches(&self) -> u64 {
-        self.fetch_ok.load(Relaxed) + self.fetch_err.load(Relaxed)
+        self.fetches.total()
     }
 
-    pub(crate) fn render(&self, t: &mut Text) {
-        let mut rows = vec![
-            ("{result=\"valid\"}".to_owned(), self.valid.load(Relaxed)),
-            (
-                "{result=\"not_checked\"}".to_owned(),
-                self.not_checked.load(Relaxed),
-            ),
-        ];
-        rows.extend(Unverified::ALL.map(|r| {
-            (
-                format!("{{result=\"{}\"}}", r.as_str()),
-                self.refused[r as usize].load(Relaxed),
-            )
-        }));
-        t.counter(
+    pub(crate) fn add_to(&self, page: &mut Page) {
+        let every = [Verdict::Valid, Verdict::NotChecked]
+            .into_iter()
+            .chain(Unverified::ALL.map(Verdict::Refused));
+        for v in every {
+            self.row(v);
+        }
+        page.add(
             "podidentity_token_verifications_total",
             "Service-account tokens checked against the cluster's signing keys before any upstream call, by result.",
-            &rows,
+            self.verifications.clone(),
         );
-        t.counter(
+        self.fetches.add_to(
+            page,
             "podidentity_issuer_key_fetches_total",
             "Reads of the service-account issuer's keys from the API server, by result.",
-            &[
-                ("{result=\"ok\"}", self.fetch_ok.load(Relaxed)),
-                ("{result=\"error\"}", self.fetch_err.load(Relaxed)),
-            ],
         );
-        t.gauge(
+        page.add(
             "podidentity_issuer_keys",
             "Signing keys of the service-account issuer known (0: tokens are left to TokenReview).",
-            &[("", self.keys.load(Relaxed))],
+            self.keys.clone(),
         );
     }
 }
@@ -457,8 +464,10 @@ impl IssuerKeys {
         *last = Some(Instant::now());
         match self.fetch().await {
             Ok(set) => {
-                self.metrics.fetch_ok.fetch_add(1, Relaxed);
-                self.metrics.keys.store(set.keys.len() as u64, Relaxed);
+                self.metrics.fetches.record(true);
+                self.metrics
+                    .keys
+                    .set(i64::try_from(set.keys.len()).unwrap_or(i64::MAX));
                 if !self.loaded() {
                     tracing::info!(
                         issuer = set.issuer,
@@ -469,7 +478,7 @@ impl IssuerKeys {
                 self.keys.store(Some(Arc::new(set)));
             }
             Err(e) => {
-                self.metrics.fetch_err.fetch_add(1, Relaxed);
+                self.metrics.fetches.record(false);
                 tracing::warn!(error = %e, kept = self.loaded(), "reading the service-account issuer keys failed");
             }
         }

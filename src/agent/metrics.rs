@@ -1,15 +1,19 @@
 //! The agent's Prometheus metrics, plus its association source's.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::http::ServeMetrics;
 use crate::issuer::IssuerMetrics;
-use crate::metrics::{ByStatus, Histogram, InputMetrics, Text};
+use crate::metrics::{ByResult, ByStatus, InputMetrics, Latency, Page, label_value};
 
 /// Why a request was refused without asking the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
     /// The Host header is not one of the agent's addresses.
     Host,
@@ -54,17 +58,22 @@ impl Refusal {
     }
 }
 
+label_value!(Refusal);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: Refusal,
+}
+
 #[derive(Debug, Default)]
 pub struct AgentMetrics {
-    hits: AtomicU64,
-    refusals_repeated: AtomicU64,
-    refused: [AtomicU64; Refusal::ALL.len()],
-    misses: AtomicU64,
-    upstream_ok: AtomicU64,
-    upstream_err: AtomicU64,
-    upstream_latency: Histogram,
-    refresh_ok: AtomicU64,
-    refresh_err: AtomicU64,
+    hits: Counter,
+    refusals_repeated: Counter,
+    refused: Family<ReasonLabel, Counter>,
+    misses: Counter,
+    upstream: ByResult,
+    upstream_latency: Latency,
+    refreshes: ByResult,
     responses: ByStatus,
     /// The association source (`local` backend).
     pub inputs: Arc<InputMetrics>,
@@ -76,33 +85,33 @@ pub struct AgentMetrics {
 
 impl AgentMetrics {
     pub(crate) fn cache_hit(&self) {
-        self.hits.fetch_add(1, Relaxed);
+        self.hits.inc();
     }
 
     pub(crate) fn refusal_repeated(&self) {
-        self.refusals_repeated.fetch_add(1, Relaxed);
+        self.refusals_repeated.inc();
     }
 
     /// A request refused before any upstream call, by `reason`.
     pub(crate) fn refused_locally(&self, reason: Refusal) {
-        self.refused[reason as usize].fetch_add(1, Relaxed);
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn refused(&self, reason: Refusal) -> u64 {
-        self.refused[reason as usize].load(Relaxed)
+        self.refused.get_or_create(&ReasonLabel { reason }).get()
     }
 
     pub(crate) fn cache_miss(&self) {
-        self.misses.fetch_add(1, Relaxed);
+        self.misses.inc();
     }
 
     pub(crate) fn upstream(&self, ok: bool, took: Duration) {
-        if ok { &self.upstream_ok } else { &self.upstream_err }.fetch_add(1, Relaxed);
+        self.upstream.record(ok);
         self.upstream_latency.observe(took);
     }
 
     pub(crate) fn refresh(&self, ok: bool) {
-        if ok { &self.refresh_ok } else { &self.refresh_err }.fetch_add(1, Relaxed);
+        self.refreshes.record(ok);
     }
 
     pub(crate) fn response(&self, status: u16) {
@@ -111,70 +120,68 @@ impl AgentMetrics {
 
     /// Upstream calls made (successful and failed).
     pub fn upstream_calls(&self) -> u64 {
-        self.upstream_ok.load(Relaxed) + self.upstream_err.load(Relaxed)
+        self.upstream.total()
     }
 
     pub fn hits(&self) -> u64 {
-        self.hits.load(Relaxed)
+        self.hits.get()
     }
 
     pub(crate) fn render(&self, cached: usize) -> String {
-        let mut t = Text::default();
-        t.counter(
+        let mut page = Page::default();
+        page.add(
             "podidentity_agent_cache_hits_total",
             "Requests answered from the cache.",
-            &[("", self.hits.load(Relaxed))],
+            self.hits.clone(),
         );
-        let refused = Refusal::ALL.map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), self.refused(r)));
-        t.counter(
+        for r in Refusal::ALL {
+            self.refused(r);
+        }
+        page.add(
             "podidentity_agent_refused_total",
             "Requests refused without an upstream call, by reason.",
-            &refused,
+            self.refused.clone(),
         );
-        t.counter(
+        page.add(
             "podidentity_agent_refusals_repeated_total",
             "Requests answered with the upstream's recent refusal of the same token.",
-            &[("", self.refusals_repeated.load(Relaxed))],
+            self.refusals_repeated.clone(),
         );
-        t.counter(
+        page.add(
             "podidentity_agent_cache_misses_total",
             "Requests that needed the upstream.",
-            &[("", self.misses.load(Relaxed))],
+            self.misses.clone(),
         );
-        let by_result = |ok: &AtomicU64, err: &AtomicU64| {
-            [
-                ("{result=\"ok\"}", ok.load(Relaxed)),
-                ("{result=\"error\"}", err.load(Relaxed)),
-            ]
-        };
-        t.counter(
+        self.upstream.add_to(
+            &mut page,
             "podidentity_agent_upstream_calls_total",
             "Calls to the credential upstream by result.",
-            &by_result(&self.upstream_ok, &self.upstream_err),
         );
-        t.counter(
+        self.refreshes.add_to(
+            &mut page,
             "podidentity_agent_refreshes_total",
             "Background refreshes by result.",
-            &by_result(&self.refresh_ok, &self.refresh_err),
         );
-        self.responses.render(
-            &mut t,
+        self.responses.add_to(
+            &mut page,
             "podidentity_agent_responses_total",
             "Credential responses by HTTP status.",
         );
-        t.histogram(
+        self.upstream_latency.add_to(
+            &mut page,
             "podidentity_agent_upstream_duration_seconds",
             "Latency of upstream calls.",
-            &self.upstream_latency,
         );
-        t.gauge(
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::try_from(cached).unwrap_or(i64::MAX));
+        page.add(
             "podidentity_agent_cached_credentials",
             "Tokens with cached credentials.",
-            &[("", cached as u64)],
+            gauge,
         );
-        self.inputs.render(&mut t);
-        self.serve.render(&mut t);
-        self.issuer.render(&mut t);
-        t.finish()
+        self.inputs.add_to(&mut page);
+        self.serve.add_to(&mut page);
+        self.issuer.add_to(&mut page);
+        page.finish()
     }
 }

@@ -2,15 +2,18 @@
 //! by token, upstream calls, and its inputs'.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use super::refusal::Reason;
 use crate::http::ServeMetrics;
 use crate::issuer::IssuerMetrics;
-use crate::metrics::{ByStatus, InputMetrics, Text};
+use crate::metrics::{ByResult, ByStatus, InputMetrics, Page, label_value};
 
 /// Which token a review or cache hit was for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Token {
     /// The agent's `X-Auth-Token`.
     Caller,
@@ -18,14 +21,34 @@ pub(crate) enum Token {
     Pod,
 }
 
+impl Token {
+    fn as_str(self) -> &'static str {
+        match self {
+            Token::Caller => "caller",
+            Token::Pod => "pod",
+        }
+    }
+}
+
+label_value!(Token, Reason);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabel {
+    token: Token,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: Reason,
+}
+
 #[derive(Debug, Default)]
 pub struct ExchangeMetrics {
     responses: ByStatus,
-    refusals: [AtomicU64; Reason::ALL.len()],
-    reviews: [AtomicU64; 2],
-    cache_hits: [AtomicU64; 2],
-    iam_ok: AtomicU64,
-    iam_err: AtomicU64,
+    refusals: Family<ReasonLabel, Counter>,
+    reviews: Family<TokenLabel, Counter>,
+    cache_hits: Family<TokenLabel, Counter>,
+    iam: ByResult,
     /// The serving certificate and the association source.
     pub inputs: Arc<InputMetrics>,
     /// What the listener refused or cut off.
@@ -40,69 +63,58 @@ impl ExchangeMetrics {
     }
 
     pub(crate) fn refusal(&self, reason: Reason) {
-        self.refusals[reason.index()].fetch_add(1, Relaxed);
+        self.refusals.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub(crate) fn review(&self, token: Token) {
-        self.reviews[token as usize].fetch_add(1, Relaxed);
+        self.reviews.get_or_create(&TokenLabel { token }).inc();
     }
 
     pub(crate) fn cache_hit(&self, token: Token) {
-        self.cache_hits[token as usize].fetch_add(1, Relaxed);
+        self.cache_hits.get_or_create(&TokenLabel { token }).inc();
     }
 
     pub(crate) fn iam(&self, ok: bool) {
-        if ok { &self.iam_ok } else { &self.iam_err }.fetch_add(1, Relaxed);
+        self.iam.record(ok);
     }
 
     pub(crate) fn render(&self) -> String {
-        let mut t = Text::default();
-        self.responses.render(
-            &mut t,
+        let mut page = Page::default();
+        self.responses.add_to(
+            &mut page,
             "podidentity_exchange_responses_total",
             "Answers of the assume-agency API by HTTP status.",
         );
-        let refusals: Vec<(String, u64)> = Reason::ALL
-            .iter()
-            .map(|r| {
-                (
-                    format!("{{reason=\"{}\"}}", r.label()),
-                    self.refusals[r.index()].load(Relaxed),
-                )
-            })
-            .collect();
-        t.counter(
+        for reason in Reason::ALL {
+            let _ = self.refusals.get_or_create(&ReasonLabel { reason });
+        }
+        page.add(
             "podidentity_exchange_refusals_total",
             "Requests answered without credentials, by reason.",
-            &refusals,
+            self.refusals.clone(),
         );
-        let by_token = |a: &[AtomicU64; 2]| {
-            [
-                ("{token=\"caller\"}", a[Token::Caller as usize].load(Relaxed)),
-                ("{token=\"pod\"}", a[Token::Pod as usize].load(Relaxed)),
-            ]
-        };
-        t.counter(
+        for token in [Token::Caller, Token::Pod] {
+            let _ = self.reviews.get_or_create(&TokenLabel { token });
+            let _ = self.cache_hits.get_or_create(&TokenLabel { token });
+        }
+        page.add(
             "podidentity_exchange_token_reviews_total",
             "TokenReviews asked, by token (those the local check refused never reach the API server: podidentity_token_verifications_total).",
-            &by_token(&self.reviews),
+            self.reviews.clone(),
         );
-        t.counter(
+        page.add(
             "podidentity_exchange_cache_hits_total",
             "Requests answered from the short cache (caller: its review; pod: the credentials issued).",
-            &by_token(&self.cache_hits),
+            self.cache_hits.clone(),
         );
-        t.counter(
+        self.iam.add_to(
+            &mut page,
             "podidentity_exchange_iam_calls_total",
             "IAM assume_role calls by result.",
-            &[
-                ("{result=\"ok\"}", self.iam_ok.load(Relaxed)),
-                ("{result=\"error\"}", self.iam_err.load(Relaxed)),
-            ],
         );
-        self.inputs.render(&mut t);
-        self.serve.render(&mut t);
-        self.issuer.render(&mut t);
-        t.finish()
+        self.inputs.add_to(&mut page);
+        self.serve.add_to(&mut page);
+        self.issuer.add_to(&mut page);
+        page.finish()
     }
 }

@@ -23,7 +23,7 @@ pub(super) fn error_response(status: StatusCode, code: &str, message: &str) -> R
 }
 
 /// Why a request was refused, as counted in `podidentity_exchange_refusals_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Reason {
     UnknownCluster,
     BadRequest,
@@ -63,7 +63,7 @@ impl Reason {
         Reason::Iam,
     ];
 
-    pub(crate) fn label(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::UnknownCluster => "unknown_cluster",
             Reason::BadRequest => "bad_request",
@@ -82,10 +82,6 @@ impl Reason {
             Reason::ReviewUnavailable => "review_unavailable",
             Reason::Iam => "iam",
         }
-    }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
     }
 }
 
@@ -157,7 +153,7 @@ impl SampledLog {
         let hash = |h: &Option<TokenHash>| h.map(|h| h.to_string());
         tracing::warn!(
             status = status.as_u16(),
-            reason = refusal.reason.label(),
+            reason = refusal.reason.as_str(),
             caller = seen.caller.as_deref(),
             caller_node = seen.caller_node.as_deref(),
             caller_token = hash(&seen.caller_token).as_deref(),
@@ -178,9 +174,9 @@ mod tests {
     #[test]
     fn every_reason_has_its_own_label_and_slot() {
         for (i, r) in Reason::ALL.iter().enumerate() {
-            assert_eq!(r.index(), i);
+            assert_eq!(*r as usize, i, "ALL lists every reason, in order");
         }
-        let mut labels: Vec<_> = Reason::ALL.iter().map(|r| r.label()).collect();
+        let mut labels: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         labels.sort();
         labels.dedup();
         assert_eq!(labels.len(), Reason::ALL.len());

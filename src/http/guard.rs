@@ -20,102 +20,126 @@ use hyper::body::{Body as _, Incoming};
 use tower::ServiceExt;
 
 use super::Limits;
-use crate::metrics::Text;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::metrics::Page;
 
 /// What the listeners of a program refused or cut off.
 #[derive(Debug, Default)]
 pub struct ServeMetrics {
-    open: AtomicU64,
-    refused: AtomicU64,
-    client_refused: AtomicU64,
-    idle_closed: AtomicU64,
-    silent_closed: AtomicU64,
-    timed_out: AtomicU64,
-    too_large: AtomicU64,
-    over_budget: AtomicU64,
+    open: Gauge,
+    /// Connections closed at once, by reason (`cap`, `per_client`).
+    connections_refused: Family<ReasonLabel, Counter>,
+    idle_closed: Counter,
+    silent_closed: Counter,
+    /// Requests answered with an error by the listener, by reason (`timeout`, `too_large`,
+    /// `over_budget`).
+    requests_refused: Family<ReasonLabel, Counter>,
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+const CONNECTION_REASONS: [&str; 2] = ["cap", "per_client"];
+const REQUEST_REASONS: [&str; 3] = ["timeout", "too_large", "over_budget"];
 
 /// Counts an open connection until dropped.
 pub(super) struct Open<'a>(&'a ServeMetrics);
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
+        self.0.open.dec();
     }
 }
 
 impl ServeMetrics {
     pub(super) fn open(&self) -> Open<'_> {
-        self.open.fetch_add(1, Relaxed);
+        self.open.inc();
         Open(self)
     }
 
+    fn connection(&self, reason: &'static str) -> Counter {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .clone()
+    }
+
+    fn request(&self, reason: &'static str) -> Counter {
+        self.requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .clone()
+    }
+
     pub(super) fn connection_refused(&self) {
-        self.refused.fetch_add(1, Relaxed);
+        self.connection("cap").inc();
     }
 
     pub(super) fn client_refused(&self) {
-        self.client_refused.fetch_add(1, Relaxed);
+        self.connection("per_client").inc();
     }
 
     pub(super) fn idle_closed(&self) {
-        self.idle_closed.fetch_add(1, Relaxed);
+        self.idle_closed.inc();
     }
 
     pub(super) fn silent_closed(&self) {
-        self.silent_closed.fetch_add(1, Relaxed);
+        self.silent_closed.inc();
     }
 
     /// Connections closed for sending no request within the header deadline.
     pub fn silent_connections_closed(&self) -> u64 {
-        self.silent_closed.load(Relaxed)
+        self.silent_closed.get()
     }
 
-    /// Requests refused or cut off, by reason: `timeout`, `too_large`, `over_budget`.
+    /// Requests refused or cut off, by reason: `timeout`, `too_large`, `over_budget`; and
+    /// connections: `connection` (the cap), `client_connections` (a client's share).
     pub fn refused(&self, reason: &str) -> u64 {
         match reason {
-            "timeout" => &self.timed_out,
-            "too_large" => &self.too_large,
-            "over_budget" => &self.over_budget,
-            "connection" => &self.refused,
-            "client_connections" => &self.client_refused,
-            _ => return 0,
+            "connection" => self.connection("cap").get(),
+            "client_connections" => self.connection("per_client").get(),
+            r => REQUEST_REASONS
+                .into_iter()
+                .find(|known| *known == r)
+                .map_or(0, |known| self.request(known).get()),
         }
-        .load(Relaxed)
     }
 
-    pub(crate) fn render(&self, t: &mut Text) {
-        t.gauge(
+    pub(crate) fn add_to(&self, page: &mut Page) {
+        page.add(
             "podidentity_http_connections",
             "Connections open.",
-            &[("", self.open.load(Relaxed))],
+            self.open.clone(),
         );
-        t.counter(
+        for r in CONNECTION_REASONS {
+            self.connection(r);
+        }
+        page.add(
             "podidentity_http_connections_refused_total",
             "Connections closed at once, by reason: the listener's cap (`cap`) or the client address's share (`per_client`).",
-            &[
-                ("{reason=\"cap\"}", self.refused.load(Relaxed)),
-                ("{reason=\"per_client\"}", self.client_refused.load(Relaxed)),
-            ],
+            self.connections_refused.clone(),
         );
-        t.counter(
+        page.add(
             "podidentity_http_connections_closed_total",
             "Connections closed for idling past the idle deadline, or not closing when asked.",
-            &[("", self.idle_closed.load(Relaxed))],
+            self.idle_closed.clone(),
         );
-        t.counter(
+        page.add(
             "podidentity_http_silent_connections_closed_total",
             "Connections closed for sending no request within the header deadline of their opening.",
-            &[("", self.silent_closed.load(Relaxed))],
+            self.silent_closed.clone(),
         );
-        t.counter(
+        for r in REQUEST_REASONS {
+            self.request(r);
+        }
+        page.add(
             "podidentity_http_requests_refused_total",
             "Requests answered with an error by the listener itself, by reason.",
-            &[
-                ("{reason=\"timeout\"}", self.timed_out.load(Relaxed)),
-                ("{reason=\"too_large\"}", self.too_large.load(Relaxed)),
-                ("{reason=\"over_budget\"}", self.over_budget.load(Relaxed)),
-            ],
+            self.requests_refused.clone(),
         );
     }
 }
@@ -287,7 +311,7 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
         if let Some(n) = declared
             && n > limits.max_body as u64
         {
-            self.metrics.too_large.fetch_add(1, Relaxed);
+            self.metrics.request("too_large").inc();
             let message = format!(
                 "request body of {n} bytes exceeds the {} limit\n",
                 size(limits.max_body)
@@ -301,7 +325,7 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
         }
         let charge = declared.map_or(limits.max_body, |n| n as usize);
         let Some(reserved) = self.budget.reserve(self.peer.ip(), charge) else {
-            self.metrics.over_budget.fetch_add(1, Relaxed);
+            self.metrics.request("over_budget").inc();
             let message = format!(
                 "server busy: {} of request bodies are being received; retry shortly\n",
                 size(self.budget.0.total)
@@ -324,7 +348,7 @@ impl hyper::service::Service<Request<Incoming>> for Guarded {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(never)) => match never {},
                 Err(_) => {
-                    metrics.timed_out.fetch_add(1, Relaxed);
+                    metrics.request("timeout").inc();
                     refuse(
                         StatusCode::REQUEST_TIMEOUT,
                         format!(

@@ -1,15 +1,19 @@
 //! The webhook's metrics: admissions by outcome and their latency, plus its inputs'.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::http::ServeMetrics;
-use crate::metrics::{Histogram, InputMetrics, Text};
+use crate::metrics::{InputMetrics, Latency, Page, label_value};
 
 /// What an admission ended as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// A pod got a non-empty patch.
     Mutated,
@@ -39,10 +43,22 @@ impl Outcome {
     }
 }
 
+label_value!(Outcome);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
+}
+
 #[derive(Debug, Default)]
 pub struct WebhookMetrics {
-    admissions: [AtomicU64; 4],
-    latency: Histogram,
+    admissions: Family<OutcomeLabel, Counter>,
+    latency: Latency,
     /// The serving certificate and the association source.
     pub inputs: Arc<InputMetrics>,
     /// What the listener refused or cut off.
@@ -54,81 +70,81 @@ pub struct WebhookMetrics {
 /// The missed-injection report's figures; only the replica holding the Lease has counts.
 #[derive(Debug, Default)]
 pub struct ReportMetrics {
-    leader: AtomicBool,
+    leader: Gauge,
     /// Pods missed now, by namespace.
-    missed: Mutex<BTreeMap<String, u64>>,
-    events: AtomicU64,
+    missed: Family<NamespaceLabel, Gauge>,
+    events: Counter,
 }
 
 impl ReportMetrics {
     pub(crate) fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Relaxed);
+        self.leader.set(i64::from(leader));
         if !leader {
             self.set_missed(BTreeMap::new());
         }
     }
 
+    /// The pods missed now: namespaces no longer listed have no row.
     pub(crate) fn set_missed(&self, by_namespace: BTreeMap<String, u64>) {
-        *self.missed.lock().unwrap_or_else(|e| e.into_inner()) = by_namespace;
+        self.missed.clear();
+        for (namespace, n) in by_namespace {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            self.missed.get_or_create(&NamespaceLabel { namespace }).set(n);
+        }
     }
 
     pub(crate) fn event_sent(&self) {
-        self.events.fetch_add(1, Relaxed);
+        self.events.inc();
     }
 
-    fn render(&self, t: &mut Text) {
-        t.gauge(
+    fn add_to(&self, page: &mut Page) {
+        page.add(
             "podidentity_report_leader",
             "1 on the replica that reports missed injections (it holds the Lease).",
-            &[("", u64::from(self.leader.load(Relaxed)))],
+            self.leader.clone(),
         );
-        let rows: Vec<(String, u64)> = self
-            .missed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(ns, n)| (format!("{{namespace=\"{ns}\"}}"), *n))
-            .collect();
-        t.gauge(
+        page.add(
             "podidentity_missed_injections",
             "Running pods in selected namespaces whose service account has an association but that were not injected (recreate them), by namespace.",
-            &rows,
+            self.missed.clone(),
         );
-        t.counter(
+        page.add(
             "podidentity_missed_injection_events_total",
             "Kubernetes Events sent for pods that were not injected.",
-            &[("", self.events.load(Relaxed))],
+            self.events.clone(),
         );
     }
 }
 
 impl WebhookMetrics {
     pub(crate) fn admission(&self, outcome: Outcome, took: Duration) {
-        self.admissions[outcome as usize].fetch_add(1, Relaxed);
+        self.admissions.get_or_create(&OutcomeLabel { outcome }).inc();
         self.latency.observe(took);
     }
 
     pub fn admissions(&self, outcome: Outcome) -> u64 {
-        self.admissions[outcome as usize].load(Relaxed)
+        self.admissions.get_or_create(&OutcomeLabel { outcome }).get()
     }
 
     pub fn render(&self) -> String {
-        let mut t = Text::default();
-        let rows = Outcome::ALL.map(|o| (format!("{{outcome=\"{}\"}}", o.as_str()), self.admissions(o)));
-        t.counter(
+        let mut page = Page::default();
+        for o in Outcome::ALL {
+            self.admissions(o);
+        }
+        page.add(
             "podidentity_admissions_total",
             "Admission requests by outcome.",
-            &rows,
+            self.admissions.clone(),
         );
-        t.histogram(
+        self.latency.add_to(
+            &mut page,
             "podidentity_admission_duration_seconds",
             "Time to answer an admission request, body read to response built.",
-            &self.latency,
         );
-        self.inputs.render(&mut t);
-        self.serve.render(&mut t);
-        self.report.render(&mut t);
-        t.finish()
+        self.inputs.add_to(&mut page);
+        self.serve.add_to(&mut page);
+        self.report.add_to(&mut page);
+        page.finish()
     }
 }
 
