@@ -3,7 +3,8 @@
 //! Groups: `mutate/*` (the pure mutation on an already parsed pod), `review/*` (AdmissionReview
 //! bytes in → response bytes out, what one `/mutate` call costs before HTTP and TLS),
 //! `index/*` (lookups among 100 000 associations) and `reload/*` (parsing and indexing a
-//! 100 000-entry association file). BENCHMARKS.md has the figures.
+//! 100 000-entry association file). BENCHMARKS.md has the figures; `benches/metrics.rs` the
+//! cost of recording an admission in metrics.
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -1,14 +1,14 @@
 //! The pure core: (pod, association, profile, settings) → JSON Patch. No I/O.
 //!
-//! Rules (the Kubernetes contract in docs/concepts.md): append, never replace arrays; create a missing
-//! parent instead of adding into it; a user's env var, volume or mount wins; and running the
-//! mutation on its own output yields no operation.
+//! Rules (the Kubernetes contract in docs/concepts.md): append, never replace arrays; create a
+//! missing parent instead of adding into it; a user's env var, volume or mount wins; and running
+//! the mutation on its own output yields no operation.
 //!
 //! The decision per container: it gets the env vars only when the token file they name will
 //! exist, that is when a mount (the injected one, or the user's) provides a projected
 //! service-account token with the profile's audience at that path. Otherwise the container gets
-//! nothing and the answer carries a warning naming what is in the way (docs/concepts.md says why this
-//! admits rather than refuses). "Already injected" is that same check.
+//! nothing and the answer carries a warning naming what is in the way (docs/concepts.md says
+//! why this admits rather than refuses). "Already injected" is that same check.
 
 pub mod patch;
 pub mod pod;
