@@ -194,16 +194,17 @@ async fn one_pod_flooding_the_agent_starves_no_other() {
     let cce = doubles::cce().await;
     cce.set_lifetime(3);
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend(&cce.url, dir.path(), Duration::from_secs(4)),
-        |c| {
-            c.cache.min_remaining = Duration::from_millis(200);
-            c.cache.client_rate = 5.0;
-            c.cache.client_burst = 20.0;
-            c.refresh_interval = Duration::from_millis(100);
-        },
     )
+    .tweak(|c| {
+        c.cache.min_remaining = Duration::from_millis(200);
+        c.cache.client_rate = 5.0;
+        c.cache.client_burst = 20.0;
+        c.refresh_interval = Duration::from_millis(100);
+    })
+    .start()
     .await;
     let ask =
         |c: &reqwest::Client, token: &str| c.get(&agent.url).header("Authorization", token.to_owned()).send();
@@ -295,11 +296,11 @@ async fn one_pod_flooding_the_agent_starves_no_other() {
 async fn the_agent_refuses_foreign_tokens_without_an_upstream_call() {
     let cce = doubles::cce().await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend(&cce.url, dir.path(), Duration::from_secs(4)),
-        |_| {},
     )
+    .start()
     .await;
     let c = reqwest::Client::new();
     let cases = [
@@ -371,11 +372,11 @@ async fn upstream_redirects_are_not_followed() {
     });
     tokio::spawn(async move { axum::serve(redirector, app).await.unwrap() });
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend(&redirect_url, dir.path(), Duration::from_secs(2)),
-        |_| {},
     )
+    .start()
     .await;
     let token = pod_token("pi-demo", "app", "a", "service.cce.pods");
     let r = credentials_request(&agent.url, &token).await;

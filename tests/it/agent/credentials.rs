@@ -25,7 +25,9 @@ async fn call(url: &str, token: Option<&str>, host: Option<&str>) -> (u16, Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_backend_serves_both_shapes_and_refuses_what_it_should() {
-    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |_| {}).await;
+    let agent = AgentUnderTest::new(Provider::Cce, local_backend(Provider::Cce))
+        .start()
+        .await;
     let token = pod_token("pi-demo", "app", "app-1", AUD);
     let (status, body) = call(&agent.url, Some(&token), None).await;
     assert_eq!(status, 200, "{body}");
@@ -95,7 +97,9 @@ async fn local_backend_serves_both_shapes_and_refuses_what_it_should() {
     .await;
     assert_eq!(status, 401);
 
-    let eks = start_agent(Provider::Eks, local_backend(Provider::Eks), |_| {}).await;
+    let eks = AgentUnderTest::new(Provider::Eks, local_backend(Provider::Eks))
+        .start()
+        .await;
     let (status, body) = call(
         &eks.url,
         Some(&pod_token("pi-demo", "worker", "w", "pods.eks.amazonaws.com")),
@@ -140,12 +144,15 @@ async fn one_cold_token_and_a_thousand_requests_make_one_upstream_call() {
     let cce = doubles::cce().await;
     cce.set_mode(Mode::Slow(Duration::from_millis(300)));
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend(&cce.url, dir.path(), Duration::from_secs(4)),
+    )
+    .tweak(
         // A thousand connections from one address: above any pod's share.
         |c| c.limits.max_connections_per_client = 1024,
     )
+    .start()
     .await;
     let token = pod_token("pi-demo", "app", "app-1", AUD);
     let client = reqwest::Client::builder()
@@ -186,14 +193,15 @@ async fn one_cold_token_and_a_thousand_requests_make_one_upstream_call() {
 async fn upstream_failures_map_to_clear_statuses() {
     let cce = doubles::cce().await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend(&cce.url, dir.path(), Duration::from_millis(500)),
-        |c| {
-            c.cache.upstream_rate = 0.001;
-            c.cache.upstream_burst = 4.0;
-        },
     )
+    .tweak(|c| {
+        c.cache.upstream_rate = 0.001;
+        c.cache.upstream_burst = 4.0;
+    })
+    .start()
     .await;
     let t = |pod: &str| pod_token("pi-demo", "app", pod, AUD);
     cce.set_mode(Mode::Fail(403, "the agency does not trust this cluster"));
@@ -225,11 +233,11 @@ async fn upstream_failures_map_to_clear_statuses() {
     // Port 1 on loopback: nothing listens there, so the connection is refused. (A port freed
     // by dropping a listener could be taken by another test's server meanwhile.)
     let closed = "http://127.0.0.1:1".to_owned();
-    let agent = start_agent(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend(&closed, dir.path(), Duration::from_secs(2)),
-        |_| {},
     )
+    .start()
     .await;
     let (status, body) = call(&agent.url, Some(&t("f")), None).await;
     assert_eq!(status, 502, "{body}");
@@ -244,10 +252,12 @@ async fn upstream_failures_map_to_clear_statuses() {
 /// each address accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_answers_on_ipv6_and_ipv4_at_once() {
-    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |c| {
-        c.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
-    })
-    .await;
+    let agent = AgentUnderTest::new(Provider::Cce, local_backend(Provider::Cce))
+        .tweak(|c| {
+            c.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+        })
+        .start()
+        .await;
     assert_eq!(agent.urls.len(), 2);
     assert!(agent.urls[1].starts_with("http://[::1]:"), "{:?}", agent.urls);
     let token = pod_token("pi-demo", "app", "app-1", AUD);
@@ -278,11 +288,13 @@ async fn agent_answers_on_ipv6_and_ipv4_at_once() {
 /// serves on the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addresses_the_host_lacks_are_skipped_when_optional() {
-    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |c| {
-        c.listen = vec!["127.0.0.1:0".parse().unwrap()];
-        c.listen_if_present = vec!["[::1]:0".parse().unwrap(), "192.0.2.77:0".parse().unwrap()];
-    })
-    .await;
+    let agent = AgentUnderTest::new(Provider::Cce, local_backend(Provider::Cce))
+        .tweak(|c| {
+            c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.listen_if_present = vec!["[::1]:0".parse().unwrap(), "192.0.2.77:0".parse().unwrap()];
+        })
+        .start()
+        .await;
     assert_eq!(agent.urls.len(), 2, "{:?}", agent.urls);
     assert!(agent.urls[1].starts_with("http://[::1]:"), "{:?}", agent.urls);
     let token = pod_token("pi-demo", "app", "app-1", AUD);

@@ -49,7 +49,9 @@ print(f"AWS4-HMAC-SHA256 Credential={auth.scope(req)}, SignedHeaders={signed}, S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_eks_requests_verify_with_botocores_sigv4_signer() {
     let (url, eks) = eks_auth_standin().await;
-    let agent = start_agent(Provider::Eks, sigv4_backend(&url), |_| {}).await;
+    let agent = AgentUnderTest::new(Provider::Eks, sigv4_backend(&url))
+        .start()
+        .await;
     let token = pod_token("pi-demo", "app", "app-1", EKS_AUD);
     let r = credentials_request(&agent.url, &token).await;
     assert_eq!(r.status(), 200);
@@ -93,7 +95,9 @@ async fn botocore_signature(url: &str, call: &EksCall, key: (&str, &str), token:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_eks_auth_error_reaches_the_sdk_as_the_cache_treats_it() {
     let (url, eks) = eks_auth_standin().await;
-    let agent = start_agent(Provider::Eks, sigv4_backend(&url), |_| {}).await;
+    let agent = AgentUnderTest::new(Provider::Eks, sigv4_backend(&url))
+        .start()
+        .await;
     // 400s and 404 evict (the agent's 403 and 404); the rest are transient and kept as is.
     for (n, (kind, status, agent_status)) in [
         ("InvalidTokenException", 400, 403),
@@ -124,7 +128,9 @@ async fn each_eks_auth_error_reaches_the_sdk_as_the_cache_treats_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_from_botocore_through_the_agent_to_aws_eks_auth() {
     let (url, eks) = eks_auth_standin().await;
-    let agent = start_agent(Provider::Eks, sigv4_backend(&url), |_| {}).await;
+    let agent = AgentUnderTest::new(Provider::Eks, sigv4_backend(&url))
+        .start()
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let token = pod_token("pi-demo", "app", "app-1", EKS_AUD);
     let token_file = dir.path().join("eks-pod-identity-token");

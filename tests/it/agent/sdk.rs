@@ -33,7 +33,9 @@ async fn direct(url: &str, token: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huaweicloud_sdk_reads_the_cce_shape() {
-    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |_| {}).await;
+    let agent = AgentUnderTest::new(Provider::Cce, local_backend(Provider::Cce))
+        .start()
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let token = pod_token("pi-demo", "app", "app-1", "service.cce.pods");
     let file = write_token(dir.path(), &token);
@@ -55,7 +57,9 @@ async fn huaweicloud_sdk_reads_the_cce_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn botocore_reads_the_eks_shape() {
-    let agent = start_agent(Provider::Eks, local_backend(Provider::Eks), |_| {}).await;
+    let agent = AgentUnderTest::new(Provider::Eks, local_backend(Provider::Eks))
+        .start()
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let token = pod_token("pi-demo", "worker", "w-1", "pods.eks.amazonaws.com");
     let file = write_token(dir.path(), &token);
@@ -148,7 +152,9 @@ async fn agent_requests_signed_with_ak_sk_verify_with_the_sdk() {
     };
     let client = http_client(None, Duration::from_secs(4)).unwrap();
     let backend = CceBackend::new(client, &cce.url, PROJECT, CLUSTER, CloudAuth::AkSk(key)).unwrap();
-    let agent = start_agent(Provider::Cce, std::sync::Arc::new(backend), |_| {}).await;
+    let agent = AgentUnderTest::new(Provider::Cce, std::sync::Arc::new(backend))
+        .start()
+        .await;
     let token = pod_token("pi-demo", "app", "a", "service.cce.pods");
     direct(&agent.url, &token).await;
     let call = &cce.calls()[0];

@@ -94,49 +94,65 @@ pub fn cce_backend_as(
     )
 }
 
-pub async fn start_agent(
-    provider: Provider,
-    backend: Arc<dyn Backend>,
-    tweak: impl FnOnce(&mut AgentConfig),
-) -> RunningAgent {
-    start_agent_following(provider, backend, None, tweak).await
-}
-
-/// The agent with its cached credentials following `associations`.
-pub async fn start_agent_following(
-    provider: Provider,
+/// The agent under test, built step by step and started by [`start`](Self::start): `provider`'s
+/// answers from `backend`, on loopback, the default settings.
+pub struct AgentUnderTest {
+    config: AgentConfig,
     backend: Arc<dyn Backend>,
     associations: Option<Reader>,
-    tweak: impl FnOnce(&mut AgentConfig),
-) -> RunningAgent {
-    // reqwest clients in the tests use the process-wide provider.
-    crate::common::crypto();
-    let mut config = AgentConfig::new(
-        vec!["127.0.0.1:0".parse().unwrap()],
-        "127.0.0.1:0".parse().unwrap(),
-        provider,
-    );
-    tweak(&mut config);
-    let agent = Agent::bind(config, backend, associations, Arc::default())
-        .await
-        .unwrap();
-    let urls: Vec<String> = agent
-        .local_addrs()
-        .iter()
-        .map(|a| format!("http://{a}/v1/credentials"))
-        .collect();
-    let url = urls[0].clone();
-    let admin = format!("http://{}", agent.admin_addr());
-    let (metrics, cache) = (agent.metrics(), agent.cache());
-    let (tx, shutdown) = stop_signal();
-    tokio::spawn(agent.run(shutdown));
-    RunningAgent {
-        url,
-        urls,
-        admin,
-        metrics,
-        cache,
-        stop: Some(tx),
+}
+
+impl AgentUnderTest {
+    pub fn new(provider: Provider, backend: Arc<dyn Backend>) -> Self {
+        // reqwest clients in the tests use the process-wide provider.
+        crate::common::crypto();
+        let config = AgentConfig::new(
+            vec!["127.0.0.1:0".parse().unwrap()],
+            "127.0.0.1:0".parse().unwrap(),
+            provider,
+        );
+        AgentUnderTest {
+            config,
+            backend,
+            associations: None,
+        }
+    }
+
+    /// Its cached credentials following `associations`.
+    pub fn following(mut self, associations: Option<Reader>) -> Self {
+        self.associations = associations;
+        self
+    }
+
+    /// Its settings changed by `tweak`.
+    pub fn tweak(mut self, tweak: impl FnOnce(&mut AgentConfig)) -> Self {
+        tweak(&mut self.config);
+        self
+    }
+
+    /// Binds it and runs it until the returned handle is dropped.
+    pub async fn start(self) -> RunningAgent {
+        let agent = Agent::bind(self.config, self.backend, self.associations, Arc::default())
+            .await
+            .unwrap();
+        let urls: Vec<String> = agent
+            .local_addrs()
+            .iter()
+            .map(|a| format!("http://{a}/v1/credentials"))
+            .collect();
+        let url = urls[0].clone();
+        let admin = format!("http://{}", agent.admin_addr());
+        let (metrics, cache) = (agent.metrics(), agent.cache());
+        let (tx, shutdown) = stop_signal();
+        tokio::spawn(agent.run(shutdown));
+        RunningAgent {
+            url,
+            urls,
+            admin,
+            metrics,
+            cache,
+            stop: Some(tx),
+        }
     }
 }
 

@@ -32,12 +32,14 @@ async fn forged_tokens_cost_the_agent_no_upstream_call_and_starve_no_pod() {
         &agent_token,
     );
     // A node budget of 20 misses: 100 forged tokens would spend it five times over.
-    let agent = start_agent(Provider::Cce, backend, |c| {
-        c.cache.upstream_rate = 0.001;
-        c.cache.upstream_burst = 20.0;
-        c.issuer = Some(keys.clone());
-    })
-    .await;
+    let agent = AgentUnderTest::new(Provider::Cce, backend)
+        .tweak(|c| {
+            c.cache.upstream_rate = 0.001;
+            c.cache.upstream_burst = 20.0;
+            c.issuer = Some(keys.clone());
+        })
+        .start()
+        .await;
     let port = agent
         .url
         .trim_start_matches("http://127.0.0.1:")

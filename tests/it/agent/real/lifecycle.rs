@@ -89,7 +89,7 @@ async fn a_deleted_or_repointed_association_changes_the_next_answer_within_two_s
         .await;
     let (agent_index, _w2) = watch_associations(api.client_as(&agent_kube));
     let agent_token = api.agent_token(&node).await;
-    let agent = start_agent_following(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend_as(
             &exchange.url,
@@ -98,9 +98,9 @@ async fn a_deleted_or_repointed_association_changes_the_next_answer_within_two_s
             None,
             &agent_token,
         ),
-        Some(agent_index),
-        |_| {},
     )
+    .following(Some(agent_index))
+    .start()
     .await;
     let c = reqwest::Client::new();
     eventually("the agent ready", Duration::from_secs(10), async || {
@@ -232,15 +232,16 @@ async fn agent_on_node(
     let client = api.client_as(&kube_token);
     let agent_token = api.agent_token(node).await;
     let node = node.to_owned();
-    let agent = start_agent(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend_as(&url, dir.path(), Duration::from_secs(4), None, &agent_token),
-        |c| {
-            c.cache.min_remaining = Duration::from_millis(100);
-            c.refresh_interval = Duration::from_millis(100);
-            c.pods = Some(NodePods { client, node });
-        },
     )
+    .tweak(|c| {
+        c.cache.min_remaining = Duration::from_millis(100);
+        c.refresh_interval = Duration::from_millis(100);
+        c.pods = Some(NodePods { client, node });
+    })
+    .start()
     .await;
     (upstream, agent, dir)
 }

@@ -94,11 +94,13 @@ async fn silent_connections_from_one_address_starve_no_other_client() {
     assert!(exchange.metrics.serve.refused("client_connections") >= refused as u64);
 
     // The agent's credential port (plain HTTP: pods connect to a link-local address).
-    let agent = start_agent(Provider::Cce, local_backend(Provider::Cce), |c| {
-        c.limits.header_read = Duration::from_secs(2);
-        c.limits.max_connections_per_client = 32;
-    })
-    .await;
+    let agent = AgentUnderTest::new(Provider::Cce, local_backend(Provider::Cce))
+        .tweak(|c| {
+            c.limits.header_read = Duration::from_secs(2);
+            c.limits.max_connections_per_client = 32;
+        })
+        .start()
+        .await;
     let addr: SocketAddr = agent
         .url
         .trim_start_matches("http://")

@@ -642,11 +642,11 @@ async fn agent_reaches_the_exchange_over_https() {
     let ca = certs.join("ca.crt");
     let agent_token = api.agent_token(NODE).await;
     let timeout = Duration::from_secs(4);
-    let agent = start_agent(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend_as(&exchange.url, dir.path(), timeout, Some(&ca), &agent_token),
-        |_| {},
     )
+    .start()
     .await;
     let s = suffix();
     let a = pod_token(api, "pi-demo", "app", &format!("a-{s}"), AUD).await;
@@ -655,11 +655,11 @@ async fn agent_reaches_the_exchange_over_https() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["credentials"]["accessKeyId"], "IAMAK00001");
     // An agent that does not trust the exchange's CA gets nothing from it.
-    let untrusting = start_agent(
+    let untrusting = AgentUnderTest::new(
         Provider::Cce,
         cce_backend_as(&exchange.url, dir.path(), timeout, None, &agent_token),
-        |_| {},
     )
+    .start()
     .await;
     let b = pod_token(api, "pi-demo", "app", &format!("b-{s}"), AUD).await;
     let r = credentials_request(&untrusting.url, &b).await;

@@ -328,7 +328,9 @@ async fn end_to_end_from_botocore_through_the_agent_to_the_exchange_and_sts() {
         Some(CloudAuth::TokenFile(TokenFile::new(agent_token_file))),
     )
     .unwrap();
-    let agent = start_agent(Provider::Eks, Arc::new(backend), |_| {}).await;
+    let agent = AgentUnderTest::new(Provider::Eks, Arc::new(backend))
+        .start()
+        .await;
     let pod_token_file = dir.path().join("eks-pod-identity-token");
     let pod = format!("app-7f9c-{}", suffix());
     let token = api.pod_token("pi-demo", "app", &pod, NODE, EKS_AUD).await;

@@ -26,7 +26,7 @@ async fn end_to_end_from_the_sdk_to_iam() {
         .start()
         .await;
     let agent_token = api.agent_token(NODE).await;
-    let agent = start_agent(
+    let agent = AgentUnderTest::new(
         Provider::Cce,
         cce_backend_as(
             &exchange.url,
@@ -35,8 +35,8 @@ async fn end_to_end_from_the_sdk_to_iam() {
             None,
             &agent_token,
         ),
-        |_| {},
     )
+    .start()
     .await;
     let pod = format!("worker-5d8f-{}", suffix());
     let token = api
