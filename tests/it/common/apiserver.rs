@@ -195,8 +195,15 @@ impl ApiServer {
     /// token (for the binaries, through `KUBECONFIG`, and for kubectl).
     pub fn kubeconfig(&self, dir: &Path, token: &str) -> PathBuf {
         let path = dir.join(format!("kubeconfig-{}", &super::token_hash(token)));
+        // Written aside and renamed into place: tests running at once with the same token
+        // share this file, and a kubectl reading it mid-write would fall back to localhost.
+        let aside = dir.join(format!(
+            "kubeconfig-{}.{:?}",
+            &super::token_hash(token),
+            std::thread::current().id()
+        ));
         std::fs::write(
-            &path,
+            &aside,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {{server: '{}', certificate-authority: '{}'}}\nusers:\n- name: u\n  user: {{token: '{token}'}}\ncontexts:\n- name: c\n  context: {{cluster: s, user: u}}\ncurrent-context: c\n",
                 self.url,
@@ -204,6 +211,7 @@ impl ApiServer {
             ),
         )
         .unwrap();
+        std::fs::rename(&aside, &path).unwrap();
         path
     }
 
